@@ -1,0 +1,337 @@
+"""The topic broker ("IO channels"): publish/subscribe by topic name.
+
+Topics exist when first used.  Each publish is delivered to every current
+subscriber of the topic, in publish order per topic, with an id
+``<topic>-<n>``.  Sessions restrict delivery: a message published with session
+S reaches subscribers without a session and subscribers of session S; a
+message without a session reaches every subscriber.
+
+A subscriber is a callable taking a :class:`Message`.  One that raises is logged
+and counted and does not disturb the others.  One that returns a Deferred is
+*busy* until it fires: later messages for it wait in its own bounded queue (in
+order), and while any subscriber of a topic is busy the topic pauses the
+producers registered with it (``IPushProducer``, usually the transport of the
+connection that publishes there), so a slow subscriber slows its publisher
+down instead of making the daemon buffer without bound.  What a full queue
+must drop is counted and logged.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from typing import Any, Callable, Optional
+
+from twisted.internet.defer import Deferred, TimeoutError
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+__all__ = ["Broker", "Message", "Subscription", "Topic", "DEFAULT_QUEUE_LIMIT"]
+
+#: Messages a busy subscriber may have waiting before new ones are dropped.
+DEFAULT_QUEUE_LIMIT = 10000
+
+_log = Logger(namespace="Broker")
+
+
+class Message:
+    """One message on a topic.
+
+    ``body`` is bytes (any byte is data); ``text`` decodes it as UTF-8.
+    ``attributes`` carries protocol metadata, for example an HTTP response's
+    status and headers, or ``in-reply-to`` naming the request message's id.
+    """
+
+    __slots__ = ("topic", "id", "body", "msgtype", "source", "session", "attributes")
+
+    def __init__(self, topic, id, body, msgtype="text", source=None, session=None,
+                 attributes=None):
+        self.topic = topic
+        self.id = id
+        self.body = body
+        self.msgtype = msgtype
+        self.source = source
+        self.session = session
+        self.attributes = attributes if attributes is not None else {}
+
+    @property
+    def text(self) -> str:
+        """The body decoded as UTF-8 (undecodable bytes replaced)."""
+        return self.body.decode("utf-8", "replace")
+
+    def __repr__(self):
+        return (f"<Message {self.id} type={self.msgtype} source={self.source!r} "
+                f"session={self.session!r} {len(self.body)} bytes>")
+
+
+class Subscription:
+    """A subscriber's registration on a topic; :meth:`cancel` ends it."""
+
+    __slots__ = ("topic", "callback", "session", "name", "queue", "busy",
+                 "delivered", "dropped", "failed", "active", "_limit")
+
+    def __init__(self, topic, callback, session, name, limit):
+        self.topic = topic
+        self.callback = callback
+        self.session = session
+        self.name = name
+        self.queue = deque()
+        self.busy = False
+        self.delivered = 0
+        self.dropped = 0
+        self.failed = 0
+        self.active = True
+        self._limit = limit
+
+    def cancel(self):
+        """Stop receiving messages; anything still queued is discarded."""
+        if self.active:
+            self.active = False
+            self.topic._remove(self)
+
+    def _offer(self, message):
+        if self.busy:
+            if len(self.queue) >= self._limit:
+                self.dropped += 1
+                self.topic.dropped += 1
+                if self.dropped == 1 or self.dropped % 1000 == 0:
+                    _log.warn(
+                        "Topic {topic}: subscriber {name} is {n} messages behind; "
+                        "dropped {dropped} so far",
+                        topic=self.topic.name, name=self.name, n=len(self.queue),
+                        dropped=self.dropped)
+                return
+            self.queue.append(message)
+            return
+        self._call(message)
+
+    def _call(self, message):
+        self.delivered += 1
+        try:
+            result = self.callback(message)
+        except Exception:
+            self._failed(Failure(), message)
+            return
+        if isinstance(result, Deferred):
+            if result.called:
+                result.addErrback(self._failed, message)
+                return
+            self.busy = True
+            self.topic._busyChanged(+1)
+            result.addErrback(self._failed, message)
+            result.addBoth(self._done)
+
+    def _failed(self, failure, message):
+        self.failed += 1
+        _log.failure("Topic {topic}: subscriber {name} failed on {id}", failure,
+                     topic=self.topic.name, name=self.name, id=message.id)
+
+    def _done(self, _):
+        self.busy = False
+        self.topic._busyChanged(-1)
+        while self.active and self.queue and not self.busy:
+            self._call(self.queue.popleft())
+        if not self.active:
+            self.queue.clear()
+
+
+class Topic:
+    """A named topic: its subscribers, counters and registered producers."""
+
+    def __init__(self, name, queueLimit=DEFAULT_QUEUE_LIMIT):
+        self.name = name
+        self.subscriptions: list[Subscription] = []
+        self.published = 0
+        self.dropped = 0
+        self._counter = itertools.count(1)
+        self._pending: deque = deque()
+        self._delivering = False
+        self._busy = 0
+        self._producers: list = []
+        self._paused = False
+        self._queueLimit = queueLimit
+
+    def nextId(self) -> str:
+        """The id the next message published here will carry."""
+        return f"{self.name}-{self.published + 1}"
+
+    def publish(self, message: Message) -> None:
+        self.published += 1
+        if self._delivering:
+            # A subscriber published here while being called: finish
+            # delivering the earlier message first to keep per-topic order.
+            self._pending.append(message)
+            return
+        self._delivering = True
+        try:
+            self._deliver(message)
+            while self._pending:
+                self._deliver(self._pending.popleft())
+        finally:
+            self._delivering = False
+
+    def _deliver(self, message):
+        session = message.session
+        for sub in tuple(self.subscriptions):
+            if not sub.active:
+                continue
+            if session is not None and sub.session is not None and sub.session != session:
+                continue
+            sub._offer(message)
+
+    def subscribe(self, callback, session=None, name=None) -> Subscription:
+        sub = Subscription(self, callback, session, name or repr(callback),
+                           self._queueLimit)
+        self.subscriptions.append(sub)
+        return sub
+
+    def _remove(self, sub):
+        try:
+            self.subscriptions.remove(sub)
+        except ValueError:
+            pass
+        if sub.busy:
+            sub.busy = False
+            self._busyChanged(-1)
+
+    def registerProducer(self, producer) -> None:
+        """Pause ``producer`` (an ``IPushProducer``) while a subscriber is busy."""
+        self._producers.append(producer)
+        if self._paused:
+            producer.pauseProducing()
+
+    def unregisterProducer(self, producer) -> None:
+        """Forget ``producer``; it is resumed if this topic had paused it."""
+        try:
+            self._producers.remove(producer)
+        except ValueError:
+            return
+        if self._paused:
+            producer.resumeProducing()
+
+    def _busyChanged(self, delta):
+        self._busy += delta
+        if self._busy > 0 and not self._paused:
+            self._paused = True
+            for producer in tuple(self._producers):
+                producer.pauseProducing()
+        elif self._busy <= 0 and self._paused:
+            self._busy = 0
+            self._paused = False
+            for producer in tuple(self._producers):
+                producer.resumeProducing()
+
+
+class Broker:
+    """Topics by name, created on first use.
+
+    :param clock: an ``IReactorTime`` for timeouts (the reactor, or a ``Clock``
+        in tests).
+    """
+
+    def __init__(self, clock=None, queueLimit=DEFAULT_QUEUE_LIMIT):
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+        self.queueLimit = queueLimit
+        self._topics: dict[str, Topic] = {}
+
+    def topic(self, name: str) -> Topic:
+        """The topic called ``name``, created if new."""
+        topic = self._topics.get(name)
+        if topic is None:
+            if not name:
+                raise ValueError("a topic needs a name")
+            topic = self._topics[name] = Topic(name, self.queueLimit)
+        return topic
+
+    def topics(self) -> list[Topic]:
+        """Every topic used so far, sorted by name."""
+        return [self._topics[name] for name in sorted(self._topics)]
+
+    def publish(self, topic: str, body, msgtype: str = "text", source=None,
+                session=None, attributes=None) -> Message:
+        """Publish ``body`` (bytes, or str encoded as UTF-8) on ``topic``.
+
+        Returns the :class:`Message`, already delivered to every subscriber
+        that was not busy.
+        """
+        t = self.topic(topic)
+        message = self._message(t, body, msgtype, source, session, attributes)
+        t.publish(message)
+        return message
+
+    @staticmethod
+    def _message(t, body, msgtype, source, session, attributes):
+        if isinstance(body, str):
+            body = body.encode("utf-8")
+        return Message(t.name, f"{t.name}-{t.published + 1}", body, msgtype,
+                       source, session, attributes)
+
+    def subscribe(self, topic: str, callback: Callable[[Message], Any],
+                  session=None, name: Optional[str] = None) -> Subscription:
+        """Call ``callback(message)`` for each message published on ``topic``.
+
+        With ``session`` set, messages of other sessions are not delivered.
+        """
+        return self.topic(topic).subscribe(callback, session, name)
+
+    def nextMessage(self, topic: str, timeout: Optional[float] = None,
+                    match: Optional[Callable[[Message], bool]] = None,
+                    session=None) -> Deferred:
+        """A Deferred firing with the next message on ``topic``.
+
+        ``match`` picks which message counts (default: any).  With ``timeout``
+        seconds the Deferred fails with ``TimeoutError`` when none came.
+        Cancelling the Deferred ends the wait.
+        """
+        sub = None
+        delayed = None
+
+        def cancel(d):
+            cleanup()
+
+        d = Deferred(cancel)
+
+        def cleanup():
+            if sub is not None:
+                sub.cancel()
+            if delayed is not None and delayed.active():
+                delayed.cancel()
+
+        def onMessage(message):
+            if d.called:
+                return
+            if match is not None and not match(message):
+                return
+            cleanup()
+            d.callback(message)
+
+        def onTimeout():
+            if not d.called:
+                cleanup()
+                d.errback(Failure(TimeoutError(f"no message on {topic} within {timeout} s")))
+
+        sub = self.subscribe(topic, onMessage, session=session, name=f"wait:{topic}")
+        if timeout is not None:
+            delayed = self.clock.callLater(timeout, onTimeout)
+        return d
+
+    def request(self, topicOut: str, topicIn: str, body, timeout: Optional[float] = None,
+                match: Optional[Callable[[Message], bool]] = None, msgtype: str = "text",
+                source=None, session=None) -> Deferred:
+        """Publish ``body`` on ``topicOut`` and wait for the reply on ``topicIn``.
+
+        ``match`` is called with ``(request, reply)`` and picks the reply
+        (default: the next message on ``topicIn``).  The wait starts before
+        the publish, so a synchronous reply is not missed.
+        """
+        t = self.topic(topicOut)
+        request = self._message(t, body, msgtype, source, session, None)
+        picker = None
+        if match is not None:
+            def picker(reply):
+                return match(request, reply)
+        d = self.nextMessage(topicIn, timeout=timeout, match=picker)
+        t.publish(request)
+        return d

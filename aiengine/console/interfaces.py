@@ -1,0 +1,107 @@
+"""How callable classes plug into the XML-call console.
+
+A console class provides :class:`IConsoleClass`; the console finds it in a
+:class:`~aiengine.console.registry.CallRegistry` by its ``name`` (the
+``class`` attribute of an ``<xmlcall>``).  Features add classes by registering
+them; the console itself never changes.  :class:`ConsoleClass` is a
+convenient base: decorate methods with :func:`method`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from zope.interface import Attribute, Interface, implementer
+
+__all__ = ["IConsoleClass", "ConsoleClass", "ConsoleMethod", "Param", "CallError",
+           "Call", "method"]
+
+
+class CallError(Exception):
+    """A call failed in an expected way; the message is the ``<exception>`` text."""
+
+
+class Param:
+    """One parameter of a console method."""
+
+    def __init__(self, name: str, description: str, default=None, required: bool = True):
+        self.name = name
+        self.description = description
+        self.default = default
+        self.required = required
+
+
+class ConsoleMethod:
+    """A callable method: ``function(call)`` returns the result (see :class:`Call`)."""
+
+    def __init__(self, name: str, description: str, params, function: Callable):
+        self.name = name
+        self.description = description
+        self.params = list(params)
+        self.function = function
+
+
+class Call:
+    """One request being served.
+
+    :ivar params: ``dict`` of parameter name to string value, defaults applied.
+    :ivar connection: the console connection; offers ``session``,
+        ``sendEvent(message)`` (stream a broker message as ``<xmlevent>``),
+        ``addCleanup(callable)`` (run when the connection closes) and
+        ``authenticated``.
+    :ivar engine: the running engine: ``broker``, ``channels``, ``media``...
+    :ivar element: the parsed ``<xmlcall>`` element.
+
+    A method returns ``None``, an lxml element, a list of elements, or a
+    Deferred of one of those; the elements become the children of
+    ``<xmlcallresult>``.  Raising (or failing the Deferred) answers
+    ``status="Exception"`` with the error's message.
+    """
+
+    def __init__(self, params, connection, engine, element=None, name=None,
+                 requestId=None):
+        self.params = params
+        self.connection = connection
+        self.engine = engine
+        self.element = element
+        self.name = name
+        self.requestId = requestId
+
+
+class IConsoleClass(Interface):
+    """A class of methods callable from the console."""
+
+    name = Attribute("The xmlcall 'class' attribute selecting it, e.g. 'Engine'.")
+    description = Attribute("One line saying what the class is for.")
+
+    def methods():
+        """A mapping of method name to :class:`ConsoleMethod`."""
+
+
+def method(description: str, *params: Param, name: Optional[str] = None):
+    """Mark a :class:`ConsoleClass` method as callable from the console."""
+
+    def decorate(function):
+        function._consoleMethod = (name or function.__name__, description, params)
+        return function
+
+    return decorate
+
+
+@implementer(IConsoleClass)
+class ConsoleClass:
+    """Base for console classes: collects the methods marked with :func:`method`."""
+
+    name: str = ""
+    description: str = ""
+
+    def methods(self):
+        found = {}
+        for attr in dir(type(self)):
+            function = getattr(type(self), attr, None)
+            spec = getattr(function, "_consoleMethod", None)
+            if spec is not None:
+                mname, description, params = spec
+                found[mname] = ConsoleMethod(mname, description, params,
+                                             getattr(self, attr))
+        return found
