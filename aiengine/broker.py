@@ -127,12 +127,16 @@ class Subscription:
                      topic=self.topic.name, name=self.name, id=message.id)
 
     def _done(self, _):
+        if not self.active:
+            # Cancelled while busy: the topic has already accounted for it.
+            self.queue.clear()
+            return
         self.busy = False
-        self.topic._busyChanged(-1)
         while self.active and self.queue and not self.busy:
             self._call(self.queue.popleft())
-        if not self.active:
-            self.queue.clear()
+        # Balance the count taken when this subscriber became busy only now,
+        # so that draining into another busy spell does not resume producers.
+        self.topic._busyChanged(-1)
 
 
 class Topic:
