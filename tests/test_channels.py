@@ -1,0 +1,773 @@
+"""Tests for aiengine.channels: outbound channels ("active sockets").
+
+Real loopback servers on 127.0.0.1 port 0 where connecting is the point;
+``MemoryReactorClock`` and ``StringTransport`` where timing or transport
+details are.
+"""
+
+import random
+
+from twisted.internet import defer, error, reactor, task
+from twisted.internet.address import IPv4Address
+from twisted.internet.protocol import Factory
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.protocols.basic import LineReceiver
+from twisted.protocols.policies import WrappingFactory
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from aiengine import channels
+from aiengine.broker import Broker
+from aiengine.channels import (
+    CONNECTED, CONNECTING, IDLE, STOPPED, WAITING, Channel, ChannelStopped,
+    reconnectDelay,
+)
+from aiengine.config import ChannelConfig, ProtocolConfig, ProtocolSettings
+from aiengine.protocols.base import FramingProtocol
+
+
+def makeConfig(port=4000, host="127.0.0.1", name="test", delimiter=b"\n",
+               wait=30.0, maxPacket=1000000, **kw):
+    settings = ProtocolSettings(name="text-messages", delimiter=delimiter,
+                                wait_time_sec=wait, max_packet_size=maxPacket)
+    return ChannelConfig(name=name, host=host, port=port,
+                         protocol=ProtocolConfig("text-messages", settings, settings), **kw)
+
+
+# -- real loopback servers --------------------------------------------------
+
+class ServerConnection(LineReceiver):
+    delimiter = b"\n"
+
+    def connectionMade(self):
+        self.lost = defer.Deferred()
+        self.lines = []
+        self.factory.connections.append(self)
+        self.factory.open.append(self)
+        if self.factory.dropOnConnect:
+            self.transport.loseConnection()
+
+    def lineReceived(self, line):
+        self.lines.append(line)
+        self.factory.lines.append(line)
+        if self.factory.echo:
+            self.sendLine(line)
+
+    def connectionLost(self, reason):
+        self.factory.open.remove(self)
+        self.lost.callback(None)
+
+
+class ServerFactory(Factory):
+    protocol = ServerConnection
+
+    def __init__(self, echo=True, dropOnConnect=False):
+        self.echo = echo
+        self.dropOnConnect = dropOnConnect
+        self.connections = []  # every connection ever accepted
+        self.open = []
+        self.lines = []
+
+
+class LoopbackMixin:
+    """Servers on 127.0.0.1 and channels on the real reactor, cleaned up."""
+
+    def listen(self, factory, port=0):
+        listening = reactor.listenTCP(port, factory, interface="127.0.0.1")
+
+        def cleanup():
+            for conn in list(factory.open):
+                conn.transport.loseConnection()
+            waits = [c.lost for c in factory.open]
+            return defer.gatherResults(waits + [defer.maybeDeferred(listening.stopListening)])
+
+        self.addCleanup(cleanup)
+        return listening
+
+    @defer.inlineCallbacks
+    def freePort(self):
+        listening = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+        port = listening.getHost().port
+        yield listening.stopListening()
+        return port
+
+    def channel(self, config, broker=None):
+        broker = broker or Broker(reactor)
+        ch = Channel(config, broker, reactor)
+        self.addCleanup(ch.stop)
+        return ch
+
+    @defer.inlineCallbacks
+    def waitFor(self, predicate, timeout=1.5, what="condition"):
+        deadline = reactor.seconds() + timeout
+        while not predicate():
+            if reactor.seconds() > deadline:
+                self.fail(f"timed out waiting for {what}")
+            yield task.deferLater(reactor, 0.01, lambda: None)
+
+
+class LoopbackTests(LoopbackMixin, unittest.TestCase):
+    """Channels against real servers on loopback."""
+
+    timeout = 10
+
+    @defer.inlineCallbacks
+    def test_echoThroughTopics(self):
+        server = ServerFactory(echo=True)
+        port = self.listen(server).getHost().port
+        broker = Broker(reactor)
+        ch = self.channel(makeConfig(port, redirect_in=True, redirect_out=True,
+                                     topic_in="echo.in", topic_out="echo.out",
+                                     msgtype="xml"), broker)
+        ch.start()
+        yield self.waitFor(lambda: ch.state == CONNECTED, what="connected")
+        reply = yield broker.request("echo.out", "echo.in", b"hello", timeout=1.5)
+        self.assertEqual(reply.body, b"hello")
+        self.assertEqual(reply.source, "test")
+        self.assertEqual(reply.msgtype, "xml")
+        self.assertEqual(server.lines, [b"hello"])
+        status = ch.status()
+        self.assertEqual((status["messagesOut"], status["messagesIn"]), (1, 1))
+        self.assertEqual((status["bytesOut"], status["bytesIn"]), (6, 6))
+        self.assertEqual(status["connects"], 1)
+        # With redirect-in nothing is kept for receive().
+        self.assertEqual(status["inbox"], 0)
+
+    @defer.inlineCallbacks
+    def test_refusedThenServerStartsOnSamePort(self):
+        port = yield self.freePort()
+        ch = self.channel(makeConfig(port, reconnection_timeout=0.2))
+        ch.start()
+        yield self.waitFor(lambda: ch.failures >= 1 and ch.state == WAITING,
+                           what="a failed attempt")
+        self.assertIn("cannot connect", ch.status()["lastError"])
+        self.assertEqual(ch.connects, 0)
+        server = ServerFactory()
+        self.listen(server, port)
+        yield self.waitFor(lambda: ch.state == CONNECTED, what="connected")
+        self.assertEqual(ch.connects, 1)
+        yield self.waitFor(lambda: len(server.connections) == 1, what="server side")
+
+    @defer.inlineCallbacks
+    def test_serverRestartDeliversOutageMessagesInOrder(self):
+        server = ServerFactory(echo=False)
+        listening = self.listen(server)
+        port = listening.getHost().port
+        broker = Broker(reactor)
+        ch = self.channel(makeConfig(port, redirect_out=True, topic_out="out",
+                                     reconnection_timeout=0.2), broker)
+        ch.start()
+        yield self.waitFor(lambda: ch.state == CONNECTED, what="connected")
+        broker.publish("out", b"a")
+        yield self.waitFor(lambda: server.lines == [b"a"], what="first message")
+
+        # The server goes away: stop listening, drop the connection.
+        yield listening.stopListening()
+        first = server.open[0]
+        first.transport.loseConnection()
+        yield first.lost
+        yield self.waitFor(lambda: ch.state != CONNECTED, what="the drop")
+        for body in (b"b", b"c", b"d"):
+            broker.publish("out", body)
+        self.assertEqual(ch.queued, 3)
+
+        restarted = ServerFactory(echo=False)
+        self.listen(restarted, port)
+        yield self.waitFor(lambda: len(restarted.lines) == 3, what="queued messages")
+        self.assertEqual(restarted.lines, [b"b", b"c", b"d"])
+        self.assertEqual(ch.connects, 2)
+        self.assertEqual(ch.queued, 0)
+        broker.publish("out", b"e")
+        yield self.waitFor(lambda: len(restarted.lines) == 4, what="a newer message")
+        self.assertEqual(restarted.lines[-1], b"e")
+
+    @defer.inlineCallbacks
+    def test_reconnectsToServerThatDrops(self):
+        server = ServerFactory(dropOnConnect=True)
+        port = self.listen(server).getHost().port
+        ch = self.channel(makeConfig(port, reconnection_timeout=0.1))
+        ch.start()
+        yield self.waitFor(lambda: len(server.connections) >= 3, what="three connections")
+        self.assertGreaterEqual(ch.connects, 2)
+        self.assertIn(ch.state, (CONNECTED, CONNECTING, WAITING))
+
+    @defer.inlineCallbacks
+    def test_receiveTimesOutOnSilentServer(self):
+        server = ServerFactory(echo=False)
+        port = self.listen(server).getHost().port
+        ch = self.channel(makeConfig(port))
+        ch.start()
+        yield self.waitFor(lambda: ch.state == CONNECTED, what="connected")
+        ch.send(b"anyone?")
+        started = reactor.seconds()
+        yield self.assertFailure(ch.receive(timeout=0.2), defer.TimeoutError)
+        self.assertGreaterEqual(reactor.seconds() - started, 0.15)
+        self.assertEqual(ch.messagesIn, 0)
+        yield self.waitFor(lambda: server.lines == [b"anyone?"], what="the message")
+
+    @defer.inlineCallbacks
+    def test_onDemandConnectsOnSendClosesWhenIdle(self):
+        server = ServerFactory(echo=True)
+        port = self.listen(server).getHost().port
+        ch = self.channel(makeConfig(port, permanent=False, idle_timeout=0.2,
+                                     reconnection_timeout=0.05))
+        ch.start()
+        self.assertEqual(ch.state, IDLE)
+        yield task.deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(server.connections, [])
+
+        ch.send(b"ping")
+        self.assertEqual(ch.state, CONNECTING)
+        reply = yield ch.receive(timeout=1)
+        self.assertEqual(reply.body, b"ping")
+        self.assertEqual(ch.state, CONNECTED)
+        yield self.waitFor(lambda: ch.state == IDLE, what="idle close")
+        yield server.connections[0].lost
+        # No reconnect by itself.
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual(len(server.connections), 1)
+        self.assertEqual((ch.state, ch.connects), (IDLE, 1))
+
+        ch.send(b"again")
+        reply = yield ch.receive(timeout=1)
+        self.assertEqual(reply.body, b"again")
+        self.assertEqual(ch.connects, 2)
+
+    @defer.inlineCallbacks
+    def test_disconnectStaysDownUntilConnect(self):
+        server = ServerFactory(echo=False)
+        port = self.listen(server).getHost().port
+        ch = self.channel(makeConfig(port, reconnection_timeout=0.05))
+        ch.start()
+        yield self.waitFor(lambda: ch.state == CONNECTED, what="connected")
+        yield ch.disconnect()
+        self.assertEqual(ch.state, STOPPED)
+        yield server.connections[0].lost
+        ch.send(b"later")
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        self.assertEqual((len(server.connections), ch.state, ch.queued), (1, STOPPED, 1))
+
+        result = yield ch.connect()
+        self.assertIs(result, ch)
+        self.assertEqual((ch.state, ch.connects, ch.queued), (CONNECTED, 2, 0))
+        yield self.waitFor(lambda: server.lines == [b"later"], what="the queued message")
+
+    @defer.inlineCallbacks
+    def test_stopFiresWhenClosedAndFailsWaiters(self):
+        server = ServerFactory(echo=False)
+        port = self.listen(server).getHost().port
+        ch = self.channel(makeConfig(port))
+        ch.start()
+        connected = ch.connect()
+        yield connected
+        pending = ch.receive(timeout=5)
+        yield ch.stop()
+        self.assertEqual(ch.state, STOPPED)
+        yield self.assertFailure(pending, ChannelStopped)
+        yield server.connections[0].lost
+
+
+    @defer.inlineCallbacks
+    def test_httpRepliesCarryRequestIdAndSession(self):
+        class Page(Resource):
+            isLeaf = True
+
+            def render_GET(self, request):
+                return b"page " + request.uri
+
+        site = WrappingFactory(Site(Page()))
+        listening = reactor.listenTCP(0, site, interface="127.0.0.1")
+
+        @defer.inlineCallbacks
+        def cleanup():
+            yield listening.stopListening()
+            for conn in list(site.protocols):
+                conn.transport.loseConnection()
+            yield self.waitFor(lambda: not site.protocols, what="server connections closed")
+
+        self.addCleanup(cleanup)
+        settings = ProtocolSettings(name="http")
+        config = ChannelConfig(name="web", host="127.0.0.1", port=listening.getHost().port,
+                               protocol=ProtocolConfig("http", settings, settings),
+                               redirect_in=True, redirect_out=True,
+                               topic_in="http.response", topic_out="http.request")
+        broker = Broker(reactor)
+        ch = self.channel(config, broker)
+        ch.start()
+        yield self.waitFor(lambda: ch.state == CONNECTED, what="connected")
+
+        def isReply(request, reply):
+            return reply.attributes.get("in-reply-to") == request.id
+
+        first = broker.request("http.request", "http.response", "/a", timeout=1.5,
+                               match=isReply, session="S1")
+        second = broker.request("http.request", "http.response", "/b", timeout=1.5,
+                                match=isReply, session="S2")
+        replyA, replyB = yield defer.gatherResults([first, second])
+        self.assertEqual((replyA.body, replyA.session), (b"page /a", "S1"))
+        self.assertEqual((replyB.body, replyB.session), (b"page /b", "S2"))
+        self.assertEqual(replyA.attributes["status"], 200)
+        self.assertEqual((ch.connects, ch.messagesOut, ch.messagesIn), (1, 2, 2))
+
+
+# -- fakes for memory-reactor tests -------------------------------------------
+
+class FakeTransport(StringTransport):
+    """A StringTransport that remembers keepalive and abort calls."""
+
+    def __init__(self):
+        StringTransport.__init__(self, IPv4Address("TCP", "127.0.0.1", 50000),
+                                 IPv4Address("TCP", "127.0.0.1", 4000))
+        self.keepalive = None
+        self.aborted = False
+
+    def setTcpKeepAlive(self, enable):
+        self.keepalive = enable
+
+    def abortConnection(self):
+        self.aborted = True
+        StringTransport.abortConnection(self)
+
+
+class RecordingFramer(FramingProtocol):
+    """Each packet is a message carrying a session; records what is sent."""
+
+    def __init__(self, settings, receiver, log=None):
+        FramingProtocol.__init__(self, settings, receiver, log)
+        self.sent = []
+
+    def framedDataReceived(self, data):
+        self.deliver(data, {"session": "S1", "status": 200})
+
+    def sendMessage(self, message, attributes=None):
+        self.sent.append((message, attributes))
+        FramingProtocol.sendMessage(self, message, attributes)
+
+
+def stopInMemory(ch):
+    """Stop ``ch``; a StringTransport never reports its close, so do it here."""
+    d = ch.stop()
+    protocol = ch._protocol
+    if protocol is not None:
+        reason = Failure(error.ConnectionDone())
+        protocol.connectionLost(reason)
+        ch._factory.clientConnectionLost(ch._factory.connector, reason)
+    return d
+
+
+class MemoryTests(unittest.TestCase):
+    """Channel behaviour on a MemoryReactorClock."""
+
+    timeout = 10
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.broker = Broker(self.reactor)
+
+    def make(self, **kw):
+        ch = Channel(makeConfig(**kw), self.broker, self.reactor)
+        self.addCleanup(stopInMemory, ch)
+        return ch
+
+    def attempt(self, index=-1):
+        host, port, factory, timeout, bind = self.reactor.tcpClients[index]
+        return factory
+
+    def succeed(self, ch, transport=None):
+        """Complete the current attempt: build the protocol, connect it."""
+        factory = ch._factory
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4000))
+        transport = transport or FakeTransport()
+        transport.protocol = protocol
+        protocol.makeConnection(transport)
+        return protocol, transport
+
+    def drop(self, ch, protocol, reason=None):
+        reason = Failure(reason or error.ConnectionLost("peer went away"))
+        protocol.connectionLost(reason)
+        ch._factory.clientConnectionLost(ch._factory.connector, reason)
+
+    def refuse(self, ch):
+        ch._factory.clientConnectionFailed(ch._factory.connector,
+                                           Failure(error.ConnectionRefusedError()))
+
+    def pendingDelay(self):
+        calls = self.reactor.getDelayedCalls()
+        self.assertEqual(len(calls), 1)
+        return calls[0].getTime() - self.reactor.seconds()
+
+    def countConnects(self, ch):
+        counter = []
+        connector = ch._connector
+        connector.connect = lambda: (counter.append(1),
+                                     ch._factory.startedConnecting(connector))
+        return counter
+
+    def test_stateTransitionsInStatus(self):
+        ch = self.make(reconnection_timeout=2.0, connect_timeout=7.0)
+        self.assertEqual(ch.status()["state"], STOPPED)
+        ch.start()
+        self.assertEqual(ch.status()["state"], CONNECTING)
+        host, port, factory, timeout, bind = self.reactor.tcpClients[0]
+        self.assertEqual((host, port, timeout), ("127.0.0.1", 4000, 7.0))
+        self.refuse(ch)
+        status = ch.status()
+        self.assertEqual((status["state"], status["failures"]), (WAITING, 1))
+        self.assertIn("Connection was refused", status["lastError"])
+        connects = self.countConnects(ch)
+        self.reactor.advance(2.5)
+        self.assertEqual((ch.status()["state"], len(connects)), (CONNECTING, 1))
+        protocol, transport = self.succeed(ch)
+        status = ch.status()
+        self.assertEqual((status["state"], status["connects"]), (CONNECTED, 1))
+        for key in ("name", "host", "port", "protocol", "permanent", "messagesIn",
+                    "messagesOut", "bytesIn", "bytesOut", "dropped", "errors", "queued",
+                    "lastError"):
+            self.assertIn(key, status)
+        self.assertEqual((status["protocol"], status["permanent"]), ("text-messages", True))
+        self.drop(ch, protocol)
+        self.assertEqual(ch.status()["state"], WAITING)
+        d = ch.stop()
+        self.assertEqual(self.successResultOf(d), None)
+        self.assertEqual(ch.status()["state"], STOPPED)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_failedAttemptsWaitTimeoutThenResetAfterConnection(self):
+        ch = self.make(reconnection_timeout=4.0)
+        ch.start()
+        self.countConnects(ch)
+        for _ in range(3):
+            self.refuse(ch)
+            delay = self.pendingDelay()
+            self.assertTrue(3.6 <= delay <= 4.4, delay)
+            self.reactor.advance(delay)
+        protocol, transport = self.succeed(ch)
+        self.assertEqual(ch._factory.failures, 0)
+        self.reactor.advance(5)  # up long enough to count as a real connection
+        self.drop(ch, protocol)
+        delay = self.pendingDelay()
+        self.assertTrue(0 <= delay <= 1.0, delay)
+        self.reactor.advance(delay)
+        self.assertEqual(ch.state, CONNECTING)
+
+    def test_connectionDroppedAtOnceCountsAsFailure(self):
+        ch = self.make(reconnection_timeout=4.0)
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        self.drop(ch, protocol)
+        self.assertTrue(3.6 <= self.pendingDelay() <= 4.4)
+
+    def test_onDemandFailedAttemptDoesNotRetry(self):
+        ch = self.make(permanent=False)
+        ch.start()
+        self.assertEqual((ch.state, self.reactor.tcpClients), (IDLE, []))
+        ch.send(b"one")
+        self.assertEqual((ch.state, len(self.reactor.tcpClients)), (CONNECTING, 1))
+        connected = ch.connect()
+        self.refuse(ch)
+        self.failureResultOf(connected, error.ConnectionRefusedError)
+        self.assertEqual((ch.state, ch.queued, ch.connects), (IDLE, 1, 0))
+        self.assertIsNotNone(ch.lastError)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        connects = self.countConnects(ch)
+        ch.send(b"two")
+        self.assertEqual((len(connects), ch.state, ch.queued), (1, CONNECTING, 2))
+        protocol, transport = self.succeed(ch)
+        self.assertEqual(transport.value(), b"one\ntwo\n")
+        # The idle close does not lead to a reconnect.
+        self.reactor.advance(30)
+        self.assertTrue(transport.disconnecting)
+        self.drop(ch, protocol, error.ConnectionDone())
+        self.assertEqual((ch.state, len(connects)), (IDLE, 1))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_idleTimeoutResetByTraffic(self):
+        ch = self.make(idle_timeout=5.0)
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        self.reactor.advance(4)
+        ch.send(b"x")
+        self.reactor.advance(4)
+        protocol.dataReceived(b"y\n")
+        self.reactor.advance(4)
+        self.assertFalse(transport.disconnecting)
+        self.reactor.advance(1.5)
+        self.assertTrue(transport.disconnecting)
+
+    def test_noIdleTimeoutForPermanentByDefault(self):
+        ch = self.make()
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_keepalive(self):
+        ch = self.make()
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        self.assertEqual(transport.keepalive, 1)
+
+        other = self.make(name="nokeep", keepalive=False)
+        other.start()
+        protocol, transport = self.succeed(other)
+        self.assertIsNone(transport.keepalive)
+
+    def test_queueOverflowDropsAndLogsSparingly(self):
+        events = []
+
+        def observe(event):
+            if event.get("log_namespace") == "ActiveSocket::test" and \
+                    "dropped" in event.get("log_format", ""):
+                events.append(event)
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        ch = self.make(queue_size=3)
+        ch.start()
+        for i in range(253):
+            ch.send(b"m%d" % i)
+        self.assertEqual((ch.queued, ch.dropped), (3, 250))
+        self.assertEqual([e["dropped"] for e in events], [1, 100, 200])
+        protocol, transport = self.succeed(ch)
+        self.assertEqual(transport.value(), b"m0\nm1\nm2\n")
+
+    def test_queuedMessagesGoBeforeNewer(self):
+        ch = self.make()
+        ch.send(b"early")  # not started: queued, no attempt
+        self.assertEqual(self.reactor.tcpClients, [])
+        ch.start()
+        ch.send(b"while connecting")
+        self.assertEqual(ch.queued, 2)
+        protocol, transport = self.succeed(ch)
+        ch.send(b"newer")
+        self.assertEqual(transport.value(), b"early\nwhile connecting\nnewer\n")
+        self.assertEqual((ch.queued, ch.messagesOut), (0, 3))
+
+    def test_inboxBoundedDropsOldest(self):
+        ch = self.make(inbox_size=2)
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        protocol.dataReceived(b"1\n2\n3\n4\n")
+        self.assertEqual((ch.status()["inbox"], ch.inboxDropped, ch.messagesIn), (2, 2, 4))
+        first = self.successResultOf(ch.receive(timeout=1))
+        second = self.successResultOf(ch.receive(timeout=1))
+        self.assertEqual((first.body, second.body), (b"3", b"4"))
+        self.assertEqual((first.source, first.topic), ("test", "test"))
+        self.assertNotEqual(first.id, second.id)
+
+    def test_receiveWaitsThenTimesOutWithDefault(self):
+        ch = self.make(wait=3.0)
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        d = ch.receive()
+        self.reactor.advance(2.9)
+        self.assertNoResult(d)
+        protocol.dataReceived(b"late\n")
+        self.assertEqual(self.successResultOf(d).body, b"late")
+        d = ch.receive()
+        self.reactor.advance(3.1)
+        self.failureResultOf(d, defer.TimeoutError)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_receiveFixedAcrossMessagesKeepsRemainder(self):
+        ch = self.make(delimiter=b";")
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        protocol.dataReceived(b"abc;defg;")
+        self.assertEqual(self.successResultOf(ch.receiveFixed(5, timeout=1)), b"abcde")
+        self.assertEqual(self.successResultOf(ch.receive(timeout=1)).body, b"fg")
+        d = ch.receiveFixed(4, timeout=1)
+        protocol.dataReceived(b"hi;")
+        self.assertNoResult(d)
+        protocol.dataReceived(b"jk;lm;")
+        self.assertEqual(self.successResultOf(d), b"hijk")
+        self.assertEqual(self.successResultOf(ch.receive(timeout=1)).body, b"lm")
+
+    def test_receiveFixedTimeoutPutsBytesBack(self):
+        ch = self.make(delimiter=b";")
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        protocol.dataReceived(b"ab;")
+        d = ch.receiveFixed(10, timeout=2)
+        self.reactor.advance(2.5)
+        self.failureResultOf(d, defer.TimeoutError)
+        self.assertEqual(self.successResultOf(ch.receiveFixed(2, timeout=1)), b"ab")
+        self.failureResultOf(ch.receiveFixed(-1), ValueError)
+        self.assertEqual(self.successResultOf(ch.receiveFixed(0)), b"")
+
+    def test_redirectInKeepsOnlyWhatAFixedReadLeft(self):
+        ch = self.make(redirect_in=True, topic_in="in")
+        published = []
+        self.broker.subscribe("in", published.append)
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        protocol.dataReceived(b"nobody waits\n")
+        self.assertEqual((len(published), ch.status()["inbox"]), (1, 0))
+        d = ch.receiveFixed(3, timeout=1)
+        protocol.dataReceived(b"abcde\n")
+        self.assertEqual(self.successResultOf(d), b"abc")
+        self.assertEqual(ch.status()["inbox"], 1)
+        self.assertEqual(self.successResultOf(ch.receive(timeout=1)).body, b"de")
+        self.assertEqual([m.body for m in published], [b"nobody waits", b"abcde"])
+
+    def test_onDemandDisconnectedQueuesWithoutConnecting(self):
+        ch = self.make(permanent=False)
+        ch.start()
+        self.successResultOf(ch.disconnect())
+        ch.send(b"held")
+        self.assertEqual((self.reactor.tcpClients, ch.queued, ch.state), ([], 1, STOPPED))
+        d = ch.connect()
+        self.assertEqual(len(self.reactor.tcpClients), 1)
+        protocol, transport = self.succeed(ch)
+        self.assertIs(self.successResultOf(d), ch)
+        self.assertEqual(transport.value(), b"held\n")
+
+    def test_connectRightAfterDisconnectFires(self):
+        ch = self.make()
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        connects = self.countConnects(ch)
+        again = []
+        ch.disconnect().addCallback(lambda _: again.append(ch.connect()))
+        self.assertEqual(again, [])
+        self.drop(ch, protocol, error.ConnectionDone())
+        self.assertEqual((len(again), len(connects), ch.state), (1, 1, CONNECTING))
+        self.succeed(ch)
+        self.assertIs(self.successResultOf(again[0]), ch)
+        self.assertEqual(ch.connects, 2)
+
+    def test_protocolErrorCountedAndRemembered(self):
+        ch = self.make(maxPacket=5)
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        protocol.dataReceived(b"far too long\n")
+        status = ch.status()
+        self.assertEqual(status["errors"], 1)
+        self.assertIn("max-packet-size", status["lastError"])
+        self.assertTrue(transport.disconnecting)
+
+    def test_ipv6LiteralHosts(self):
+        for host in ("::1", "[::1]"):
+            ch = self.make(host=host, name="v6" + host)
+            ch.start()
+            self.assertEqual(self.reactor.tcpClients[-1][0], "::1")
+
+    def test_stopClosesAndAbortsAStuckConnection(self):
+        ch = self.make()
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        d = ch.stop()
+        self.assertTrue(transport.disconnecting)
+        self.assertNoResult(d)
+        self.reactor.advance(channels.CLOSE_GRACE + 0.1)
+        self.assertTrue(transport.aborted)
+        self.drop(ch, protocol, error.ConnectionAborted())
+        self.successResultOf(d)
+        self.assertEqual((ch.state, self.reactor.getDelayedCalls()), (STOPPED, []))
+
+    def test_backpressurePausesTransport(self):
+        ch = self.make(redirect_in=True, topic_in="in")
+        gate = defer.Deferred()
+        self.broker.subscribe("in", lambda m: gate)
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        protocol.dataReceived(b"one\n")
+        self.assertEqual(transport.producerState, "paused")
+        gate.callback(None)
+        self.assertEqual(transport.producerState, "producing")
+
+
+class AttributeTests(unittest.TestCase):
+    """What travels with messages each way (recording framer)."""
+
+    timeout = 10
+
+    def setUp(self):
+        self.reactor = MemoryReactorClock()
+        self.broker = Broker(self.reactor)
+        self.framers = []
+
+        def build(protocol, receiver, log, host, port):
+            framer = RecordingFramer(protocol.inbound, receiver, log)
+            self.framers.append((framer, host, port))
+            return framer
+
+        self.patch(channels, "_buildFramer", build)
+
+    def test_attributesBothWays(self):
+        ch = Channel(makeConfig(redirect_in=True, redirect_out=True, topic_in="in",
+                                topic_out="out", port=8080, host="example.org"),
+                     self.broker, self.reactor)
+        self.addCleanup(stopInMemory, ch)
+        ch.start()
+        protocol = ch._factory.buildProtocol(None)
+        protocol.makeConnection(FakeTransport())
+        framer, host, port = self.framers[0]
+        self.assertEqual((host, port), ("example.org", 8080))
+        request = self.broker.publish("out", b"GET", session="S1")
+        self.assertEqual(framer.sent, [(b"GET", {"in-reply-to": request.id,
+                                                  "session": "S1"})])
+        got = []
+        self.broker.subscribe("in", got.append, session="S1")
+        other = []
+        self.broker.subscribe("in", other.append, session="S2")
+        waiter = ch.receive(timeout=1)
+        protocol.dataReceived(b"reply")
+        self.assertEqual(len(got), 1)
+        self.assertEqual(other, [])
+        message = got[0]
+        self.assertEqual((message.body, message.session, message.source),
+                         (b"reply", "S1", "test"))
+        self.assertEqual(message.attributes["status"], 200)
+        # Offered to the pending receive() as well, and not kept beyond it.
+        self.assertIs(self.successResultOf(waiter), message)
+        protocol.dataReceived(b"unread")
+        self.assertEqual(ch.status()["inbox"], 0)
+
+    def test_framerFailureOnSendIsCounted(self):
+        class Broken(Exception):
+            pass
+
+        def boom(message, attributes=None):
+            raise Broken("cannot encode")
+
+        ch = Channel(makeConfig(), self.broker, self.reactor)
+        self.addCleanup(stopInMemory, ch)
+        ch.start()
+        protocol = ch._factory.buildProtocol(None)
+        protocol.makeConnection(FakeTransport())
+        self.framers[0][0].sendMessage = boom
+        ch.send(b"x")
+        self.assertEqual(ch.errors, 1)
+        self.assertIn("cannot encode", ch.lastError)
+        self.assertEqual(len(self.flushLoggedErrors(Broken)), 1)
+
+
+class ReconnectDelayTests(unittest.TestCase):
+    """reconnectDelay is a pure function of timeout, failures and a random source."""
+
+    class Bounds:
+        def __init__(self, pick):
+            self.pick = pick
+
+        def uniform(self, a, b):
+            return a if self.pick == "low" else b
+
+    def test_afterDropRetrySoon(self):
+        self.assertEqual(reconnectDelay(10, 0, self.Bounds("low")), 0)
+        self.assertEqual(reconnectDelay(10, 0, self.Bounds("high")), 1.0)
+        self.assertEqual(reconnectDelay(0.4, 0, self.Bounds("high")), 0.4)
+
+    def test_afterFailureWaitTimeoutWithJitter(self):
+        self.assertAlmostEqual(reconnectDelay(10, 1, self.Bounds("low")), 9.0)
+        self.assertAlmostEqual(reconnectDelay(10, 5, self.Bounds("high")), 11.0)
+        self.assertEqual(reconnectDelay(0, 3, self.Bounds("high")),
+                         channels.MIN_FAILED_DELAY)
+
+    def test_jitterSpreadsChannels(self):
+        rng = random.Random(7)
+        delays = [reconnectDelay(10, 1, rng) for _ in range(50)]
+        self.assertTrue(all(9.0 <= d <= 11.0 for d in delays))
+        self.assertGreater(len(set(delays)), 40)
