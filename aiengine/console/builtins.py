@@ -1,0 +1,216 @@
+"""The console classes every engine has: ``Engine`` and ``Topics``.
+
+``Engine`` answers ``ping``, ``help`` and ``version``.  ``Topics`` gives the
+console the topic broker: publish, request/reply, subscribe (messages are
+streamed to the connection as ``<xmlevent>`` documents) and a list of the
+topics with their counters.
+"""
+
+from __future__ import annotations
+
+import math
+
+from lxml import etree
+from twisted.internet.defer import TimeoutError
+from twisted.logger import Logger
+
+import aiengine
+from aiengine.console.interfaces import CallError, ConsoleClass, Param, method
+from aiengine.console.results import messageElement
+from aiengine.protocols.xmlsplit import safeParser
+
+__all__ = ["Engine", "Topics", "registerBuiltins", "MESSAGE_TYPES"]
+
+_log = Logger(namespace="Console::Topics")
+
+#: Message types the console may publish; xml types must be well-formed.
+MESSAGE_TYPES = ("text", "xml", "xmlcall")
+
+
+def _element(tag, text=None, **attributes):
+    element = etree.Element(tag)
+    for key, value in attributes.items():
+        element.set(key, str(value))
+    if text is not None:
+        element.text = text
+    return element
+
+
+class Engine(ConsoleClass):
+    """``Engine``: is the console alive, what can it do, which version."""
+
+    name = "Engine"
+    description = "The engine itself: liveness, version and the list of callable methods."
+
+    def __init__(self, registry):
+        self.registry = registry
+
+    @method("Answer <pong/>: shows that the console is alive.")
+    def ping(self, call):
+        return _element("pong")
+
+    @method("Describe every callable class, method and parameter.",
+            Param("class", "Describe only this class.", required=False))
+    def help(self, call):
+        only = call.params.get("class")
+        classes = [self.registry.get(only)] if only else self.registry.classes()
+        result = []
+        for consoleClass in classes:
+            classElement = _element("class", name=consoleClass.name,
+                                    description=consoleClass.description or "")
+            methods = consoleClass.methods()
+            for mname in sorted(methods):
+                consoleMethod = methods[mname]
+                methodElement = etree.SubElement(classElement, "method")
+                methodElement.set("name", mname)
+                methodElement.set("description", consoleMethod.description or "")
+                for param in consoleMethod.params:
+                    required = param.required and param.default is None
+                    paramElement = etree.SubElement(methodElement, "param")
+                    paramElement.set("name", param.name)
+                    paramElement.set("description", param.description or "")
+                    paramElement.set("required", "true" if required else "false")
+                    if param.default is not None:
+                        paramElement.set("default", str(param.default))
+            result.append(classElement)
+        return result
+
+    @method("The version of aiengine.")
+    def version(self, call):
+        return _element("version", aiengine.__version__)
+
+
+def _topicName(call, key):
+    name = call.params[key]
+    if not name or not name.strip():
+        raise CallError(f"parameter '{key}' must name a topic")
+    return name
+
+
+def _seconds(value, key="timeout"):
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise CallError(f"parameter '{key}' must be a number of seconds, got {value!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise CallError(f"parameter '{key}' must be a positive number of seconds, "
+                        f"got {value!r}")
+    return seconds
+
+
+class Topics(ConsoleClass):
+    """``Topics``: the topic broker seen from the console.
+
+    The console's own publishes carry no session (they reach every
+    subscriber) and name the console connection as their source; its
+    subscriptions see every message of their topic, whatever the session.
+    Subscribing twice to one topic on one connection is an error (the
+    connection already receives that topic's events); subscriptions end when
+    the connection closes.
+    """
+
+    name = "Topics"
+    description = "Publish to, request through, subscribe to and list broker topics."
+
+    def __init__(self):
+        # connection -> {topic name: Subscription}
+        self._subscriptions: dict = {}
+
+    @method("Publish a message on a topic; answers <messageId>.",
+            Param("topic", "Topic to publish on."),
+            Param("message", "The message text (XML may be written inline)."),
+            Param("type", "Message type: text, xml or xmlcall.", default="text"))
+    def publish(self, call):
+        topic = _topicName(call, "topic")
+        msgtype = self._messageType(call)
+        message = call.engine.broker.publish(topic, call.params["message"], msgtype=msgtype,
+                                             source=call.connection.session, session=None)
+        return _element("messageId", message.id)
+
+    @method("Publish a message on topic-out and answer the next message on topic-in "
+            "as <message id topic>.",
+            Param("topic-out", "Topic to publish the request on."),
+            Param("topic-in", "Topic the reply comes on."),
+            Param("message", "The request text."),
+            Param("timeout", "Seconds to wait for the reply.", default="30"))
+    def request(self, call):
+        topicOut = _topicName(call, "topic-out")
+        topicIn = _topicName(call, "topic-in")
+        timeout = _seconds(call.params["timeout"])
+        d = call.engine.broker.request(topicOut, topicIn, call.params["message"],
+                                       timeout=timeout, source=call.connection.session)
+
+        def noReply(failure):
+            failure.trap(TimeoutError)
+            raise CallError(f"no reply on {topicIn} within {timeout:g} s")
+
+        d.addCallbacks(lambda reply: messageElement("message", reply), noReply)
+        return d
+
+    @method("Stream every message of a topic to this connection as "
+            "<xmlevent topic id>text</xmlevent>, until unsubscribe or disconnect.",
+            Param("topic", "Topic to follow."))
+    def subscribe(self, call):
+        topic = _topicName(call, "topic")
+        connection = call.connection
+        subscriptions = self._subscriptions.get(connection)
+        if subscriptions is not None and topic in subscriptions:
+            raise CallError(f"already subscribed to {topic}")
+        subscription = call.engine.broker.subscribe(
+            topic, connection.sendEvent, session=None, name=f"console:{connection.session}")
+        if subscriptions is None:
+            subscriptions = self._subscriptions[connection] = {}
+            subscriptions[topic] = subscription
+            # Registered after the subscription so that a connection already
+            # gone (cleanup runs at once) still cancels it.
+            connection.addCleanup(lambda: self._connectionClosed(connection))
+        else:
+            subscriptions[topic] = subscription
+        _log.info("{session} subscribed to {topic}", session=connection.session, topic=topic)
+        return _element("subscribed", topic=topic)
+
+    @method("Stop streaming a topic to this connection.",
+            Param("topic", "Topic to stop following."))
+    def unsubscribe(self, call):
+        topic = _topicName(call, "topic")
+        connection = call.connection
+        subscription = self._subscriptions.get(connection, {}).pop(topic, None)
+        if subscription is None:
+            raise CallError(f"not subscribed to {topic}")
+        subscription.cancel()
+        _log.info("{session} unsubscribed from {topic}", session=connection.session,
+                  topic=topic)
+        return _element("unsubscribed", topic=topic)
+
+    @method("List the topics with their subscriber, message and dropped counts.")
+    def list(self, call):
+        return [_element("topic", name=topic.name, subscribers=len(topic.subscriptions),
+                         messages=topic.published, dropped=topic.dropped)
+                for topic in call.engine.broker.topics()]
+
+    def subscriptionsOf(self, connection):
+        """The topic names ``connection`` is subscribed to."""
+        return sorted(self._subscriptions.get(connection, ()))
+
+    def _connectionClosed(self, connection):
+        for subscription in self._subscriptions.pop(connection, {}).values():
+            subscription.cancel()
+
+    @staticmethod
+    def _messageType(call):
+        msgtype = call.params["type"]
+        if msgtype not in MESSAGE_TYPES:
+            raise CallError(f"parameter 'type' must be one of {', '.join(MESSAGE_TYPES)}, "
+                            f"got {msgtype!r}")
+        if msgtype != "text":
+            try:
+                etree.fromstring(call.params["message"].encode("utf-8"), safeParser())
+            except etree.XMLSyntaxError as e:
+                raise CallError(f"message of type {msgtype} is not well-formed XML: {e}")
+        return msgtype
+
+
+def registerBuiltins(registry) -> None:
+    """Register ``Engine`` and ``Topics`` in ``registry``."""
+    registry.register(Engine(registry))
+    registry.register(Topics())

@@ -1,0 +1,499 @@
+"""The XML-call console: a Twisted protocol serving ``<xmlcall>`` requests.
+
+Wire format
+===========
+
+Requests: one XML document each, cut with
+:class:`~aiengine.protocols.xmlsplit.XmlSplitter`.  A request is complete as
+soon as its root element closes, so a person at telnet types the document
+and presses Enter; whitespace and 0x01 bytes between documents are skipped,
+so the original 0x01-framed clients work unchanged.
+
+Replies and events: each is one XML element serialised as UTF-8 without an
+XML declaration (indented for a person), followed by exactly the two bytes
+``b"\\n\\x01"`` (:data:`~aiengine.console.results.TERMINATOR`)::
+
+    <xmlcallresult requestId="REQ-1" status="OK">\\n
+      <pong/>\\n
+    </xmlcallresult>\\n\\x01
+
+A 0x01-framed client reads up to 0x01 (and strips the whitespace around the
+document); a person sees the document end its line, 0x01 being invisible.
+0x01 never occurs inside a document: text that XML cannot carry is sent
+base64-encoded.
+
+Every request gets exactly one ``<xmlcallresult>``: ``requestId`` and
+``name`` copied from the request when present, ``status="OK"`` with the
+method's result as children, or ``status="Exception"`` with an
+``<exception>`` child holding the message.  Malformed XML gets an Exception
+(with the ``requestId`` and ``name`` recovered from the raw bytes when they
+can be) and the connection stays usable; only a document larger than
+``maxSize`` closes the connection, after its Exception answer.
+
+Calls run concurrently: each is dispatched with ``maybeDeferred`` and
+answered when it completes, so answers may come out of request order.
+Memory stays bounded: while a connection has ``maxPending`` calls running,
+or while its peer does not read our writes (the transport's write buffer is
+full), the console stops reading from it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from copy import deepcopy
+
+from lxml import etree
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger, LogLevel
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from aiengine.console.interfaces import Call, CallError
+from aiengine.console.results import (TERMINATOR, frame, messageElement,
+                                      resultElement)
+from aiengine.protocols.xmlsplit import Document, Malformed, TooLarge, XmlSplitter
+
+__all__ = ["ConsoleProtocol", "ConsoleFactory", "TERMINATOR", "parseParameters"]
+
+# Recovers requestId/name from a malformed request's root start tag so that a
+# program waiting for its answer gets it under the right id.
+_ROOT_TAG = re.compile(rb"<xmlcall\b[^<>]*", re.S)
+_ATTRIBUTE = {key: re.compile(rb"\s" + key.encode() + rb"""\s*=\s*(["'])([^<"']*)\1""")
+              for key in ("requestId", "name")}
+
+#: How much of a request or answer a debug log line shows.
+_LOG_BYTES = 2000
+
+
+def _rawAttribute(data: bytes, key: str):
+    tag = _ROOT_TAG.search(data)
+    if tag is None:
+        return None
+    match = _ATTRIBUTE[key].search(tag.group())
+    if match is None:
+        return None
+    return match.group(2).decode("utf-8", "replace")
+
+
+def _content(element) -> str:
+    """A property's text content; child elements count as XML text, so an
+    XML payload can be written inline without escaping."""
+    return (element.text or "") + "".join(
+        etree.tostring(child, encoding=str, with_tail=True) for child in element)
+
+
+def parseParameters(root, method, label: str) -> dict:
+    """The parameters of the ``<xmlcall>`` element ``root`` for ``method``.
+
+    ``<parameters><property name=".." value=".."/></parameters>``; a property
+    may carry its value as content instead of ``value``.  Defaults are
+    applied (every declared parameter is present in the result, possibly as
+    ``None``).  Raises :class:`CallError` for unknown, repeated or missing
+    parameters.
+    """
+    given = {}
+    for parameters in root.iterchildren("parameters"):
+        for prop in parameters:
+            if not isinstance(prop.tag, str):
+                continue  # comments and processing instructions
+            if prop.tag != "property":
+                raise CallError(f"unexpected <{prop.tag}> in <parameters>; expected "
+                                f"<property name=\"..\" value=\"..\"/>")
+            pname = prop.get("name")
+            if not pname:
+                raise CallError("a <property> in <parameters> has no name")
+            if pname in given:
+                raise CallError(f"parameter '{pname}' given twice")
+            value = prop.get("value")
+            given[pname] = value if value is not None else _content(prop)
+    declared = {param.name: param for param in method.params}
+    unknown = [pname for pname in given if pname not in declared]
+    if unknown:
+        takes = ", ".join(declared) or "no parameters"
+        names = ", ".join(f"'{pname}'" for pname in unknown)
+        raise CallError(f"Unknown parameter{'s' if len(unknown) > 1 else ''} {names} "
+                        f"for {label}; it takes: {takes}")
+    missing = [param.name for param in method.params
+               if param.name not in given and param.required and param.default is None]
+    if missing:
+        names = ", ".join(f"'{pname}'" for pname in missing)
+        raise CallError(f"Missing required parameter{'s' if len(missing) > 1 else ''} "
+                        f"{names} for {label}")
+    return {param.name: given.get(param.name, param.default) for param in method.params}
+
+
+def _resultChildren(value) -> list:
+    """The children of ``<xmlcallresult>`` for a method's return value."""
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        items = [value]
+    for item in items:
+        if not isinstance(item, etree._Element):
+            raise TypeError(f"console method returned {type(item).__name__}, "
+                            f"expected an lxml element, a list of them or None")
+    return items
+
+
+@implementer(IPushProducer)
+class ConsoleProtocol(Protocol):
+    """One console connection.
+
+    :ivar session: ``"<factory name>.<n>"``, the connection's session name.
+    :ivar authenticated: whether calls are allowed (always ``True`` for now).
+
+    As an ``IPushProducer`` registered with its own transport it learns when
+    the peer stops reading our writes, and stops reading its requests.
+    """
+
+    def __init__(self, factory: "ConsoleFactory", session: str):
+        self.factory = factory
+        self.session = session
+        self.authenticated = True
+        self.log = factory.log
+        self._splitter = XmlSplitter(separators=b"\x01", maxSize=factory.maxSize)
+        self._cleanups = []
+        self._pending: set[Deferred] = set()
+        self._pauses: set[str] = set()
+        self._drainWaiters: list[Deferred] = []
+        self._closing = False
+        self._gone = False
+
+    # -- connection API for console methods (see interfaces.Call) -----------
+
+    def addCleanup(self, function) -> None:
+        """Call ``function()`` when the connection closes (at once if it has)."""
+        if self._gone:
+            self._runCleanup(function)
+        else:
+            self._cleanups.append(function)
+
+    def sendEvent(self, message):
+        """Write broker ``message`` as ``<xmlevent topic id type source>``.
+
+        Returns ``None``, or a Deferred that fires once the peer has read
+        enough of what we wrote: a broker subscriber that returns it slows
+        its publisher down instead of buffering without bound.
+        """
+        if self._gone:
+            return None
+        self._write(messageElement("xmlevent", message))
+        self.factory.events += 1
+        if "write" in self._pauses:
+            waiter = Deferred()
+            self._drainWaiters.append(waiter)
+            return waiter
+        return None
+
+    # -- Protocol -------------------------------------------------------------
+
+    def connectionMade(self):
+        self.factory.connectionOpened(self)
+        self.transport.registerProducer(self, True)
+        self.log.info("{session}: console connection from {peer}", session=self.session,
+                      peer=self._peer())
+
+    def dataReceived(self, data):
+        try:
+            self._dataReceived(data)
+        except Exception:
+            # Nothing the peer sends may break the connection's reading.
+            self.factory.errors += 1
+            self.log.failure("{session}: unexpected error reading requests",
+                             session=self.session, level=LogLevel.error)
+
+    def connectionLost(self, reason=None):
+        if self._gone:
+            return
+        self._gone = True
+        self.factory.connectionClosed(self)
+        self.log.info("{session}: console connection closed ({pending} calls "
+                      "unfinished)", session=self.session, pending=len(self._pending))
+        for d in list(self._pending):
+            d.cancel()
+        self._fireDrainWaiters()
+        cleanups, self._cleanups = self._cleanups, []
+        for function in cleanups:
+            self._runCleanup(function)
+
+    # -- IPushProducer: the transport tells us whether the peer reads ---------
+
+    def pauseProducing(self):
+        """The peer does not read our writes: stop reading its requests."""
+        self._pause("write")
+
+    def resumeProducing(self):
+        """The peer caught up: read again and release waiting event streams."""
+        if getattr(self.transport, "disconnecting", False):
+            # A close asked for while we were paused: the transport resumes
+            # us instead of closing, unless we let go of it.
+            self.transport.unregisterProducer()
+        self._resume("write")
+        self._fireDrainWaiters()
+
+    def stopProducing(self):
+        """The transport is going away; connectionLost does the cleaning."""
+
+    # -- requests -------------------------------------------------------------
+
+    def _dataReceived(self, data):
+        if self._closing:
+            self.factory.discardedBytes += len(data)
+            return
+        try:
+            items = self._splitter.feed(data)
+        except TooLarge as e:
+            self._tooLarge(str(e))
+            return
+        for item in items:
+            try:
+                if isinstance(item, Document):
+                    self._request(item)
+                elif isinstance(item, Malformed):
+                    self._malformed(item)
+            except Exception:
+                self.factory.errors += 1
+                self.log.failure("{session}: unexpected error serving a request",
+                                 session=self.session, level=LogLevel.error)
+                requestId = name = None
+                if isinstance(item, Document):
+                    requestId, name = item.root.get("requestId"), item.root.get("name")
+                self._write(resultElement("Exception", requestId, name,
+                                          "internal error serving the request"))
+
+    def _malformed(self, item: Malformed):
+        self.factory.requests += 1
+        self.factory.errors += 1
+        self.log.warn("{session}: malformed XML request: {error}; data {data!r}",
+                      session=self.session, error=item.error,
+                      data=item.data[:_LOG_BYTES])
+        self._write(resultElement("Exception", _rawAttribute(item.data, "requestId"),
+                                  _rawAttribute(item.data, "name"),
+                                  f"malformed XML: {item.error}"))
+
+    def _tooLarge(self, reason: str):
+        self._closing = True
+        self.factory.requests += 1
+        self.factory.errors += 1
+        self.log.warn("{session}: closing the connection: {reason}",
+                      session=self.session, reason=reason)
+        self._write(resultElement("Exception", error=f"request too large: {reason}; "
+                                                     f"closing the connection"))
+        # A registered streaming producer can delay the close: unregister first.
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
+    def _request(self, document: Document):
+        self.factory.requests += 1
+        root = document.root
+        requestId, name = root.get("requestId"), root.get("name")
+        self.log.debug("{session}: request {data!r}", session=self.session,
+                       data=document.data[:_LOG_BYTES])
+        try:
+            method, call, label = self._prepare(root, requestId, name)
+        except CallError as e:
+            self._fail(requestId, name, str(e))
+            return
+        d = maybeDeferred(method.function, call)
+        if not d.called:
+            self._pending.add(d)
+            d.addBoth(self._callEnded, d)
+            if len(self._pending) >= self.factory.maxPending:
+                self._pause("calls")
+        d.addCallbacks(self._succeeded, self._failed,
+                       callbackArgs=(requestId, name, label),
+                       errbackArgs=(requestId, name, label))
+        d.addErrback(self._internalError, requestId, name)
+
+    def _prepare(self, root, requestId, name):
+        if root.tag != "xmlcall":
+            raise CallError(f"expected an <xmlcall> document, got <{root.tag}>")
+        if not self.authenticated:
+            raise CallError("not authenticated")
+        className, methodName = root.get("class"), root.get("method")
+        if not className:
+            raise CallError("<xmlcall> has no 'class' attribute")
+        if not methodName:
+            raise CallError("<xmlcall> has no 'method' attribute")
+        method = self.factory.registry.lookup(className, methodName)
+        label = f"{className}.{methodName}"
+        params = parseParameters(root, method, label)
+        call = Call(params, self, self.factory.engine, element=root, name=name,
+                    requestId=requestId)
+        return method, call, label
+
+    def _callEnded(self, result, d):
+        self._pending.discard(d)
+        if len(self._pending) < self.factory.maxPending:
+            self._resume("calls")
+        return result
+
+    def _succeeded(self, value, requestId, name, label):
+        try:
+            children = _resultChildren(value)
+        except TypeError as e:
+            self.log.warn("{session}: {label}: {error}", session=self.session,
+                          label=label, error=e)
+            self._fail(requestId, name, f"{label}: {e}")
+            return
+        result = resultElement("OK", requestId, name)
+        for child in children:
+            if child.getparent() is not None:
+                # Appending moves an element: keep the method's own tree whole.
+                child = deepcopy(child)
+            result.append(child)
+        self.log.debug("{session}: {label} {requestId} OK", session=self.session,
+                       label=label, requestId=requestId)
+        self._write(result)
+
+    def _failed(self, failure: Failure, requestId, name, label):
+        if failure.check(CancelledError) and self._gone:
+            self.log.debug("{session}: {label} {requestId} cancelled: connection gone",
+                           session=self.session, label=label, requestId=requestId)
+            return
+        if failure.check(CallError):
+            message = str(failure.value)
+            self.log.warn("{session}: {label} {requestId} failed: {message}",
+                          session=self.session, label=label, requestId=requestId,
+                          message=message)
+        else:
+            message = f"{failure.type.__name__}: {failure.value}"
+            self.log.failure("{session}: {label} {requestId} raised", failure,
+                             session=self.session, label=label, requestId=requestId,
+                             level=LogLevel.warn)
+        self.factory.errors += 1
+        self._write(resultElement("Exception", requestId, name, message))
+
+    def _internalError(self, failure, requestId, name):
+        self.factory.errors += 1
+        self.log.failure("{session}: could not answer {requestId}", failure,
+                         session=self.session, requestId=requestId, level=LogLevel.error)
+
+    def _fail(self, requestId, name, message):
+        self.factory.errors += 1
+        self.log.warn("{session}: request {requestId} failed: {message}",
+                      session=self.session, requestId=requestId, message=message)
+        self._write(resultElement("Exception", requestId, name, message))
+
+    # -- writing --------------------------------------------------------------
+
+    def _write(self, element):
+        if self._gone or self.transport is None:
+            self.factory.undelivered += 1
+            self.log.debug("{session}: connection gone, dropping {tag} {requestId}",
+                           session=self.session, tag=element.tag,
+                           requestId=element.get("requestId"))
+            return
+        data = frame(element)
+        if element.tag == "xmlcallresult":
+            self.log.debug("{session}: answer {data!r}", session=self.session,
+                           data=data[:_LOG_BYTES])
+        self.transport.write(data)
+
+    # -- flow control ---------------------------------------------------------
+
+    def _pause(self, reason):
+        if not self._pauses and not self._gone:
+            self.transport.pauseProducing()
+        self._pauses.add(reason)
+
+    def _resume(self, reason):
+        if reason not in self._pauses:
+            return
+        self._pauses.discard(reason)
+        if not self._pauses and not self._gone and not self._closing:
+            self.transport.resumeProducing()
+
+    def _fireDrainWaiters(self):
+        waiters, self._drainWaiters = self._drainWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    # -- helpers --------------------------------------------------------------
+
+    def _runCleanup(self, function):
+        try:
+            function()
+        except Exception:
+            self.log.failure("{session}: connection cleanup {function!r} failed",
+                             session=self.session, function=function)
+
+    def _peer(self):
+        try:
+            peer = self.transport.getPeer()
+            return f"{peer.host}:{peer.port}"
+        except Exception:
+            return "?"
+
+
+class ConsoleFactory(Factory):
+    """Builds :class:`ConsoleProtocol` connections serving ``registry``.
+
+    :param registry: the :class:`~aiengine.console.registry.CallRegistry`.
+    :param engine: passed to every call as ``call.engine`` (has ``broker``).
+    :param name: the listener's name; connections are ``<name>.<n>`` and
+        logs go to namespace ``SocketServer::<name>``.
+    :param maxSize: largest request document in bytes.
+    :param maxPending: calls one connection may have running before the
+        console stops reading its further requests.
+
+    Counters: ``connections`` (accepted so far), ``openConnections``,
+    ``requests``, ``errors`` (Exception answers and internal failures),
+    ``events`` (streamed), ``undelivered`` (answers for closed connections),
+    ``discardedBytes`` (read after a too-large request).
+    """
+
+    protocol = ConsoleProtocol
+
+    def __init__(self, registry, engine, name: str = "console", maxSize: int = 1000000,
+                 maxPending: int = 100):
+        self.registry = registry
+        self.engine = engine
+        self.name = name
+        self.maxSize = maxSize
+        self.maxPending = maxPending
+        self.log = Logger(namespace=f"SocketServer::{name}")
+        self._numbers = itertools.count(1)
+        self.connections = 0
+        self.openConnections = 0
+        self.requests = 0
+        self.errors = 0
+        self.events = 0
+        self.undelivered = 0
+        self.discardedBytes = 0
+        #: the connections open now
+        self.openProtocols: set = set()
+
+    def buildProtocol(self, addr):
+        """A new connection with the next session name."""
+        protocol = self.protocol(self, f"{self.name}.{next(self._numbers)}")
+        return protocol
+
+    def connectionOpened(self, protocol):
+        """Called by each connection when it is made."""
+        self.connections += 1
+        self.openConnections += 1
+        self.openProtocols.add(protocol)
+
+    def connectionClosed(self, protocol):
+        """Called by each connection when it is lost."""
+        self.openConnections -= 1
+        self.openProtocols.discard(protocol)
+
+    def disconnectAll(self) -> None:
+        """Close every open connection (at shutdown)."""
+        for protocol in list(self.openProtocols):
+            if protocol.transport is not None:
+                protocol.transport.unregisterProducer()
+                protocol.transport.loseConnection()
+
+    def stats(self) -> dict:
+        """The counters, by name."""
+        return {key: getattr(self, key) for key in (
+            "connections", "openConnections", "requests", "errors", "events",
+            "undelivered", "discardedBytes")}
