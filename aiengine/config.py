@@ -7,8 +7,15 @@ file, line, element and property.  Nothing here opens sockets.
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import os
+import re
+import sys
 from dataclasses import dataclass, field
 from typing import Optional
+
+from lxml import etree
 
 __all__ = [
     "ConfigError", "ProtocolSettings", "ProtocolConfig", "ListenerConfig",
@@ -126,16 +133,663 @@ class ServiceConfig:
     channels: tuple = field(default_factory=tuple)
 
 
+
+# -- C string literals ------------------------------------------------------
+
+_SIMPLE_ESCAPES = {
+    "n": b"\n", "t": b"\t", "v": b"\v", "b": b"\b", "r": b"\r", "f": b"\f",
+    "a": b"\a", "\\": b"\\", "?": b"?", "'": b"'", '"': b'"',
+}
+_HEX_ESCAPE = re.compile(r"[0-9A-Fa-f]{1,2}")
+_OCTAL_ESCAPE = re.compile(r"[0-7]{1,3}")
+
+
 def parseCString(text: str) -> bytes:
-    """Decode a C string literal body (``\\n``, ``\\x01``, ``\\1``...) into bytes."""
-    raise NotImplementedError
+    """Decode a C string literal body (``\\n``, ``\\x01``, ``\\1``...) into bytes.
+
+    Escapes: ``\\n \\t \\v \\b \\r \\f \\a \\\\ \\? \\' \\"``, ``\\xH`` or
+    ``\\xHH`` (at most two hex digits) and octal ``\\N`` to ``\\NNN``.  Other
+    characters stand for their UTF-8 bytes.  Any other escape raises
+    :class:`ConfigError` (without a location; the caller adds it).
+    """
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        backslash = text.find("\\", i)
+        if backslash < 0:
+            out += text[i:].encode("utf-8")
+            break
+        out += text[i:backslash].encode("utf-8")
+        i = backslash + 1
+        if i == len(text):
+            raise ConfigError("backslash at the end of the string")
+        char = text[i]
+        if char in _SIMPLE_ESCAPES:
+            out += _SIMPLE_ESCAPES[char]
+            i += 1
+        elif char == "x":
+            digits = _HEX_ESCAPE.match(text, i + 1)
+            if digits is None:
+                raise ConfigError(f"'\\x' without hex digits at position {backslash}")
+            out.append(int(digits.group(), 16))
+            i = digits.end()
+        elif char in "01234567":
+            digits = _OCTAL_ESCAPE.match(text, i)
+            value = int(digits.group(), 8)
+            if value > 0xFF:
+                raise ConfigError(
+                    f"octal escape '\\{digits.group()}' at position {backslash} "
+                    "is larger than a byte (\\377)")
+            out.append(value)
+            i = digits.end()
+        else:
+            raise ConfigError(f"unknown escape '\\{char}' at position {backslash}")
+    return bytes(out)
+
+
+# -- property values ----------------------------------------------------------
+#
+# A converter takes the property's text and returns the typed value, or raises
+# ConfigError with only a message; _Element adds file, line, element and name.
+
+#: the values ``protocol`` accepts
+PROTOCOLS = ("text-messages", "xml-messages", "text-stream", "binary-stream",
+             "http", "asymmetric")
+#: protocols that deliver arbitrary chunks, not whole messages
+_STREAMS = ("text-stream", "binary-stream")
+
+
+def _closest(word, candidates):
+    """The known name nearest to a misspelt one, or None."""
+    close = difflib.get_close_matches(word, list(candidates), n=1)
+    return close[0] if close else None
+
+
+def _choice(*options):
+    def convert(raw):
+        if raw in options:
+            return raw
+        message = f"{raw!r} is not one of {', '.join(options)}"
+        close = _closest(raw.lower(), options)
+        if close:
+            message += f"; did you mean '{close}'?"
+        raise ConfigError(message)
+    return convert
+
+
+def _bool(raw):
+    lowered = raw.lower()
+    if lowered == "true":
+        return True
+    if lowered == "false":
+        return False
+    raise ConfigError(f"expected true or false, got {raw!r}")
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def _integer(low, high=None):
+    def convert(raw):
+        # int() alone would also take "1_000" and non-ASCII digits
+        if not _INTEGER.fullmatch(raw):
+            raise ConfigError(f"expected an integer, got {raw!r}")
+        value = int(raw)
+        if high is None and value < low:
+            raise ConfigError(f"must be at least {low}, got {value}")
+        if high is not None and not low <= value <= high:
+            raise ConfigError(f"out of range: {value} (allowed {low} to {high})")
+        return value
+    return convert
+
+
+def _seconds(positive):
+    def convert(raw):
+        # float() alone would also take "nan", "inf" and "1_0"
+        if not _DECIMAL.fullmatch(raw):
+            raise ConfigError(f"expected a number of seconds, got {raw!r}")
+        value = float(raw)
+        if positive and not value > 0:
+            raise ConfigError(f"must be greater than 0, got {raw}")
+        if value < 0:
+            raise ConfigError(f"must not be negative, got {raw}")
+        return value
+    return convert
+
+
+def _text(raw):
+    if not raw:
+        raise ConfigError("must not be empty")
+    return raw
+
+
+def _unbracket(raw):
+    if raw.startswith("[") and raw.endswith("]"):
+        return raw[1:-1]
+    return raw
+
+
+def _interface(raw):
+    try:
+        return str(ipaddress.ip_address(_unbracket(raw)))
+    except ValueError:
+        raise ConfigError(
+            f"{raw!r} is not an IPv4 or IPv6 address (e.g. 127.0.0.1, ::1, 0.0.0.0)"
+        ) from None
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def _host(raw):
+    if not raw:
+        raise ConfigError("must not be empty")
+    bare = _unbracket(raw)
+    if ":" in bare:
+        try:
+            return str(ipaddress.IPv6Address(bare))
+        except ValueError:
+            pass
+        name, _, port = raw.rpartition(":")
+        if port.isdigit() and ":" not in name:
+            raise ConfigError(
+                f"{raw!r} includes a port; give the host alone and put {port} "
+                "in property 'port'")
+        raise ConfigError(f"{raw!r} is not a valid IPv6 address")
+    if re.fullmatch(r"[0-9.]+", bare):
+        try:
+            return str(ipaddress.IPv4Address(bare))
+        except ValueError:
+            raise ConfigError(f"{raw!r} is not a valid IPv4 address") from None
+    try:
+        ascii_name = bare.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise ConfigError(f"{raw!r} is not a valid host name") from None
+    labels = ascii_name[:-1] if ascii_name.endswith(".") else ascii_name
+    if len(labels) > 253 or not all(
+            _HOST_LABEL.fullmatch(label) for label in labels.split(".")):
+        raise ConfigError(f"{raw!r} is not a valid host name")
+    return bare
+
+
+#: protocol.<key>: converter and ProtocolSettings field
+_SETTINGS = {
+    "delimiter": (parseCString, "delimiter"),
+    "max-packet-size": (_integer(1), "max_packet_size"),
+    "max-read-size": (_integer(1), "max_read_size"),
+    "wait-time-sec": (_seconds(positive=False), "wait_time_sec"),
+    "showmessages": (_bool, "show_messages"),
+    "showpackets": (_bool, "show_packets"),
+}
+_SIDES = ("protocol-inbound", "protocol-outbound")
+
+
+def _protocolProperties():
+    props = {"protocol": _choice(*PROTOCOLS)}
+    for side in _SIDES:
+        props[side] = _choice(*PROTOCOLS)
+    for prefix in ("protocol",) + _SIDES:
+        for key, (convert, _) in _SETTINGS.items():
+            props[f"{prefix}.{key}"] = convert
+    return props
+
+
+_CHANNEL_PROPERTIES = {
+    "host": _host,
+    "port": _integer(1, 65535),
+    **_protocolProperties(),
+    "msgtype": _choice("text", "xml"),
+    "permanent": _bool,
+    "redirect-in": _bool,
+    "redirect-out": _bool,
+    "topic-in": _text,
+    "topic-out": _text,
+    "reconnectionTimeout": _seconds(positive=False),
+    "reconnectionTimeoutSec": _seconds(positive=False),
+    "queue-size": _integer(1),
+    "inbox-size": _integer(1),
+    "idle-timeout": _seconds(positive=False),
+    "connect-timeout": _seconds(positive=True),
+    "keepalive": _bool,
+}
+
+_LISTENER_PROPERTIES = {
+    # 0 asks the system for any free port
+    "port": _integer(0, 65535),
+    "interface": _interface,
+    "direction": _choice("in", "out", "duplex"),
+    **_protocolProperties(),
+    "msgtype": _choice("text", "xml", "xmlcall"),
+    "topic-in": _text,
+    "topic-out": _text,
+    "auth": _bool,
+    "auth.secret-file": _text,
+}
+
+_KINDS = {"listener": _LISTENER_PROPERTIES, "channel": _CHANNEL_PROPERTIES}
+_SECTIONS = {"listeners": "listener", "directchannels": "channel"}
+#: the same setting under two names (the original spelled it both ways)
+_SAME_SETTING = {"reconnectionTimeoutSec": "reconnectionTimeout",
+                 "reconnectionTimeout": "reconnectionTimeoutSec"}
+
+
+# -- the document ---------------------------------------------------------------
+
+
+def _label(kind, name):
+    return f"{kind} '{name}'"
+
+
+@dataclass
+class _Property:
+    value: object
+    line: Optional[int]
+
+
+class _Element:
+    """One ``<listener>`` or ``<channel>``: its name, and its typed properties.
+
+    Errors raised through it carry the file, the line (the property's when
+    there is one), the element and the property name.
+    """
+
+    def __init__(self, reader, kind, name, run, line):
+        self.reader = reader
+        self.kind = kind
+        self.name = name
+        self.run = run
+        self.label = _label(kind, name)
+        self.line = line
+        self.properties = {}
+
+    def error(self, message, prop=None):
+        line = self.properties[prop].line if prop in self.properties else self.line
+        return ConfigError(message, path=self.reader.path, line=line,
+                           element=self.label, prop=prop)
+
+    def missing(self, prop, why=""):
+        return self.error("missing required property" + why, prop)
+
+    def __contains__(self, prop):
+        return prop in self.properties
+
+    def get(self, prop, default=None):
+        found = self.properties.get(prop)
+        return default if found is None else found.value
+
+    def require(self, prop, why=""):
+        if prop not in self.properties:
+            raise self.missing(prop, why)
+        return self.properties[prop].value
+
+    def first(self, *patterns):
+        """The first property (document order) matching a pattern: ``"p."``
+        matches ``p.*``; ``"p"`` matches ``p`` and ``p.*``."""
+        for name in self.properties:
+            for p in patterns:
+                if name.startswith(p if p.endswith(".") else p + ".") or name == p:
+                    return name
+        return None
+
+    def add(self, node):
+        """Read one ``<property name value/>``, check it and convert its value."""
+        line = node.sourceline
+
+        def fail(message, prop=None):
+            return ConfigError(message, path=self.reader.path, line=line,
+                               element=self.label, prop=prop)
+
+        self.reader.checkEmpty(node, "<property>")
+        for attribute in node.attrib:
+            if attribute not in ("name", "value"):
+                raise fail(f"unknown attribute '{attribute}' on <property>; "
+                           "expected name and value")
+        name = (node.get("name") or "").strip()
+        if not name:
+            raise fail("<property> without a 'name' attribute")
+        known = _KINDS[self.kind]
+        if name not in known:
+            raise fail(self._unknown(name), name)
+        if name in self.properties:
+            raise fail(f"given twice (first at line {self.properties[name].line})", name)
+        other = _SAME_SETTING.get(name)
+        if other in self.properties:
+            raise fail(f"given together with '{other}' (line "
+                       f"{self.properties[other].line}), which is the same setting", name)
+        raw = node.get("value")
+        if raw is None:
+            raise fail("missing 'value' attribute", name)
+        if not name.endswith(".delimiter"):
+            raw = raw.strip()
+        try:
+            value = known[name](raw)
+        except ConfigError as e:
+            raise fail(e.message, name) from None
+        self.properties[name] = _Property(value, line)
+
+    def _unknown(self, name):
+        close = _closest(name, _KINDS[self.kind])
+        if close:
+            return f"unknown property; did you mean '{close}'?"
+        for kind, known in _KINDS.items():
+            if kind != self.kind and name in known:
+                return f"unknown property; only a {kind} has it"
+        return "unknown property"
+
+
+class _Reader:
+    """Turns one media.xml document into a :class:`ServiceConfig`."""
+
+    def __init__(self, path):
+        self.path = path
+        # relative paths in the file (auth.secret-file) are relative to it
+        self.basedir = os.path.dirname(os.path.abspath(path))
+        self.owners = {}  # element name -> _Element that has it
+
+    def error(self, message, line=None, element=None, prop=None):
+        return ConfigError(message, path=self.path, line=line, element=element,
+                           prop=prop)
+
+    # -- XML structure ------------------------------------------------------
+
+    def document(self, data):
+        parser = etree.XMLParser(resolve_entities=False, no_network=True,
+                                 load_dtd=False, huge_tree=False)
+        try:
+            root = etree.fromstring(data, parser)
+        except etree.XMLSyntaxError as e:
+            message = re.sub(r", line \d+, column \d+$", "", e.msg or str(e))
+            column = f" (column {e.position[1]})" if e.position else ""
+            raise self.error(f"not well-formed XML: {message}{column}",
+                             line=e.lineno or None) from None
+        # without a DOCTYPE no entity can be declared, so the tree holds
+        # only elements, text, comments and processing instructions
+        if root.getroottree().docinfo.internalDTD is not None:
+            raise self.error("a DOCTYPE is not allowed in media.xml", line=1)
+        return root
+
+    def checkEmpty(self, node, where):
+        """``node`` (a ``<property>``) must hold no elements or text."""
+        for _ in self.children(node, where, ()):
+            pass
+
+    def children(self, node, where, allowed, element=None):
+        """The child elements of ``node``: comments and processing
+        instructions skipped, text and unknown elements refused."""
+        if node.text and node.text.strip():
+            raise self.error(f"unexpected text {node.text.strip()[:40]!r} in {where}",
+                             line=node.sourceline, element=element)
+        for child in node:
+            if isinstance(child.tag, str):
+                if child.tag not in allowed:
+                    raise self.error(self._unexpected(child.tag, where, allowed),
+                                     line=child.sourceline, element=element)
+                yield child
+            if child.tail and child.tail.strip():
+                raise self.error(
+                    f"unexpected text {child.tail.strip()[:40]!r} in {where}",
+                    line=child.sourceline, element=element)
+
+    @staticmethod
+    def _unexpected(tag, where, allowed):
+        if not allowed:
+            return f"unexpected element <{tag}> in {where}"
+        expected = " or ".join(f"<{a}>" for a in allowed)
+        close = _closest(tag, allowed)
+        hint = f"; did you mean <{close}>?" if close else ""
+        return f"unknown element <{tag}> in {where}; expected {expected}{hint}"
+
+    # -- the whole file --------------------------------------------------------
+
+    def service(self, data):
+        root = self.document(data)
+        if root.tag != "service":
+            raise self.error(f"root element is <{root.tag}>; expected <service>",
+                             line=root.sourceline)
+        built = {"listener": [], "channel": []}
+        seen = {}
+        for section in self.children(root, "<service>", tuple(_SECTIONS)):
+            if section.tag in seen:
+                raise self.error(
+                    f"<{section.tag}> given twice (first at line {seen[section.tag]}); "
+                    "put all its elements in one", line=section.sourceline)
+            seen[section.tag] = section.sourceline
+            if section.attrib:
+                raise self.error(
+                    f"unknown attribute '{next(iter(section.attrib))}' on "
+                    f"<{section.tag}>", line=section.sourceline)
+            kind = _SECTIONS[section.tag]
+            for node in self.children(section, f"<{section.tag}>", (kind,)):
+                element = self.element(kind, node)
+                build = self.listener if kind == "listener" else self.channel
+                built[kind].append(build(element))
+        listeners = tuple(built["listener"])
+        self.checkPorts(listeners)
+        return ServiceConfig(path=self.path, listeners=listeners,
+                             channels=tuple(built["channel"]))
+
+    def element(self, kind, node):
+        """Read the attributes and properties of a listener or channel."""
+        line = node.sourceline
+        for attribute in node.attrib:
+            if attribute not in ("name", "run"):
+                raise self.error(
+                    f"unknown attribute '{attribute}'; expected name and run",
+                    line=line, element=kind)
+        name = node.get("name")
+        if name is None:
+            raise self.error("missing 'name' attribute", line=line, element=kind)
+        name = name.strip()
+        if not name:
+            raise self.error("empty 'name' attribute", line=line, element=kind)
+        label = _label(kind, name)
+        if name in self.owners:
+            first = self.owners[name]
+            raise self.error(f"name already used by {first.label} at line {first.line}",
+                             line=line, element=label)
+        run = node.get("run")
+        try:
+            run = True if run is None else _bool(run.strip())
+        except ConfigError as e:
+            raise self.error(f"attribute 'run': {e.message}", line=line,
+                             element=label) from None
+        element = _Element(self, kind, name, run, line)
+        self.owners[name] = element
+        for prop in self.children(node, f"<{kind}>", ("property",), element=label):
+            element.add(prop)
+        return element
+
+    # -- protocols ---------------------------------------------------------------
+
+    def protocol(self, element, default=None):
+        name = element.get("protocol", default)
+        if name is None:
+            raise element.missing("protocol")
+        if name == "http" and element.kind == "listener":
+            raise element.error("http is a client protocol: only a channel can use it",
+                                "protocol")
+        if name == "asymmetric":
+            stray = element.first("protocol.")
+            if stray:
+                raise element.error(
+                    "with protocol asymmetric, settings go under "
+                    "protocol-inbound.* and protocol-outbound.*", stray)
+            inbound, outbound = (self.side(element, side) for side in _SIDES)
+            return ProtocolConfig(name, inbound, outbound)
+        stray = element.first(*_SIDES)
+        if stray:
+            raise element.error(
+                f"only used with protocol asymmetric (protocol is {name})", stray)
+        settings = self.settings(element, "protocol", name)
+        return ProtocolConfig(name, settings, settings)
+
+    def side(self, element, side):
+        name = element.require(side, " (protocol asymmetric needs protocol-inbound "
+                                     "and protocol-outbound)")
+        if name in ("asymmetric", "http"):
+            raise element.error(
+                f"{name} cannot be one direction of an asymmetric protocol", side)
+        return self.settings(element, side, name)
+
+    def settings(self, element, prefix, protocol):
+        values = {}
+        for key, (_, fieldName) in _SETTINGS.items():
+            if f"{prefix}.{key}" in element:
+                values[fieldName] = element.get(f"{prefix}.{key}")
+        key = f"{prefix}.delimiter"
+        if key in element:
+            if protocol == "http":
+                raise element.error("http frames its own messages; a delimiter "
+                                    "has no meaning here", key)
+            if not values["delimiter"]:
+                if protocol == "text-messages":
+                    raise element.error(
+                        "empty delimiter: text-messages needs one to cut messages", key)
+                values["delimiter"] = None
+        elif protocol == "text-messages":
+            values["delimiter"] = b"\n"
+        return ProtocolSettings(name=protocol, **values)
+
+    @staticmethod
+    def checkMsgtype(element, msgtype, protocol):
+        # a stream chunk is not a message: it cannot be parsed as one
+        if msgtype in ("xml", "xmlcall") and protocol.inbound.name in _STREAMS:
+            raise element.error(
+                f"msgtype {msgtype} needs whole messages, but protocol "
+                f"{protocol.inbound.name} delivers arbitrary chunks",
+                "msgtype" if "msgtype" in element else "protocol")
+
+    # -- listeners and channels ------------------------------------------------
+
+    def listener(self, element):
+        msgtype = element.get("msgtype", "text")
+        direction = element.get("direction", "duplex")
+        protocol = self.protocol(
+            element, default="xml-messages" if msgtype == "xmlcall" else None)
+        self.checkMsgtype(element, msgtype, protocol)
+        topicIn, topicOut = element.get("topic-in"), element.get("topic-out")
+        if msgtype == "xmlcall":
+            # the console answers calls itself: it routes nothing
+            if direction != "duplex":
+                raise element.error("msgtype xmlcall answers calls, so direction "
+                                    "must be duplex", "direction")
+            stray = element.first("topic-in", "topic-out")
+            if stray:
+                raise element.error("has no meaning for msgtype xmlcall", stray)
+        elif direction == "in":
+            if topicIn is None:
+                raise element.missing("topic-in", " (direction in publishes to it)")
+            if topicOut is not None:
+                raise element.error("not used with direction in", "topic-out")
+        elif direction == "out":
+            if topicOut is None:
+                raise element.missing("topic-out", " (direction out sends from it)")
+            if topicIn is not None:
+                raise element.error("not used with direction out", "topic-in")
+        elif topicIn is None and topicOut is None:
+            raise element.error("direction duplex needs topic-in, topic-out or both")
+        auth = element.get("auth", False)
+        secretFile = element.get("auth.secret-file")
+        if secretFile is not None:
+            secretFile = os.path.normpath(os.path.join(self.basedir, secretFile))
+        if auth:
+            if secretFile is None:
+                raise element.missing("auth.secret-file", " (auth is true)")
+            self.checkReadable(element, secretFile)
+        return ListenerConfig(
+            name=element.name, port=element.require("port"), protocol=protocol,
+            interface=element.get("interface", "127.0.0.1"), direction=direction,
+            msgtype=msgtype, topic_in=topicIn, topic_out=topicOut, auth=auth,
+            auth_secret_file=secretFile, run=element.run, line=element.line)
+
+    @staticmethod
+    def checkReadable(element, filename):
+        # checked now so a wrong path stops start-up; the secret is read later
+        if not os.path.isfile(filename):
+            raise element.error(f"no such file: {filename}", "auth.secret-file")
+        if not os.access(filename, os.R_OK):
+            raise element.error(f"cannot read {filename}", "auth.secret-file")
+
+    def channel(self, element):
+        host = element.require("host")
+        port = element.require("port")
+        protocol = self.protocol(element)
+        msgtype = element.get("msgtype", "text")
+        self.checkMsgtype(element, msgtype, protocol)
+        for redirect, topic in (("redirect-in", "topic-in"), ("redirect-out", "topic-out")):
+            if element.get(redirect, False) and topic not in element:
+                raise element.missing(topic, f" ({redirect} is true)")
+        return ChannelConfig(
+            name=element.name, host=host, port=port, protocol=protocol,
+            msgtype=msgtype, permanent=element.get("permanent", True),
+            redirect_in=element.get("redirect-in", False),
+            redirect_out=element.get("redirect-out", False),
+            topic_in=element.get("topic-in"), topic_out=element.get("topic-out"),
+            reconnection_timeout=element.get(
+                "reconnectionTimeout", element.get("reconnectionTimeoutSec", 10.0)),
+            queue_size=element.get("queue-size", 1000),
+            inbox_size=element.get("inbox-size", 1000),
+            idle_timeout=element.get("idle-timeout"),
+            connect_timeout=element.get("connect-timeout", 30.0),
+            keepalive=element.get("keepalive", True),
+            run=element.run, line=element.line)
+
+    def checkPorts(self, listeners):
+        """Two running listeners may not bind the same address and port."""
+        bound = {}
+        for listener in listeners:
+            if not listener.run or listener.port == 0:
+                continue
+            address = ipaddress.ip_address(listener.interface)
+            for (other, otherAddress) in bound.get(listener.port, ()):
+                if address.version == otherAddress.version and (
+                        address == otherAddress or address.is_unspecified
+                        or otherAddress.is_unspecified):
+                    element = self.owners[listener.name]
+                    raise element.error(
+                        f"port {listener.port} on {listener.interface} is already "
+                        f"used by listener '{other.name}' (line {other.line})", "port")
+            bound.setdefault(listener.port, []).append((listener, address))
 
 
 def parse(data: bytes, path: str = "<string>") -> ServiceConfig:
-    """Parse and validate media.xml content."""
-    raise NotImplementedError
+    """Parse and validate media.xml content.
+
+    ``path`` names the file in messages, and relative paths in the file
+    (``auth.secret-file``) resolve against its directory.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return _Reader(path).service(data)
 
 
 def load(path: str) -> ServiceConfig:
     """Read, parse and validate the media.xml at ``path``."""
-    raise NotImplementedError
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read file: {e.strerror or e}", path=path) from None
+    return parse(data, path)
+
+
+def main(argv=None) -> int:
+    """``python -m aiengine.config FILE``: check a media.xml, say OK or why not."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m aiengine.config FILE", file=sys.stderr)
+        return 2
+    try:
+        config = load(args[0])
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(f"OK: {config.path}: {len(config.listeners)} listeners, "
+          f"{len(config.channels)} channels")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
