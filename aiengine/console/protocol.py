@@ -44,7 +44,7 @@ import re
 from copy import deepcopy
 
 from lxml import etree
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, LogLevel
@@ -485,12 +485,17 @@ class ConsoleFactory(Factory):
         self.openConnections -= 1
         self.openProtocols.discard(protocol)
 
-    def disconnectAll(self) -> None:
-        """Close every open connection (at shutdown)."""
+    def closeConnections(self) -> Deferred:
+        """Close every open connection (at shutdown); fires when all are gone."""
+        waits = []
         for protocol in list(self.openProtocols):
             if protocol.transport is not None:
+                gone = Deferred()
+                protocol.addCleanup(lambda gone=gone: gone.callback(None))
+                waits.append(gone)
                 protocol.transport.unregisterProducer()
                 protocol.transport.loseConnection()
+        return DeferredList(waits)
 
     def stats(self) -> dict:
         """The counters, by name."""

@@ -1,0 +1,94 @@
+"""The running daemon: broker, console registry, listeners and channels in one service.
+
+:class:`Engine` is built from a :class:`~aiengine.config.ServiceConfig`.  It
+starts listeners before channels and stops them in that order too.  Console
+classes find what they need on it: ``broker``, ``channels``, ``media``.
+"""
+
+from __future__ import annotations
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.logger import Logger
+
+import aiengine
+from aiengine.broker import Broker
+from aiengine.channels import Channel
+from aiengine.config import (ListenerConfig, ProtocolConfig, ProtocolSettings,
+                             ServiceConfig)
+from aiengine.console.builtins import registerBuiltins
+from aiengine.console.protocol import ConsoleFactory
+from aiengine.console.registry import CallRegistry
+from aiengine.listeners import ListenerFactory, ListenerService
+from aiengine.media import Media, registerMedia
+
+__all__ = ["Engine", "DEFAULT_CONSOLE"]
+
+_xml = ProtocolSettings(name="xml-messages")
+
+#: The console used when media.xml declares no xmlcall listener.
+DEFAULT_CONSOLE = ListenerConfig(
+    name="console", port=20001, interface="127.0.0.1", msgtype="xmlcall",
+    protocol=ProtocolConfig(name="xml-messages", inbound=_xml, outbound=_xml))
+
+
+class Engine(MultiService):
+    """aiengine as a Twisted service."""
+
+    version = aiengine.__version__
+
+    def __init__(self, config: ServiceConfig, reactor=None):
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.config = config
+        self.log = Logger(namespace="Engine")
+        self.broker = Broker(clock=reactor)
+        self.registry = CallRegistry()
+        registerBuiltins(self.registry)
+        self.channels: dict[str, Channel] = {}
+        self.media = Media(self.channels)
+        registerMedia(self.registry)
+        self.listeners: dict[str, ListenerService] = {}
+
+        listeners = [c for c in config.listeners if self._runs(c, "listener")]
+        if not any(c.msgtype == "xmlcall" for c in listeners):
+            listeners.append(DEFAULT_CONSOLE)
+        for lc in listeners:
+            if lc.msgtype == "xmlcall":
+                factory = ConsoleFactory(self.registry, self, name=lc.name,
+                                         maxSize=lc.protocol.inbound.max_packet_size)
+            else:
+                factory = ListenerFactory(lc, self.broker)
+            service = ListenerService(lc.name, factory, lc.interface, lc.port, reactor)
+            self.listeners[lc.name] = service
+            service.setServiceParent(self)
+        for cc in config.channels:
+            if self._runs(cc, "channel"):
+                self.channels[cc.name] = Channel(cc, self.broker, reactor)
+
+    def _runs(self, item, kind):
+        if not item.run:
+            self.log.info("{kind} {name} is not configured to run", kind=kind,
+                          name=item.name)
+        return item.run
+
+    def startService(self):
+        self.log.info("aiengine {version} starting from {path}", version=self.version,
+                      path=self.config.path)
+        # Listeners first (MultiService starts children in order), then channels.
+        super().startService()
+        for channel in self.channels.values():
+            channel.start()
+
+    @defer.inlineCallbacks
+    def stopService(self):
+        self.log.info("aiengine stopping")
+        # Listeners close first, then channels.
+        yield defer.DeferredList([defer.maybeDeferred(s.stopService)
+                                  for s in self.listeners.values()])
+        yield defer.DeferredList([defer.maybeDeferred(c.stop)
+                                  for c in self.channels.values()])
+        self.running = 0
+        self.log.info("aiengine stopped")

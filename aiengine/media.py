@@ -1,0 +1,229 @@
+"""The media API ("AIMedia"): program-level access to channels by name.
+
+Every method returns a Deferred.  An unknown name fails with
+:class:`UnknownChannel` ("Unable to find channel by name=<name>").  The same
+operations are callable from the console as class ``Media``, next to the
+original's test classes ``TestDirectChannels`` and ``TestEngineThreads``.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import traceback
+
+from lxml import etree
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from aiengine.console.interfaces import CallError, ConsoleClass, Param, method
+from aiengine.console.results import messageElement, setBody
+
+__all__ = ["Media", "UnknownChannel", "MediaConsole", "TestDirectChannels",
+           "TestEngineThreads", "registerMedia"]
+
+
+class UnknownChannel(CallError, KeyError):
+    """No channel has the name asked for."""
+
+    def __init__(self, name):
+        super().__init__(f"Unable to find channel by name={name}")
+
+    def __str__(self):
+        return self.args[0]
+
+
+class Media:
+    """Channels by name, each operation a Deferred.
+
+    :param channels: the engine's ``dict`` of name to
+        :class:`~aiengine.channels.Channel` (read when called, so channels
+        added later are found).
+    """
+
+    def __init__(self, channels):
+        self.channels = channels
+
+    def channel(self, name):
+        """The channel called ``name``; raises :class:`UnknownChannel`."""
+        try:
+            return self.channels[name]
+        except KeyError:
+            raise UnknownChannel(name) from None
+
+    def listChannels(self):
+        """Deferred list of every channel's status dict, sorted by name."""
+        return defer.succeed([self.channels[n].status() for n in sorted(self.channels)])
+
+    def status(self, name):
+        """Deferred status dict of one channel."""
+        return defer.maybeDeferred(lambda: self.channel(name).status())
+
+    def send(self, name, message):
+        """Send ``message`` (bytes or str) to the channel; queued if not connected."""
+        if isinstance(message, str):
+            message = message.encode("utf-8")
+        return defer.maybeDeferred(lambda: self.channel(name).send(message))
+
+    def receive(self, name, timeout=None):
+        """Deferred of the oldest inbound message not yet received."""
+        return defer.maybeDeferred(lambda: self.channel(name).receive(timeout))
+
+    def receiveFixed(self, name, size, timeout=None):
+        """Deferred of exactly ``size`` bytes from the channel's inbound stream."""
+        return defer.maybeDeferred(lambda: self.channel(name).receiveFixed(size, timeout))
+
+    def connect(self, name):
+        """Connect (or resume connecting) the channel."""
+        return defer.maybeDeferred(lambda: self.channel(name).connect())
+
+    def disconnect(self, name):
+        """Close the channel and keep it down until :meth:`connect`."""
+        return defer.maybeDeferred(lambda: self.channel(name).disconnect())
+
+
+def _timeout(value, default=None):
+    if value in (None, ""):
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise CallError(f"timeout must be a number of seconds, not {value!r}") from None
+    if seconds < 0:
+        raise CallError("timeout must not be negative")
+    return seconds
+
+
+def _channelElement(status):
+    element = etree.Element("channel")
+    for key, value in status.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        element.set(key, str(value))
+    return element
+
+
+def textElement(tag, data):
+    """``<tag>`` holding ``data`` as text (base64 when XML cannot carry it)."""
+    element = etree.Element(tag)
+    setBody(element, data)
+    return element
+
+
+class MediaConsole(ConsoleClass):
+    """Console class ``Media``: the media API."""
+
+    name = "Media"
+    description = "Channels (active sockets) by name: state, counters, send, receive."
+
+    channel = Param("channel", "Name of a configured channel.")
+    timeout = Param("timeout", "Seconds to wait (default: the channel's "
+                    "protocol.wait-time-sec).", required=False)
+
+    @method("Every channel with its state and counters.")
+    def listChannels(self, call):
+        return call.engine.media.listChannels().addCallback(
+            lambda statuses: [_channelElement(s) for s in statuses])
+
+    @method("One channel's state and counters.", channel)
+    def status(self, call):
+        return call.engine.media.status(call.params["channel"]).addCallback(_channelElement)
+
+    @method("Send a message to the channel (queued while it is not connected).",
+            channel, Param("message", "The message text."))
+    def send(self, call):
+        return call.engine.media.send(call.params["channel"], call.params["message"])
+
+    @method("The oldest inbound message of the channel not yet received.",
+            channel, timeout)
+    def receive(self, call):
+        d = call.engine.media.receive(call.params["channel"],
+                                      _timeout(call.params.get("timeout")))
+        return d.addCallback(lambda message: messageElement("message", message))
+
+    @method("Exactly `size` bytes from the channel's inbound stream.",
+            channel, Param("size", "Number of bytes."), timeout)
+    def receiveFixed(self, call):
+        try:
+            size = int(call.params["size"])
+        except ValueError:
+            raise CallError("size must be a whole number") from None
+        if size <= 0:
+            raise CallError("size must be positive")
+        d = call.engine.media.receiveFixed(call.params["channel"], size,
+                                           _timeout(call.params.get("timeout")))
+        return d.addCallback(lambda data: textElement("data", data))
+
+    @method("Connect the channel (after disconnect, or an on-demand channel now).", channel)
+    def connect(self, call):
+        return call.engine.media.connect(call.params["channel"]).addCallback(lambda _: None)
+
+    @method("Close the channel and keep it down until connect.", channel)
+    def disconnect(self, call):
+        return call.engine.media.disconnect(call.params["channel"]).addCallback(
+            lambda _: None)
+
+
+class TestDirectChannels(ConsoleClass):
+    """The original's test class: read a page through the ``google`` channel."""
+
+    name = "TestDirectChannels"
+    description = "The original's channel tests."
+
+    requestTopic = "http.request"
+    responseTopic = "http.response"
+    timeout = 5.0
+
+    @method("Publish a page address to http.request and answer the body of its "
+            "response on http.response (5 s).", Param("page", "Address of the page."))
+    def testRequestPage(self, call):
+        page = call.params["page"]
+
+        def isReply(request, reply):
+            return reply.attributes.get("in-reply-to") == request.id
+
+        d = call.engine.broker.request(self.requestTopic, self.responseTopic, page,
+                                       timeout=self.timeout, match=isReply,
+                                       source=call.connection.session)
+
+        def answer(reply):
+            body = textElement("body", reply.body)
+            status = reply.attributes.get("status")
+            if status is not None:
+                body.set("status", str(status))
+            return [textElement("page", page), body]
+
+        def noAnswer(failure):
+            failure.trap(defer.TimeoutError)
+            raise CallError(f"No response from google page={page}")
+
+        return d.addCallbacks(answer, noAnswer)
+
+
+class TestEngineThreads(ConsoleClass):
+    """The original's thread test class."""
+
+    name = "TestEngineThreads"
+    description = "The original's engine thread tests."
+    log = Logger(namespace="TestEngineThreads")
+
+    @method("Write every thread's stack to the log; answer the thread names.")
+    def testThreadDump(self, call):
+        frames = sys._current_frames()
+        answer = []
+        for thread in threading.enumerate():
+            stack = "".join(traceback.format_stack(frames.get(thread.ident))) \
+                if thread.ident in frames else ""
+            self.log.info("thread {name}:\n{stack}", name=thread.name, stack=stack)
+            element = etree.Element("thread")
+            element.set("name", thread.name)
+            answer.append(element)
+        return answer
+
+
+def registerMedia(registry):
+    """Register ``Media``, ``TestDirectChannels`` and ``TestEngineThreads``."""
+    for consoleClass in (MediaConsole(), TestDirectChannels(), TestEngineThreads()):
+        registry.register(consoleClass)

@@ -1,0 +1,88 @@
+"""twistd entry point: command-line options and ``makeService``.
+
+``twistd -n aiengine -c etc/media.xml`` runs in the foreground;
+``twistd aiengine -c etc/media.xml`` daemonizes as twistd always does;
+``twistd aiengine -c etc/media.xml --check`` only checks the file.
+The configuration is read and checked while the options are parsed, so a
+broken file stops start-up with one plain message before anything listens
+(and before twistd daemonizes).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+from twisted.logger import Logger
+from twisted.python import usage
+
+from aiengine import __version__
+from aiengine.config import ConfigError, load
+
+__all__ = ["Options", "makeService"]
+
+
+class Options(usage.Options):
+    """Options of ``twistd aiengine``."""
+
+    synopsis = "[options]"
+    longdesc = ("Runs aiengine: the channels and listeners of a media.xml, its topic "
+                "broker and the XML-call console (127.0.0.1:20001 unless media.xml "
+                "declares a listener with msgtype=xmlcall).")
+    optParameters = [
+        ["config", "c", "media.xml",
+         "Path of the media.xml configuration file to run."],
+    ]
+    optFlags = [
+        ["check", None,
+         "Check the configuration file, print the result and exit (0 when valid)."],
+    ]
+
+    def opt_version(self):
+        """Print aiengine's version and exit."""
+        print(f"aiengine {__version__}")
+        sys.exit(0)
+
+    def postOptions(self):
+        try:
+            self.serviceConfig = load(self["config"])
+        except ConfigError as e:
+            sys.stderr.write(f"aiengine: configuration error: {e}\n")
+            sys.exit(1)
+        if self["check"]:
+            c = self.serviceConfig
+            print(f"OK: {self['config']}: {len(c.listeners)} listener(s), "
+                  f"{len(c.channels)} channel(s)")
+            sys.exit(0)
+
+
+def makeService(options):
+    """Build the :class:`~aiengine.engine.Engine` service from parsed options."""
+    from twisted.internet import reactor
+
+    from aiengine.engine import Engine
+    reactor.callWhenRunning(_stopOnSignals, reactor)
+    return Engine(options.serviceConfig)
+
+
+def _stopOnSignals(reactor):
+    # twistd re-raises the stop signal on itself after a clean shutdown, so
+    # the exit status would say "killed"; aiengine promises status 0 for a
+    # clean stop on SIGTERM/SIGINT.  Runs after the reactor's own handlers
+    # are installed, and replaces them for these two signals.
+    from twisted.internet.error import ReactorNotRunning
+
+    log = Logger(namespace="Engine")
+
+    def stopOnce():
+        try:
+            reactor.stop()
+        except ReactorNotRunning:
+            pass  # a second signal while already stopping
+
+    def stop(signum, frame):
+        log.info("received {signal}, stopping", signal=signal.Signals(signum).name)
+        reactor.callFromThread(stopOnce)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)

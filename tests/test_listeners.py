@@ -1,0 +1,189 @@
+"""Tests for aiengine.listeners, with real loopback sockets."""
+
+from __future__ import annotations
+
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.task import deferLater
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.trial import unittest
+
+from aiengine.broker import Broker
+from aiengine.config import ListenerConfig, ProtocolConfig, ProtocolSettings
+from aiengine.listeners import ListenerFactory, ListenerService
+
+
+def textProtocol(delimiter=b"\n", **kw):
+    settings = ProtocolSettings(name="text-messages", delimiter=delimiter, **kw)
+    return ProtocolConfig(name="text-messages", inbound=settings, outbound=settings)
+
+
+class LineClient(LineOnlyReceiver):
+    """Collects lines; ``waitLines(n)`` fires once ``n`` have arrived."""
+
+    delimiter = b"\n"
+
+    def __init__(self):
+        self.lines = []
+        self._waiters = []
+        self.closed = defer.Deferred()
+
+    def lineReceived(self, line):
+        self.lines.append(line)
+        for n, d in list(self._waiters):
+            if len(self.lines) >= n:
+                self._waiters.remove((n, d))
+                d.callback(self.lines[:n])
+
+    def waitLines(self, n):
+        if len(self.lines) >= n:
+            return defer.succeed(self.lines[:n])
+        d = defer.Deferred()
+        self._waiters.append((n, d))
+        return d
+
+    def connectionLost(self, reason):
+        self.closed.callback(None)
+
+
+def settle(seconds=0.05):
+    return deferLater(reactor, seconds, lambda: None)
+
+
+class ListenerTests(unittest.TestCase):
+    def startListener(self, **kw):
+        options = dict(name="lines", port=0, protocol=textProtocol(), topic_in="in",
+                       topic_out="out")
+        options.update(kw)
+        config = ListenerConfig(**options)
+        self.broker = Broker()
+        self.factory = ListenerFactory(config, self.broker)
+        self.service = ListenerService(config.name, self.factory, "127.0.0.1", 0)
+        self.service.startService()
+        self.addCleanup(self.service.stopService)
+        return self.service.address[1]
+
+    @defer.inlineCallbacks
+    def connect(self, port):
+        client = LineClient()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        self.addCleanup(lambda: client.transport.loseConnection() or client.closed)
+        return client
+
+    @defer.inlineCallbacks
+    def test_inboundPublishedWithSession(self):
+        port = self.startListener()
+        received = []
+        self.broker.subscribe("in", received.append)
+        first = yield self.connect(port)
+        second = yield self.connect(port)
+        first.sendLine(b"from one")
+        second.sendLine(b"from two")
+        while len(received) < 2:
+            yield settle(0.01)
+        bySession = {m.session: m for m in received}
+        self.assertEqual(set(bySession), {"lines.1", "lines.2"})
+        for session, message in bySession.items():
+            self.assertEqual(message.source, session)
+            self.assertEqual(message.topic, "in")
+        self.assertEqual(sorted(m.body for m in received), [b"from one", b"from two"])
+
+    @defer.inlineCallbacks
+    def test_outboundRouting(self):
+        """Unsessioned messages reach every connection, sessioned ones only theirs."""
+        port = self.startListener()
+        first = yield self.connect(port)
+        second = yield self.connect(port)
+        while len(self.factory.connections) < 2:
+            yield settle(0.01)
+        self.broker.publish("out", b"everyone")
+        self.broker.publish("out", b"only two", session="lines.2")
+        self.broker.publish("out", b"nobody", session="elsewhere.1")
+        self.broker.publish("out", b"everyone again")
+        lines = yield second.waitLines(3)
+        self.assertEqual(lines, [b"everyone", b"only two", b"everyone again"])
+        lines = yield first.waitLines(2)
+        yield settle()
+        self.assertEqual(first.lines, [b"everyone", b"everyone again"])
+
+    @defer.inlineCallbacks
+    def test_directionOutIgnoresInput(self):
+        port = self.startListener(direction="out")
+        received = []
+        self.broker.subscribe("in", received.append)
+        client = yield self.connect(port)
+        client.sendLine(b"ignored")
+        while self.factory.ignored < 1:
+            yield settle(0.01)
+        self.assertEqual(received, [])
+        self.broker.publish("out", b"still written")
+        self.assertEqual((yield client.waitLines(1)), [b"still written"])
+
+    @defer.inlineCallbacks
+    def test_directionInWritesNothing(self):
+        port = self.startListener(direction="in")
+        client = yield self.connect(port)
+        while not self.factory.connections:
+            yield settle(0.01)
+        self.broker.publish("out", b"not for sockets")
+        yield settle()
+        self.assertEqual(client.lines, [])
+
+    @defer.inlineCallbacks
+    def test_xmlMessagesMustBeWellFormed(self):
+        port = self.startListener(msgtype="xml")
+        received = []
+        self.broker.subscribe("in", received.append)
+        client = yield self.connect(port)
+        client.sendLine(b"<a>broken")
+        client.sendLine(b"<a>fine</a>")
+        while not received:
+            yield settle(0.01)
+        self.assertEqual([m.body for m in received], [b"<a>fine</a>"])
+        self.assertEqual(received[0].msgtype, "xml")
+        self.assertEqual(self.factory.errors, 1)
+
+    @defer.inlineCallbacks
+    def test_tooLargeClosesConnection(self):
+        port = self.startListener(protocol=textProtocol(max_packet_size=10))
+        client = yield self.connect(port)
+        client.transport.write(b"x" * 100)
+        yield client.closed
+        self.assertEqual(self.factory.errors, 1)
+
+    @defer.inlineCallbacks
+    def test_busySubscriberPausesReading(self):
+        """A subscriber that returns an unfired Deferred pauses the socket."""
+        port = self.startListener()
+        gate = defer.Deferred()
+        received = []
+
+        def slow(message):
+            received.append(message.body)
+            return gate
+
+        self.broker.subscribe("in", slow)
+        client = yield self.connect(port)
+        client.sendLine(b"first")
+        while not received:
+            yield settle(0.01)
+        connection = self.factory.connections["lines.1"]
+        self.assertNotIn(connection.framer.transport, reactor.getReaders())
+        client.sendLine(b"second")
+        yield settle()
+        self.assertEqual(received, [b"first"])
+        gate.callback(None)
+        while len(received) < 2:
+            yield settle(0.01)
+        self.assertEqual(received, [b"first", b"second"])
+
+    @defer.inlineCallbacks
+    def test_stopClosesConnections(self):
+        port = self.startListener()
+        client = yield self.connect(port)
+        while not self.factory.connections:
+            yield settle(0.01)
+        yield self.service.stopService()
+        yield client.closed
+        self.assertEqual(self.factory.connections, {})
+        self.assertIsNone(self.service.address)

@@ -1,0 +1,236 @@
+"""The engine in-process: channels, the media API and testRequestPage through the console."""
+
+from __future__ import annotations
+
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.trial import unittest
+from twisted.web import resource, server
+
+from aiengine.config import parse
+from aiengine.engine import Engine
+from aiengine.media import Media, UnknownChannel
+from tests.test_console import Collector, xmlcall
+
+SEED_CALL = b"""<xmlcall name="TestDirectChannels-Google" class="TestDirectChannels" method="testRequestPage" requestId="REQ-1">
+    <parameters>
+        <property name="page" value="%s" />
+    </parameters>
+</xmlcall>
+"""
+
+CONFIG = """<service>
+  <listeners>
+    <listener name="debug">
+      <property name="port" value="0"/>
+      <property name="protocol" value="text-messages"/>
+      <property name="protocol.delimiter" value="\\1"/>
+      <property name="msgtype" value="xmlcall"/>
+    </listener>
+  </listeners>
+  <directchannels>
+    <channel name="google" run="true">
+      <property name="protocol" value="http"/>
+      <property name="msgtype" value="text"/>
+      <property name="permanent" value="true"/>
+      <property name="host" value="127.0.0.1"/>
+      <property name="port" value="{web}"/>
+      <property name="redirect-in" value="true"/>
+      <property name="redirect-out" value="true"/>
+      <property name="topic-in" value="http.response"/>
+      <property name="topic-out" value="http.request"/>
+      <property name="reconnectionTimeout" value="0.2"/>
+    </channel>
+    <channel name="lines">
+      <property name="protocol" value="text-messages"/>
+      <property name="host" value="127.0.0.1"/>
+      <property name="port" value="{lines}"/>
+      <property name="redirect-in" value="true"/>
+      <property name="redirect-out" value="true"/>
+      <property name="topic-in" value="lines.resp"/>
+      <property name="topic-out" value="lines.req"/>
+      <property name="reconnectionTimeout" value="0.2"/>
+    </channel>
+    <channel name="plain">
+      <property name="protocol" value="text-messages"/>
+      <property name="host" value="127.0.0.1"/>
+      <property name="port" value="{lines}"/>
+      <property name="reconnectionTimeout" value="0.2"/>
+    </channel>
+  </directchannels>
+</service>
+"""
+
+
+class Pages(resource.Resource):
+    """Every path answers with a body naming it; /chunked/ ones are sent chunked."""
+
+    isLeaf = True
+
+    def render_GET(self, request):
+        body = b"page " + request.uri
+        if request.path.startswith(b"/chunked/"):
+            for i in range(0, len(body), 3):
+                request.write(body[i:i + 3])
+            request.finish()
+            return server.NOT_DONE_YET
+        return body
+
+
+class Upper(LineOnlyReceiver):
+    delimiter = b"\n"
+
+    def lineReceived(self, line):
+        self.sendLine(line.upper())
+
+
+def settle(seconds=0.02):
+    return deferLater(reactor, seconds, lambda: None)
+
+
+class EngineTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def setUp(self):
+        site = server.Site(Pages())
+        site.noisy = False
+        self.web = reactor.listenTCP(0, site, interface="127.0.0.1")
+        self.addCleanup(self.web.stopListening)
+        self.lines = reactor.listenTCP(0, Factory.forProtocol(Upper), interface="127.0.0.1")
+        self.addCleanup(self.lines.stopListening)
+        self.webPort = self.web.getHost().port
+        config = parse(CONFIG.format(web=self.webPort,
+                                     lines=self.lines.getHost().port).encode())
+        self.engine = Engine(config, reactor)
+        self.engine.startService()
+        self.addCleanup(self.engine.stopService)
+        while any(c.state != "connected" for c in self.engine.channels.values()):
+            yield settle()
+
+    @defer.inlineCallbacks
+    def console(self):
+        port = self.engine.listeners["debug"].address[1]
+        client = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+                                       Collector())
+        self.addCleanup(lambda: client.transport.loseConnection() or client.lost)
+        return client
+
+    @defer.inlineCallbacks
+    def call(self, client, data, requestIds):
+        client.transport.write(data)
+        while True:
+            results = {r.get("requestId"): r for r in client.results()}
+            if all(i in results for i in requestIds):
+                return [results[i] for i in requestIds]
+            yield client.waitDocs(len(client.docs) + 1)
+
+    @defer.inlineCallbacks
+    def test_seedRequestPage(self):
+        """The seed page's exact call, with a local server in place of Google."""
+        client = yield self.console()
+        page = f"http://127.0.0.1:{self.webPort}/code".encode()
+        [answer] = yield self.call(client, SEED_CALL % page, ["REQ-1"])
+        self.assertEqual(answer.get("status"), "OK", answer.findtext("exception"))
+        self.assertEqual(answer.get("name"), "TestDirectChannels-Google")
+        self.assertEqual(answer.findtext("page"), page.decode())
+        # An absolute address goes out in absolute form, as the server shows.
+        self.assertEqual(answer.findtext("body"), "page " + page.decode())
+
+    @defer.inlineCallbacks
+    def test_twentyConcurrentPages(self):
+        """Twenty calls in flight at once on four connections each get their own page."""
+        clients = []
+        for _ in range(4):
+            clients.append((yield self.console()))
+        calls = []
+        for n in range(20):
+            kind = "chunked" if n % 2 else "plain"
+            page = f"/{kind}/{n}"
+            calls.append(self.call(clients[n % 4], xmlcall(
+                "TestDirectChannels", "testRequestPage", requestId=f"P{n}", page=page),
+                [f"P{n}"]))
+        answers = yield defer.gatherResults(calls)
+        for n, [answer] in enumerate(answers):
+            kind = "chunked" if n % 2 else "plain"
+            self.assertEqual(answer.get("status"), "OK", answer.findtext("exception"))
+            self.assertEqual(answer.findtext("body"), f"page /{kind}/{n}")
+
+    @defer.inlineCallbacks
+    def test_requestPageNoResponse(self):
+        self.engine.registry.get("TestDirectChannels").timeout = 0.3
+        yield self.engine.channels["google"].disconnect()
+        client = yield self.console()
+        [answer] = yield self.call(client, xmlcall(
+            "TestDirectChannels", "testRequestPage", requestId="X", page="/nothing"), ["X"])
+        self.assertEqual(answer.get("status"), "Exception")
+        self.assertEqual(answer.findtext("exception"),
+                         "No response from google page=/nothing")
+
+    @defer.inlineCallbacks
+    def test_topicsRequestThroughLineChannel(self):
+        client = yield self.console()
+        [answer] = yield self.call(client, xmlcall(
+            "Topics", "request", requestId="T", **{"topic-out": "lines.req",
+                                                   "topic-in": "lines.resp",
+                                                   "message": "hello", "timeout": "5"}),
+            ["T"])
+        self.assertEqual(answer.get("status"), "OK", answer.findtext("exception"))
+        self.assertEqual(answer.findtext("message"), "HELLO")
+
+    @defer.inlineCallbacks
+    def test_mediaConsole(self):
+        client = yield self.console()
+        listing, status, unknown = yield self.call(client, b"".join([
+            xmlcall("Media", "listChannels", requestId="L"),
+            xmlcall("Media", "status", requestId="S", channel="lines"),
+            xmlcall("Media", "status", requestId="U", channel="nope"),
+        ]), ["L", "S", "U"])
+        self.assertEqual([c.get("name") for c in listing.findall("channel")],
+                         ["google", "lines", "plain"])
+        self.assertEqual({c.get("state") for c in listing.findall("channel")},
+                         {"connected"})
+        self.assertEqual(status.find("channel").get("port"),
+                         str(self.lines.getHost().port))
+        self.assertEqual(unknown.get("status"), "Exception")
+        self.assertEqual(unknown.findtext("exception"), "Unable to find channel by name=nope")
+
+        sent, received = yield self.call(client, b"".join([
+            xmlcall("Media", "send", requestId="1", channel="plain", message="abc"),
+            xmlcall("Media", "receive", requestId="2", channel="plain", timeout="5"),
+        ]), ["1", "2"])
+        self.assertEqual(sent.get("status"), "OK")
+        self.assertEqual(received.findtext("message"), "ABC")
+
+        down, state = yield self.call(client, b"".join([
+            xmlcall("Media", "disconnect", requestId="D", channel="plain"),
+            xmlcall("Media", "status", requestId="S2", channel="plain"),
+        ]), ["D", "S2"])
+        self.assertEqual(state.find("channel").get("state"), "stopped")
+        [up] = yield self.call(client, xmlcall("Media", "connect", requestId="C",
+                                               channel="plain"), ["C"])
+        self.assertEqual(up.get("status"), "OK")
+        self.assertEqual(self.engine.channels["plain"].state, "connected")
+
+    @defer.inlineCallbacks
+    def test_receiveFixed(self):
+        media = self.engine.media
+        yield media.send("plain", "abcdef")
+        data = yield media.receiveFixed("plain", 4, timeout=5)
+        self.assertEqual(data, b"ABCD")
+        data = yield media.receiveFixed("plain", 2, timeout=5)
+        self.assertEqual(data, b"EF")
+
+
+class MediaApiTests(unittest.TestCase):
+    def test_unknownChannel(self):
+        media = Media({})
+        for call in (media.status("x"), media.send("x", "m"), media.receive("x"),
+                     media.receiveFixed("x", 1), media.connect("x"),
+                     media.disconnect("x")):
+            failure = self.failureResultOf(call, UnknownChannel)
+            self.assertEqual(str(failure.value), "Unable to find channel by name=x")
+
+    def test_listChannelsEmpty(self):
+        self.assertEqual(self.successResultOf(Media({}).listChannels()), [])
