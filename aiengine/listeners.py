@@ -117,6 +117,13 @@ def _peer(transport):
 class ListenerFactory(Factory):
     """Builds a framed, routed connection per accepted socket."""
 
+    # SocketServer::<name> logs its own start and stop lines.
+    noisy = False
+
+    def logPrefix(self):
+        """Names the listener in Twisted's own port log lines."""
+        return self.log.namespace
+
     def __init__(self, config, broker):
         self.config = config
         self.broker = broker

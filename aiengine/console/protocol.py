@@ -448,6 +448,13 @@ class ConsoleFactory(Factory):
     ``discardedBytes`` (read after a too-large request).
     """
 
+    # SocketServer::<name> logs its own start and stop lines.
+    noisy = False
+
+    def logPrefix(self):
+        """Names the listener in Twisted's own port log lines."""
+        return self.log.namespace
+
     protocol = ConsoleProtocol
 
     def __init__(self, registry, engine, name: str = "console", maxSize: int = 1000000,

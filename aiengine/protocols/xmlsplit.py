@@ -2,14 +2,20 @@
 
 A document is complete when its root element closes; nothing needs to follow
 it.  Whitespace and separator bytes (for example 0x01) between documents are
-skipped.  The parser resolves no entities, loads no DTD and touches no network.
+skipped.  The parser loads no DTD, reads no file and touches no network; it
+expands only entities declared inside the document (within libxml2's
+amplification limits), so an external or undefined entity makes the document
+malformed.
 
 libxml2 reports the end of the root element as soon as the ``>`` that closes
-it is fed, so the splitter feeds data in pieces that each end at a ``>``: the
-piece after which the root's end event appears ends the document exactly.
+it is fed, so the splitter feeds data in pieces that each end at a ``>`` (or
+at a line end or separator): the piece after which the root's end event
+appears ends the document exactly.  Separators must not include ``<``.
 """
 
 from __future__ import annotations
+
+import re
 
 from lxml import etree
 
@@ -47,10 +53,25 @@ class Malformed:
 
 
 class TooLarge(Exception):
-    """A document grew past the size limit without completing."""
+    """A document is larger than the size limit.
+
+    ``items`` holds what the same :meth:`XmlSplitter.feed` call completed
+    before it, so that nothing already framed is lost.
+    """
+
+    def __init__(self, message, items=()):
+        super().__init__(message)
+        self.items = list(items)
 
 
 _WHITESPACE = b" \t\r\n"
+# What a document can start with: markup, or a UTF-8 byte order mark.
+_START = b"<\xef"
+
+
+def _byteClass(chars, negate=False):
+    return re.compile(b"[" + (b"^" if negate else b"")
+                      + b"".join(re.escape(bytes((c,))) for c in chars) + b"]")
 
 
 class XmlSplitter:
@@ -63,10 +84,21 @@ class XmlSplitter:
     """
 
     def __init__(self, separators=b"\x01", maxSize=1000000):
-        self._skip = _WHITESPACE + separators
-        self._resync = [bytes((b,)) for b in b"\n" + separators]
+        self._content = _byteClass(_WHITESPACE + separators, negate=True)
+        self._resync = _byteClass(b"\n" + separators)
+        # Pieces end at every ">" (where a root can end) and at every line end
+        # or separator (so that a line of garbage costs only itself).
+        self._pieceEnd = _byteClass(b">\n" + separators)
         self._maxSize = maxSize
-        self._parser = None
+        # One parser for every document: close() makes it ready for the next
+        # at half the cost of a new one.  resolve_entities=False would be
+        # unsafe: libxml2 stops at an undefined entity and lxml's feed()
+        # hides that error, so the document would never end; "internal"
+        # raises instead.
+        self._parser = etree.XMLPullParser(
+            events=("end",), resolve_entities="internal", no_network=True,
+            load_dtd=False, huge_tree=False)
+        self._inDocument = False
         self._doc = []  # pieces of the current document
         self._size = 0
         self._discarding = False  # dropping a malformed line's remains
@@ -82,89 +114,110 @@ class XmlSplitter:
         """Feed bytes; return the :class:`Document` and :class:`Malformed`
         items completed by them, in stream order.
 
-        Raises :class:`TooLarge` when a document grows past ``maxSize``; the
-        splitter is then unusable and the connection should be closed.
+        Raises :class:`TooLarge` when a document grows past ``maxSize``
+        (its ``items`` are the documents completed before); the splitter is
+        then unusable and the connection should be closed.
         """
         out = []
         pos = 0
         while pos < len(data):
             if self._discarding:
-                cut = self._findResync(data, pos)
-                if cut < 0:
-                    self.discarded += len(data) - pos
-                    break
-                self.discarded += cut + 1 - pos
-                self._discarding = False
-                pos = cut + 1
+                match = self._resync.search(data, pos)
+                end = match.end() if match else len(data)
+                self.discarded += end - pos
+                self._discarding = match is None
+                pos = end
                 continue
-            if self._parser is None:
+            if not self._inDocument:
                 # Between documents: skip whitespace and separators.
-                end = len(data)
-                skip = self._skip
-                while pos < end and data[pos] in skip:
-                    pos += 1
-                if pos == end:
+                match = self._content.search(data, pos)
+                if match is None:
                     break
-                self._parser = etree.XMLPullParser(
-                    events=("end",), resolve_entities=False, no_network=True,
-                    load_dtd=False, huge_tree=False)
-            gt = data.find(b">", pos)
-            piece = data[pos:] if gt < 0 else data[pos:gt + 1]
-            pos += len(piece)
-            item, rest = self._feedPiece(piece, ended=gt >= 0)
+                pos = match.start()
+                if data[pos] not in _START:
+                    # Garbage: no need to ask libxml2 to say so.
+                    match = self._resync.search(data, pos)
+                    end = match.end() if match else len(data)
+                    out.append(Malformed(data[pos:end], "document does not start "
+                                         "with '<'; dropped up to the line end"))
+                    self._discarding = match is None
+                    pos = end
+                    continue
+                self._inDocument = True
+            match = self._pieceEnd.search(data, pos)
+            end = match.end() if match else len(data)
+            if self._size + end - pos > self._maxSize:
+                # Checked before parsing, so the limit holds however the
+                # stream is split into packets.
+                size = self._size + end - pos
+                self._reset()
+                raise TooLarge(f"XML document exceeds {self._maxSize} bytes "
+                               f"({size} so far)", out)
+            item, rest = self._feedPiece(data[pos:end])
             if item is not None:
                 out.append(item)
-            if rest:
-                data = rest + data[pos:]
+            if len(rest) <= end - pos:
+                pos = end - len(rest)
+            else:
+                # The next document starts in an earlier packet's bytes.
+                data = rest + data[end:]
                 pos = 0
         return out
 
-    def _findResync(self, data, pos):
-        found = [i for i in (data.find(b, pos) for b in self._resync) if i >= 0]
-        return min(found) if found else -1
-
     def _reset(self):
         data = b"".join(self._doc)
-        self._parser = None
+        self._inDocument = False
         self._doc = []
         self._size = 0
+        parser = self._parser
+        for _ in parser.read_events():
+            pass
+        try:
+            parser.close()
+        except etree.XMLSyntaxError:
+            pass  # an unfinished or malformed document: already dealt with
         return data
 
-    def _feedPiece(self, piece, ended):
+    def _feedPiece(self, piece):
+        """Parse one piece of the current document.
+
+        Returns the completed item or None, and the bytes to parse again
+        (after a malformed document, what follows the cut).
+        """
         self._doc.append(piece)
         self._size += len(piece)
         parser = self._parser
         try:
             parser.feed(piece)
             root = self._rootEnd(parser)
-            if root is None and ended and self._size <= 4:
+            if root is None and self._size <= 4 and piece.endswith(b"/>"):
                 # libxml2 waits for more than four bytes before it starts
-                # (encoding detection); whitespace after the root is legal.
+                # (encoding detection), so ``<a/>`` needs a nudge; whitespace
+                # after the root is legal (after a start tag it would be data).
                 parser.feed(b" ")
                 root = self._rootEnd(parser)
         except etree.XMLSyntaxError as e:
-            data = self._reset()
-            # Cut after the first line end or separator at or after the error.
-            line, column = e.position if e.position else (1, 1)
-            offset = 0
-            for _ in range((line or 1) - 1):
-                nl = data.find(b"\n", offset)
-                if nl < 0:
-                    break
-                offset = nl + 1
-            offset += max((column or 1) - 1, 0)
-            cut = self._findResync(data, min(offset, len(data)))
-            if cut < 0:
-                self._discarding = True
-                return Malformed(data, str(e)), b""
-            return Malformed(data[:cut + 1], str(e)), data[cut + 1:]
+            return self._malformed(e)
         if root is not None:
             return Document(self._reset(), root), b""
-        if self._size > self._maxSize:
-            size = self._size
-            self._reset()
-            raise TooLarge(f"XML document exceeds {self._maxSize} bytes ({size} so far)")
         return None, b""
+
+    def _malformed(self, error):
+        data = self._reset()
+        # Cut after the first line end or separator at or after the error.
+        line, column = error.position if error.position else (1, 1)
+        offset = 0
+        for _ in range((line or 1) - 1):
+            nl = data.find(b"\n", offset)
+            if nl < 0:
+                break
+            offset = nl + 1
+        offset += max((column or 1) - 1, 0)
+        match = self._resync.search(data, min(offset, len(data)))
+        if match is None:
+            self._discarding = True
+            return Malformed(data, str(error)), b""
+        return Malformed(data[:match.end()], str(error)), data[match.end():]
 
     @staticmethod
     def _rootEnd(parser):

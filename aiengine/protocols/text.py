@@ -1,0 +1,64 @@
+"""``text-messages``: messages cut by a delimiter (one or more bytes)."""
+
+from __future__ import annotations
+
+from twisted.protocols.basic import LineOnlyReceiver
+
+from aiengine.protocols.base import FramingProtocol
+
+__all__ = ["TextMessagesProtocol", "DEFAULT_DELIMITER"]
+
+#: used when ``protocol.delimiter`` is not configured (or empty)
+DEFAULT_DELIMITER = b"\n"
+
+
+class TextMessagesProtocol(FramingProtocol, LineOnlyReceiver):
+    """Delimited messages: every byte but the delimiter is data, empty
+    messages included.  A message longer than ``max_packet_size`` is
+    reported and closes the connection.
+    """
+
+    def __init__(self, settings, receiver, log=None):
+        FramingProtocol.__init__(self, settings, receiver, log)
+        self.delimiter = self._delimiter = settings.delimiter or DEFAULT_DELIMITER
+        self.maxMessage = settings.max_packet_size
+        # LineOnlyReceiver's buffer check also sees a delimiter's first bytes
+        # still waiting for the rest; the exact limit is checked per message.
+        self.MAX_LENGTH = self.maxMessage + len(self.delimiter) - 1
+        self._lastByte = self.delimiter[-1:]
+        # Pieces of a message that no packet has ended yet: kept as a list so
+        # a peer trickling a long message costs linear, not quadratic, time.
+        self._pieces = []
+        self._piecesSize = 0
+
+    def framedDataReceived(self, data):
+        if self.transport.disconnecting:
+            return  # closing (a failure or the receiver's choice): no more messages
+        if self._lastByte not in data:
+            # No delimiter can end in this packet.
+            self._pieces.append(data)
+            self._piecesSize += len(data)
+            if len(self._buffer) + self._piecesSize > self.MAX_LENGTH:
+                self._takePieces()
+                self.lineLengthExceeded(self._buffer)
+            return
+        if self._pieces:
+            self._takePieces()
+        LineOnlyReceiver.dataReceived(self, data)
+
+    def _takePieces(self):
+        self._buffer = b"".join([self._buffer] + self._pieces)
+        self._pieces = []
+        self._piecesSize = 0
+
+    def lineReceived(self, line):
+        if len(line) > self.maxMessage:
+            self.lineLengthExceeded(line)
+        else:
+            self.deliver(line)
+
+    def lineLengthExceeded(self, line):
+        unfinished = " so far" if line is self._buffer else ""
+        self._buffer = b""
+        self.fail(f"message longer than max-packet-size {self.maxMessage} bytes "
+                  f"({len(line)} bytes{unfinished}), dropped")
