@@ -234,3 +234,17 @@ class MediaApiTests(unittest.TestCase):
 
     def test_listChannelsEmpty(self):
         self.assertEqual(self.successResultOf(Media({}).listChannels()), [])
+
+
+class DefaultConsoleTests(unittest.TestCase):
+    def test_consoleWhenNoneDeclared(self):
+        """Without an xmlcall listener the console still listens on 127.0.0.1:20001."""
+        engine = Engine(parse(b"<service/>"), reactor)
+        console = engine.listeners["console"]
+        self.assertEqual((console.interface, console.port), ("127.0.0.1", 20001))
+        self.assertEqual(list(engine.listeners), ["console"])
+
+    def test_declaredConsoleReplacesDefault(self):
+        engine = Engine(parse(CONFIG.format(web=1, lines=2).encode()), reactor)
+        self.assertEqual(list(engine.listeners), ["debug"])
+        self.assertEqual(sorted(engine.channels), ["google", "lines", "plain"])
