@@ -86,8 +86,19 @@ class ListenerConfig:
     topic_out: Optional[str] = None
     auth: bool = False
     auth_secret_file: Optional[str] = None
+    #: connections open at once; more are refused (accepted and closed at once)
+    max_connections: int = 1000
+    #: seconds without traffic either way before a connection is closed; 0 = never
+    idle_timeout: float = 3600.0
+    #: PEM files: with both, the listener speaks TLS
+    tls_certificate: Optional[str] = None
+    tls_key: Optional[str] = None
     run: bool = True
     line: Optional[int] = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_certificate is not None
 
 
 @dataclass(frozen=True)
@@ -114,6 +125,14 @@ class ChannelConfig:
     idle_timeout: Optional[float] = None
     connect_timeout: float = 30.0
     keepalive: bool = True
+    #: connect with TLS, verifying the server against tls_ca (PEM file; the
+    #: system's trust store when None) and tls_hostname (default: host)
+    tls: bool = False
+    tls_ca: Optional[str] = None
+    tls_hostname: Optional[str] = None
+    tls_verify: bool = True
+    #: seconds a stopping daemon spends trying to send queued messages
+    flush_timeout: float = 5.0
     run: bool = True
     line: Optional[int] = None
 
@@ -352,6 +371,11 @@ _CHANNEL_PROPERTIES = {
     "idle-timeout": _seconds(positive=False),
     "connect-timeout": _seconds(positive=True),
     "keepalive": _bool,
+    "tls": _bool,
+    "tls.ca": _text,
+    "tls.hostname": _text,
+    "tls.verify": _bool,
+    "flush-timeout": _seconds(positive=False),
 }
 
 _LISTENER_PROPERTIES = {
@@ -365,6 +389,10 @@ _LISTENER_PROPERTIES = {
     "topic-out": _text,
     "auth": _bool,
     "auth.secret-file": _text,
+    "max-connections": _integer(1),
+    "idle-timeout": _seconds(positive=False),
+    "tls.certificate": _text,
+    "tls.key": _text,
 }
 
 _KINDS = {"listener": _LISTENER_PROPERTIES, "channel": _CHANNEL_PROPERTIES}
@@ -696,20 +724,45 @@ class _Reader:
         if auth:
             if secretFile is None:
                 raise element.missing("auth.secret-file", " (auth is true)")
-            self.checkReadable(element, secretFile)
+            self.checkReadable(element, secretFile, "auth.secret-file")
+        interface = element.get("interface", "127.0.0.1")
+        if (msgtype == "xmlcall" and not auth and element.run
+                and not ipaddress.ip_address(interface).is_loopback):
+            raise element.error(
+                f"a console reachable from other machines ({interface}) must "
+                "require authentication: set auth=true and auth.secret-file, or "
+                "bind a loopback interface", "interface")
+        certificate, key = (self.path_(element, p) for p in ("tls.certificate", "tls.key"))
+        if (certificate is None) != (key is None):
+            present, absent = ("tls.certificate", "tls.key") if key is None else (
+                "tls.key", "tls.certificate")
+            raise element.missing(absent, f" ({present} is set: TLS needs both)")
         return ListenerConfig(
             name=element.name, port=element.require("port"), protocol=protocol,
-            interface=element.get("interface", "127.0.0.1"), direction=direction,
+            interface=interface, direction=direction,
             msgtype=msgtype, topic_in=topicIn, topic_out=topicOut, auth=auth,
-            auth_secret_file=secretFile, run=element.run, line=element.line)
+            auth_secret_file=secretFile,
+            max_connections=element.get("max-connections", 1000),
+            idle_timeout=element.get("idle-timeout", 3600.0),
+            tls_certificate=certificate, tls_key=key,
+            run=element.run, line=element.line)
+
+    def path_(self, element, prop):
+        """A file property: resolved against media.xml's directory and readable."""
+        value = element.get(prop)
+        if value is None:
+            return None
+        filename = os.path.normpath(os.path.join(self.basedir, value))
+        self.checkReadable(element, filename, prop)
+        return filename
 
     @staticmethod
-    def checkReadable(element, filename):
-        # checked now so a wrong path stops start-up; the secret is read later
+    def checkReadable(element, filename, prop):
+        # checked now so a wrong path stops start-up; the content is read later
         if not os.path.isfile(filename):
-            raise element.error(f"no such file: {filename}", "auth.secret-file")
+            raise element.error(f"no such file: {filename}", prop)
         if not os.access(filename, os.R_OK):
-            raise element.error(f"cannot read {filename}", "auth.secret-file")
+            raise element.error(f"cannot read {filename}", prop)
 
     def channel(self, element):
         host = element.require("host")
@@ -720,6 +773,11 @@ class _Reader:
         for redirect, topic in (("redirect-in", "topic-in"), ("redirect-out", "topic-out")):
             if element.get(redirect, False) and topic not in element:
                 raise element.missing(topic, f" ({redirect} is true)")
+        tls = element.get("tls", False)
+        if not tls:
+            stray = element.first("tls.")
+            if stray:
+                raise element.error("only used with tls=true", stray)
         return ChannelConfig(
             name=element.name, host=host, port=port, protocol=protocol,
             msgtype=msgtype, permanent=element.get("permanent", True),
@@ -733,6 +791,10 @@ class _Reader:
             idle_timeout=element.get("idle-timeout"),
             connect_timeout=element.get("connect-timeout", 30.0),
             keepalive=element.get("keepalive", True),
+            tls=tls, tls_ca=self.path_(element, "tls.ca"),
+            tls_hostname=element.get("tls.hostname"),
+            tls_verify=element.get("tls.verify", True),
+            flush_timeout=element.get("flush-timeout", 5.0),
             run=element.run, line=element.line)
 
     def checkPorts(self, listeners):

@@ -638,3 +638,81 @@ class SampleTests(TestCase):
         self.assertEqual(out.getvalue(), f"OK: {SAMPLE}: 2 listeners, 1 channels\n")
         self.assertEqual(err.getvalue(),
                          f"{bad}:1: root element is <media>; expected <service>\n")
+
+
+class SecurityPropertyTests(Helpers, TestCase):
+    """Properties of SPEC section 8: limits, TLS, and the console's exposure."""
+
+    def secretFile(self, name="secret"):
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        path = os.path.join(directory, name)
+        with open(path, "w") as f:
+            f.write("s3cret\n")
+        return directory, path
+
+    def test_listenerLimitsDefaults(self):
+        listener = parse(listenerDoc(LISTENER)).listeners[0]
+        self.assertEqual((listener.max_connections, listener.idle_timeout), (1000, 3600.0))
+        self.assertFalse(listener.tls)
+
+    def test_listenerLimits(self):
+        listener = parse(listenerDoc(edit(LISTENER, max_connections="5",
+                                          idle_timeout="0"))).listeners[0]
+        self.assertEqual((listener.max_connections, listener.idle_timeout), (5, 0.0))
+
+    def test_maxConnectionsPositive(self):
+        message = str(self.parseError(listenerDoc(edit(LISTENER, max_connections="0"))))
+        self.assertIn("'max-connections'", message)
+
+    def test_tlsListenerNeedsBoth(self):
+        directory, certificate = self.secretFile("cert.pem")
+        text = listenerDoc(edit(LISTENER, tls__certificate="cert.pem"))
+        message = str(self.parseError(text, path=os.path.join(directory, "media.xml")))
+        self.assertIn("'tls.key'", message)
+        self.assertIn("TLS needs both", message)
+
+    def test_tlsListenerFilesResolved(self):
+        directory, certificate = self.secretFile("cert.pem")
+        text = listenerDoc(edit(LISTENER, tls__certificate="cert.pem", tls__key="cert.pem"))
+        listener = parse(text, path=os.path.join(directory, "media.xml")).listeners[0]
+        self.assertEqual(listener.tls_certificate, certificate)
+        self.assertTrue(listener.tls)
+
+    def test_tlsFileMissing(self):
+        text = listenerDoc(edit(LISTENER, tls__certificate="nope.pem", tls__key="k.pem"))
+        self.assertIn("no such file", str(self.parseError(text)))
+
+    def test_channelTls(self):
+        channel = parse(channelDoc(edit(CHANNEL, tls="true", tls__hostname="example.test",
+                                        tls__verify="false"))).channels[0]
+        self.assertEqual((channel.tls, channel.tls_hostname, channel.tls_verify, channel.tls_ca),
+                         (True, "example.test", False, None))
+
+    def test_channelTlsSettingsNeedTls(self):
+        message = str(self.parseError(channelDoc(edit(CHANNEL, tls__hostname="x"))))
+        self.assertIn("'tls.hostname'", message)
+        self.assertIn("only used with tls=true", message)
+
+    def test_flushTimeout(self):
+        self.assertEqual(parse(channelDoc(CHANNEL)).channels[0].flush_timeout, 5.0)
+        channel = parse(channelDoc(edit(CHANNEL, flush_timeout="1.5"))).channels[0]
+        self.assertEqual(channel.flush_timeout, 1.5)
+
+    def test_exposedConsoleNeedsAuth(self):
+        console = [("port", "0"), ("msgtype", "xmlcall"), ("interface", "0.0.0.0")]
+        message = str(self.parseError(listenerDoc(console)))
+        self.assertIn("'interface'", message)
+        self.assertIn("must require authentication", message)
+
+    def test_exposedConsoleWithAuth(self):
+        directory, secret = self.secretFile()
+        console = [("port", "0"), ("msgtype", "xmlcall"), ("interface", "0.0.0.0"),
+                   ("auth", "true"), ("auth.secret-file", "secret")]
+        listener = parse(listenerDoc(console),
+                         path=os.path.join(directory, "media.xml")).listeners[0]
+        self.assertEqual(listener.auth_secret_file, secret)
+
+    def test_loopbackConsoleWithoutAuth(self):
+        console = [("port", "0"), ("msgtype", "xmlcall"), ("interface", "::1")]
+        self.assertFalse(parse(listenerDoc(console)).listeners[0].auth)
