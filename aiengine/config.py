@@ -848,8 +848,8 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(e, file=sys.stderr)
         return 1
-    print(f"OK: {config.path}: {len(config.listeners)} listeners, "
-          f"{len(config.channels)} channels")
+    print(f"OK: {config.path}: {len(config.listeners)} listener(s), "
+          f"{len(config.channels)} channel(s)")
     return 0
 
 

@@ -635,7 +635,7 @@ class SampleTests(TestCase):
             with open(bad, "w") as f:
                 f.write("<media/>")
             self.assertEqual(main([bad]), 1)
-        self.assertEqual(out.getvalue(), f"OK: {SAMPLE}: 2 listeners, 1 channels\n")
+        self.assertEqual(out.getvalue(), f"OK: {SAMPLE}: 2 listener(s), 1 channel(s)\n")
         self.assertEqual(err.getvalue(),
                          f"{bad}:1: root element is <media>; expected <service>\n")
 

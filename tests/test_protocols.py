@@ -285,11 +285,15 @@ class StreamTests(TestCase):
         self.assertEqual(receiver.messages, [b"price: ", b"\xe2\x82\xac."])
 
     def test_outboundAsGiven(self):
-        """Stream protocols write messages as given, even with a delimiter set."""
+        """Stream protocols write messages as given, then the delimiter if one
+        is configured (SPEC 3: written after every outbound message)."""
         for name in ("text-stream", "binary-stream"):
-            framer, transport, receiver = connect(config(name, delimiter=b"\n"))
+            framer, transport, receiver = connect(config(name))
             framer.sendMessage(b"a\xffb")
             self.assertEqual(transport.value(), b"a\xffb", name)
+            framer, transport, receiver = connect(config(name, delimiter=b"\r\n"))
+            framer.sendMessage(b"a\xffb")
+            self.assertEqual(transport.value(), b"a\xffb\r\n", name)
 
 
 class AsymmetricTests(TestCase):

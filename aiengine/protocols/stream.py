@@ -9,7 +9,8 @@ __all__ = ["BinaryStreamProtocol", "TextStreamProtocol"]
 
 class BinaryStreamProtocol(FramingProtocol):
     """Deliver the bytes as they arrive, in chunks of at most
-    ``max_read_size`` bytes; send messages as given, with no delimiter."""
+    ``max_read_size`` bytes.  Outbound messages are written as given, followed
+    by ``protocol.delimiter`` when one is configured (none by default)."""
 
     def __init__(self, settings, receiver, log=None):
         super().__init__(settings, receiver, log)
@@ -28,9 +29,6 @@ class BinaryStreamProtocol(FramingProtocol):
 
     def _chunkEnd(self, data, start, end):
         return end
-
-    def encode(self, message):
-        return message
 
 
 def _isContinuation(byte):
