@@ -12,29 +12,50 @@ A *permanent* channel connects at start and reconnects whenever the connection
 drops or an attempt fails (see :func:`reconnectDelay`).  An *on-demand* one
 (``permanent=false``) connects only when something is to be sent, closes after
 its idle timeout and never reconnects by itself.  While a channel is not
-connected, outbound messages wait in a bounded queue, sent in order on connect.
+connected, or its server does not read fast enough, outbound messages wait in
+a bounded queue, sent in order as soon as they can be.
+
+With ``tls=true`` the channel connects with TLS and verifies the server's
+certificate against ``tls.ca`` (or the system's trust store) and the name in
+``tls.hostname`` (default: ``host``); a verification failure is a failed
+connection attempt like any other.
+
+Faults are counted in :meth:`Channel.status` and logged once per change of
+state: the first failure of a streak, a change of its reason, a reminder at
+most every :data:`REMIND_INTERVAL` seconds (see :func:`failureNotice`) and the
+recovery.  A connection counts as a success only once it has *proven* itself
+(delivered a message, or stayed up :data:`BRIEF_CONNECTION` seconds without a
+protocol error): a server that accepts and closes, answers garbage or resets
+before a whole message is another failed attempt, not a flood of reconnects.
+
+:meth:`Channel.stop` gives queued messages up to ``flush-timeout`` seconds to
+be sent, then reports how many were not.
 """
 
 from __future__ import annotations
 
 import random as _random
+import re
 from collections import deque
 from typing import Optional
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
-from twisted.internet.protocol import ReconnectingClientFactory
-from twisted.logger import Logger
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
+from twisted.internet.protocol import Protocol, ReconnectingClientFactory
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer, providedBy
 
 from aiengine.broker import Message
+from aiengine.config import ConfigError
 from aiengine.protocols.base import IMessageReceiver
 
 __all__ = [
-    "Channel", "ChannelStopped", "reconnectDelay",
+    "Channel", "ChannelStopped", "reconnectDelay", "failureNotice",
     "CONNECTED", "CONNECTING", "WAITING", "IDLE", "STOPPED", "STATES",
+    "FIRST", "CHANGED", "REMINDER",
 ]
 
 CONNECTED = "connected"
@@ -49,14 +70,21 @@ STATES = (CONNECTED, CONNECTING, WAITING, IDLE, STOPPED)
 
 #: shortest wait after a failed attempt, so a zero timeout cannot spin
 MIN_FAILED_DELAY = 0.1
-#: a connection that drops sooner than this without having received anything
-#: counts as a failed attempt, so a server that accepts and hangs up at once is
-#: not hammered
+#: a connection proves itself by delivering a message or by staying up this
+#: long without a protocol error; one that ends before that is a failed
+#: attempt, so a server that accepts and hangs up at once is not hammered
 BRIEF_CONNECTION = 1.0
-#: seconds a closing connection gets to flush before it is aborted
+#: seconds a connection closed by disconnect() gets to flush before it is aborted
 CLOSE_GRACE = 5.0
 #: log the first drop and then every this many
 DROP_LOG_EVERY = 100
+#: seconds between "still failing" reminders while a channel keeps failing
+REMIND_INTERVAL = 300.0
+
+#: what :func:`failureNotice` asks to log
+FIRST = "first"
+CHANGED = "changed"
+REMINDER = "reminder"
 
 
 class ChannelStopped(Exception):
@@ -81,9 +109,93 @@ def reconnectDelay(timeout: float, failures: int, random=None) -> float:
     return max(MIN_FAILED_DELAY, rng.uniform(0.9, 1.1) * timeout)
 
 
-def _buildFramer(protocol, receiver, log, host, port):
-    from aiengine.protocols import buildFramer
-    return buildFramer(protocol, receiver, log=log, host=host, port=port)
+def failureNotice(streak: int, reasonChanged: bool, sinceLogged: float,
+                  interval: float = REMIND_INTERVAL) -> Optional[str]:
+    """Whether a failed attempt is worth a log line, and which.
+
+    ``streak`` is the number of failed attempts in a row including this one,
+    ``reasonChanged`` whether its reason differs from the previous one's, and
+    ``sinceLogged`` the seconds since the streak last logged.  Returns
+    :data:`FIRST` for the first failure, :data:`CHANGED` when the reason
+    changed, :data:`REMINDER` when ``interval`` seconds have passed, else None:
+    a server that keeps refusing costs a line every ``interval`` seconds, not
+    one per attempt.
+    """
+    if streak <= 1:
+        return FIRST
+    if reasonChanged:
+        return CHANGED
+    if sinceLogged >= interval:
+        return REMINDER
+    return None
+
+
+# -- TLS -------------------------------------------------------------------------
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.S)
+
+def _verifyResult(transport) -> Optional[str]:
+    """Why OpenSSL rejected the server's certificate, if it did and says so.
+
+    pyOpenSSL has no public call for it, so this reaches into its bindings;
+    without them the caller's message simply has less detail.
+    """
+    try:
+        from OpenSSL._util import ffi, lib
+        handle = transport.getHandle()  # the TLS layer keeps it while it reports
+        code = lib.SSL_get_verify_result(handle._ssl)
+        if code == 0:
+            return None
+        return ffi.string(lib.X509_verify_cert_error_string(code)).decode("ascii", "replace")
+    except Exception:
+        return None
+
+
+def _trustRoot(path, config):
+    """Every certificate in the PEM file ``path`` as a trust root."""
+    from twisted.internet.ssl import Certificate, trustRootFromCertificates
+    where = dict(line=config.line, element=f"channel '{config.name}'", prop="tls.ca")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror or e}", **where) from e
+    blocks = _PEM_CERTIFICATE.findall(data)
+    if not blocks:
+        raise ConfigError(f"no PEM certificate in {path}", **where)
+    try:
+        return trustRootFromCertificates([Certificate.loadPEM(b) for b in blocks])
+    except Exception as e:
+        raise ConfigError(f"bad certificate in {path}: {e}", **where) from e
+
+
+def _clientTLSOptions(config, host):
+    """The ``IOpenSSLClientConnectionCreator`` for a ``tls=true`` channel."""
+    from twisted.internet.ssl import CertificateOptions, optionsForClientTLS, platformTrust
+    if not config.tls_verify:
+        return CertificateOptions(verify=False)
+    trust = platformTrust() if config.tls_ca is None else _trustRoot(config.tls_ca, config)
+    return optionsForClientTLS(config.tls_hostname or host, trustRoot=trust)
+
+
+def _describe(reason, tlsName=None, verifyResult=None) -> str:
+    """A short, human description of a connection failure."""
+    value = reason.value
+    try:
+        from OpenSSL import SSL
+    except ImportError:  # pragma: no cover - TLS extras missing
+        SSL = None
+    if SSL is not None and isinstance(value, SSL.Error):
+        texts = [e[-1] for e in (value.args[0] if value.args else ())
+                 if isinstance(e, tuple) and e and e[-1]]
+        text = texts[-1] if texts else str(value)
+        if verifyResult:
+            text += f" ({verifyResult})"
+        return f"TLS handshake failed: {text}"
+    if type(value).__name__ == "VerificationError":  # service_identity's
+        return f"TLS: the server's certificate is not valid for {tlsName!r}"
+    return reason.getErrorMessage()
 
 
 def _withBody(message, body):
@@ -91,21 +203,89 @@ def _withBody(message, body):
                    message.session, message.attributes)
 
 
+def _buildFramer(protocol, receiver, log, host, port):
+    from aiengine.protocols import buildFramer
+    return buildFramer(protocol, receiver, log=log, host=host, port=port)
+
+
+class _FramerLogger(Logger):
+    """The channel's logger as its framers see it.
+
+    While the channel is failing, a framer's warnings (a server answering
+    garbage on every attempt) are not emitted: the channel reports the
+    streak itself, once per change of reason, and counts every error.  A
+    lower level would not do, since twistd writes debug events too.
+    """
+
+    def __init__(self, channel):
+        Logger.__init__(self, namespace=channel.log.namespace)
+        self._channel = channel
+
+    def emit(self, level, format=None, **kwargs):
+        if level == LogLevel.warn and self._channel._streak:
+            return
+        Logger.emit(self, level, format, **kwargs)
+
+
+@implementer(IPushProducer)
+class _WriteGate:
+    """Registered with a connection's transport: tells whether the server reads.
+
+    While the transport's buffer is full the channel keeps new messages in its
+    bounded queue instead of the transport's unbounded buffer.
+    """
+
+    def __init__(self, channel):
+        self.channel = channel
+        self.paused = False
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        self.channel._writable()
+
+    def stopProducing(self):
+        self.paused = True
+
+
+@implementer(IHandshakeListener)
 class _Connection(ProtocolWrapper, TimeoutMixin):
     """One connection of a channel, around its framer.
 
     Counts the bytes each way, closes the connection after the idle timeout
-    (traffic either way restarts it) and turns TCP keepalive on.
+    (traffic either way restarts it), turns TCP keepalive on, holds the
+    framer back until a TLS handshake is done (within ``connect-timeout``)
+    and tells the channel when the server stops reading.
     """
 
     def __init__(self, factory, framer, channel):
         ProtocolWrapper.__init__(self, factory, framer)
         self.channel = channel
+        self.tls = bool(channel.config.tls)
+        self.gate = _WriteGate(channel)
         self.idleClosed = False
+        self.closedByUs = False
+        #: the framer is connected (after the handshake, with TLS)
+        self.up = False
         self.connectedAt = None
         self.bytesIn = 0
+        self.messagesIn = 0
+        self.messagesOut = 0
+        self.proven = False
+        #: a protocol error just reported, until a message or a write follows
+        self.pendingError: Optional[str] = None
+        #: the protocol error the framer closed this connection for
+        self.protocolFailure: Optional[str] = None
+        #: why it failed, when we know better than the connection-lost reason
+        self.failReason: Optional[str] = None
+        self.verifyResult = None
         self._closing = False
+        self._gateRegistered = False
         self._abortCall = None
+        self._handshakeCall = None
+        self._proofCall = None
 
     # The framer reads transport.disconnecting: true when either we or the
     # real transport are closing.
@@ -120,16 +300,72 @@ class _Connection(ProtocolWrapper, TimeoutMixin):
     def callLater(self, period, func):
         return self.channel.reactor.callLater(period, func)
 
+    def makeConnection(self, transport):
+        # ProtocolWrapper's, except that the framer hears of the connection
+        # only once TLS is up.
+        directlyProvides(self, providedBy(transport))
+        Protocol.makeConnection(self, transport)
+        self.factory.registerProtocol(self)
+        if not self.tls:
+            self._up()
+        elif not self.disconnecting:
+            timeout = self.channel.config.connect_timeout
+            self._handshakeCall = self.callLater(timeout, self._handshakeTimedOut)
+
     def connectionMade(self):
-        self.connectedAt = self.channel.reactor.seconds()
-        config = self.channel.config
-        if config.keepalive:
+        if self.channel.config.keepalive:
             setKeepAlive = getattr(self.transport, "setTcpKeepAlive", None)
             if setKeepAlive is not None:
                 setKeepAlive(1)
-        idle = config.effective_idle_timeout
+
+    def handshakeCompleted(self):
+        """TLS is up and the certificate verified: now the framer may talk."""
+        self._cancel("_handshakeCall")
+        if not self.disconnecting and not self.up:
+            self._up()
+
+    def _handshakeTimedOut(self):
+        self._handshakeCall = None
+        self.failReason = (f"TLS handshake did not complete within "
+                           f"{self.channel.config.connect_timeout:g} s")
+        self.transport.abortConnection()
+
+    def _up(self):
+        self.up = True
+        self.connectedAt = self.channel.reactor.seconds()
+        idle = self.channel.config.effective_idle_timeout
         if idle and idle > 0:
             self.setTimeout(idle)
+        try:
+            self.transport.registerProducer(self.gate, True)
+            self._gateRegistered = True
+        except RuntimeError:
+            pass  # someone else's producer: do without flow control
+        self.wrappedProtocol.makeConnection(self)
+
+    def startProofTimer(self):
+        """After failures: recovery is declared once this connection holds."""
+        if self._proofCall is None and not self.proven:
+            self._proofCall = self.callLater(BRIEF_CONNECTION, self._heldUp)
+
+    def _heldUp(self):
+        self._proofCall = None
+        if self.protocolFailure is None:
+            self.channel._connectionProven(self)
+
+    def livedLongEnough(self) -> bool:
+        return (self.up and
+                self.channel.reactor.seconds() - self.connectedAt >= BRIEF_CONNECTION)
+
+    def isProven(self, clean) -> bool:
+        """Did this connection work, as opposed to being a failed attempt?"""
+        if self.proven:
+            return True
+        if not self.up or self.protocolFailure is not None:
+            return False
+        # A clean close after we wrote: the server may well have taken our
+        # messages and be done (on-demand request/close style).
+        return self.livedLongEnough() or (clean and self.messagesOut > 0)
 
     def dataReceived(self, data):
         self.bytesIn += len(data)
@@ -148,34 +384,63 @@ class _Connection(ProtocolWrapper, TimeoutMixin):
         self.resetTimeout()
         ProtocolWrapper.writeSequence(self, data)
 
+    def loseConnection(self):
+        if (self.pendingError is not None and self.protocolFailure is None
+                and not self.closedByUs and not self.idleClosed):
+            # The framer closes right after reporting: the server broke the
+            # protocol.  Up long enough before that, it had proven itself.
+            if self.livedLongEnough():
+                self.proven = True
+            self.protocolFailure = self.pendingError
+        # A registered producer would keep a TLS transport from shutting down.
+        self._releaseGate()
+        ProtocolWrapper.loseConnection(self)
+
+    def _releaseGate(self):
+        if self._gateRegistered:
+            self._gateRegistered = False
+            self.transport.unregisterProducer()
+
     def timeoutConnection(self):
         self.idleClosed = True
         self.channel.log.info("no traffic for {idle} s: closing the connection",
                               idle=self.timeOut)
         self.loseConnection()
 
-    def close(self):
-        """Close; abort if the peer has not let us flush within CLOSE_GRACE."""
+    def close(self, grace=CLOSE_GRACE):
+        """Close; abort if the peer has not let us flush within ``grace`` seconds."""
+        self.closedByUs = True
         if not self._closing:
             self.loseConnection()
-        if self._abortCall is None:
-            self._abortCall = self.callLater(CLOSE_GRACE, self._abort)
+        if grace <= 0:
+            self._abort()
+        elif self._abortCall is None:
+            self._abortCall = self.callLater(grace, self._abort)
 
     def _abort(self):
         self._abortCall = None
         abort = getattr(self.transport, "abortConnection", None)
-        if abort is not None:
-            self.channel.log.warn("connection did not close within {grace} s: aborting",
-                                  grace=CLOSE_GRACE)
+        if abort is not None and self.connected:
+            self.channel.log.warn("connection did not close in time: aborting")
             abort()
 
+    def _cancel(self, name):
+        call = getattr(self, name)
+        if call is not None and call.active():
+            call.cancel()
+        setattr(self, name, None)
+
     def connectionLost(self, reason):
+        self.connected = False
         self.setTimeout(None)
-        if self._abortCall is not None and self._abortCall.active():
-            self._abortCall.cancel()
-        self._abortCall = None
+        for name in ("_abortCall", "_handshakeCall", "_proofCall"):
+            self._cancel(name)
+        if self.tls and not self.up:
+            self.verifyResult = _verifyResult(self.transport)
         self.channel._connectionClosed(self, reason)
-        ProtocolWrapper.connectionLost(self, reason)
+        self.factory.unregisterProtocol(self)
+        if self.up:
+            self.wrappedProtocol.connectionLost(reason)
 
 
 class _ChannelFactory(ReconnectingClientFactory):
@@ -200,7 +465,7 @@ class _ChannelFactory(ReconnectingClientFactory):
 
     def buildProtocol(self, addr):
         channel = self.channel
-        framer = _buildFramer(channel.config.protocol, channel, channel.log,
+        framer = _buildFramer(channel.config.protocol, channel, channel._framerLog,
                               channel.config.host, channel.config.port)
         return _Connection(self, framer, channel)
 
@@ -261,6 +526,22 @@ class _ChannelFactory(ReconnectingClientFactory):
                 self._callID.cancel()
             self._callID = None
 
+    def retryTime(self) -> Optional[float]:
+        """When the scheduled attempt runs (reactor seconds), or None."""
+        if self._callID is not None and self._callID.active():
+            return self._callID.getTime()
+        return None
+
+
+class _StopFlush:
+    """A stop() in progress that is still trying to send queued messages."""
+
+    def __init__(self, deadline, sentBefore):
+        self.deadline = deadline
+        self.sentBefore = sentBefore
+        self.waiters: list = []
+        self.finishing = False
+
 
 class _Waiter:
     __slots__ = ("deferred", "size", "buf", "first", "timer")
@@ -273,6 +554,7 @@ class _Waiter:
         self.timer = None
 
 
+
 @implementer(IMessageReceiver)
 class Channel:
     """One configured outbound connection and everything queued for it.
@@ -280,8 +562,9 @@ class Channel:
     :param config: its :class:`~aiengine.config.ChannelConfig`.
     :param broker: the :class:`~aiengine.broker.Broker` of ``topic-in`` and
         ``topic-out``.
-    :param reactor: ``IReactorTCP`` and ``IReactorTime`` (the global reactor
-        when None).
+    :param reactor: ``IReactorTCP``, ``IReactorSSL`` (with TLS) and
+        ``IReactorTime`` (the global reactor when None).
+    :raises ConfigError: ``tls.ca`` holds no usable certificate.
     """
 
     def __init__(self, config, broker, reactor=None):
@@ -292,21 +575,29 @@ class Channel:
         self.broker = broker
         self.reactor = reactor
         self.log = Logger(namespace=f"ActiveSocket::{self.name}")
+        self._framerLog = _FramerLogger(self)
         self.state = STOPPED
         self.connects = 0
         self.failures = 0
+        self.drops = 0
+        self.resets = 0
+        self.idleCloses = 0
         self.messagesIn = 0
         self.messagesOut = 0
         self.bytesIn = 0
         self.bytesOut = 0
         self.dropped = 0
         self.inboxDropped = 0
+        self.unsent = 0
         self.errors = 0
+        self.receiveTimeouts = 0
         self.lastError: Optional[str] = None
         host = config.host
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]  # [::1] as in URLs
         self._host = host
+        self._tlsName = config.tls_hostname or host
+        self._tlsOptions = _clientTLSOptions(config, host) if config.tls else None
         self._factory = _ChannelFactory(self)
         self._connector = None
         self._protocol: Optional[_Connection] = None
@@ -322,18 +613,34 @@ class Channel:
         self._connectWaiters: list = []
         self._closeWaiters: list = []
         self._inboxSeq = 0
-        self._brief = False
+        # How the last connection ended: (kind, description), kind one of
+        # "ours", "idle", "dropped", "failed".
+        self._lost = ("ours", "closed")
+        # The current streak of failed attempts, for logging.
+        self._streak = 0
+        self._streakSince = None
+        self._streakReason = None
+        self._lastNotice = None
+        self._stopping: Optional[_StopFlush] = None
 
     def __repr__(self):
         return f"<Channel {self.name} {self.state} {self.config.host}:{self.config.port}>"
 
     @property
     def queued(self) -> int:
-        """Outbound messages waiting for a connection."""
+        """Outbound messages waiting for a connection (or for the server to read)."""
         return len(self._queue)
 
     def status(self) -> dict:
-        """State, address and counters, for the console and the media API."""
+        """State, address and counters, for the console and the media API.
+
+        ``failures`` counts failed connection attempts (refused, DNS, timeout,
+        TLS, or a connection that ended before it proved itself),
+        ``failedInRow`` the current streak of them, ``drops`` working
+        connections that ended without our asking, ``resets`` connections lost
+        uncleanly, ``errors`` protocol errors, ``unsent`` messages still queued
+        when the channel stopped.
+        """
         return {
             "name": self.name,
             "state": self.state,
@@ -341,16 +648,23 @@ class Channel:
             "port": self.config.port,
             "protocol": self.config.protocol.name,
             "permanent": self.config.permanent,
+            "tls": bool(self.config.tls),
             "connects": self.connects,
             "failures": self.failures,
+            "failedInRow": self._streak,
+            "drops": self.drops,
+            "resets": self.resets,
+            "idleCloses": self.idleCloses,
             "messagesIn": self.messagesIn,
             "messagesOut": self.messagesOut,
             "bytesIn": self.bytesIn,
             "bytesOut": self.bytesOut,
             "queued": self.queued,
             "dropped": self.dropped,
+            "unsent": self.unsent,
             "inbox": len(self._inbox),
             "inboxDropped": self.inboxDropped,
+            "receiveTimeouts": self.receiveTimeouts,
             "errors": self.errors,
             "lastError": self.lastError,
         }
@@ -364,6 +678,10 @@ class Channel:
         if self.config.redirect_in and not self.config.topic_in:
             self.log.warn("redirect-in is on but no topic-in is configured: inbound "
                           "messages are kept for receive() only")
+        if self.config.tls and not self.config.tls_verify:
+            self.log.warn("tls.verify is false: the certificate of {host}:{port} is "
+                          "not checked, anyone on the way can pose as the server",
+                          host=self._host, port=self.config.port)
         if self.config.permanent:
             self._beginConnecting()
         elif self.state == STOPPED:
@@ -374,21 +692,34 @@ class Channel:
     def stop(self) -> Deferred:
         """Stop for good: no reconnects, connection closed, topic-out left.
 
-        Pending :meth:`receive` and :meth:`connect` calls fail with
-        :class:`ChannelStopped`.  The Deferred fires when the connection is closed.
+        Messages still queued get up to ``flush-timeout`` seconds to be sent:
+        a waiting channel tries to connect at once, a connected one writes
+        them and lets the transport drain.  What is left then is counted in
+        ``unsent`` and logged.  Pending :meth:`receive` and :meth:`connect`
+        calls fail with :class:`ChannelStopped`.  The Deferred fires when the
+        connection is closed.
         """
+        if self._stopping is not None:
+            d = Deferred()
+            self._stopping.waiters.append(d)
+            return d
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
-        d = self._shutDown("stopped")
         waiters, self._waiters = self._waiters, deque()
         for waiter in waiters:
             self._endWaiter(waiter)
             waiter.deferred.errback(ChannelStopped(f"channel {self.name} stopped"))
+        if self._queue and self._mayFlushOnStop():
+            return self._beginStopFlush()
+        d = self._shutDown("stopped", grace=max(0.0, self.config.flush_timeout))
+        self._reportUnsent()
         return d
 
     def disconnect(self) -> Deferred:
         """Close and stay down until :meth:`connect`; sends keep being queued."""
+        if self._stopping is not None:
+            return self._finishStop()
         return self._shutDown("disconnected on request")
 
     def connect(self) -> Deferred:
@@ -397,6 +728,8 @@ class Channel:
         Fires with the channel once connected.  A permanent channel keeps
         trying until then; for an on-demand one a failed attempt fails it.
         """
+        if self._stopping is not None:
+            return fail(ChannelStopped(f"channel {self.name} is stopping"))
         self._held = False
         self._subscribe()
         self._factory.failures = 0  # asked for: start the delays over
@@ -416,7 +749,7 @@ class Channel:
         self._subscription = self.broker.subscribe(
             self.config.topic_out, self._fromTopicOut, name=f"channel:{self.name}")
 
-    def _shutDown(self, why):
+    def _shutDown(self, why, grace=CLOSE_GRACE):
         self._held = True
         self._factory.stopTrying()  # may report a cancelled attempt right here
         self.state = STOPPED
@@ -425,7 +758,7 @@ class Channel:
             return succeed(None)
         d = Deferred()
         self._closeWaiters.append(d)
-        self._protocol.close()
+        self._protocol.close(grace)
         return d
 
     def _beginConnecting(self):
@@ -440,10 +773,20 @@ class Channel:
             return
         connector = self._connector
         if connector is None:
-            self.log.info("connecting to {host}:{port}", host=self._host,
-                          port=self.config.port)
-            self._connector = self.reactor.connectTCP(
-                self._host, self.config.port, factory, timeout=self.config.connect_timeout)
+            config = self.config
+            if config.tls:
+                self.log.info("connecting to {host}:{port} with TLS ({check})",
+                              host=self._host, port=config.port,
+                              check=(f"certificate checked for {self._tlsName!r}"
+                                     if config.tls_verify else "certificate NOT checked"))
+                self._connector = self.reactor.connectSSL(
+                    self._host, config.port, factory, self._tlsOptions,
+                    timeout=config.connect_timeout)
+            else:
+                self.log.info("connecting to {host}:{port}", host=self._host,
+                              port=config.port)
+                self._connector = self.reactor.connectTCP(
+                    self._host, config.port, factory, timeout=config.connect_timeout)
             factory.connector = self._connector
         elif getattr(connector, "state", "disconnected") == "disconnected":
             connector.connect()
@@ -451,14 +794,90 @@ class Channel:
     def _reconnecting(self):
         self.state = CONNECTING
 
+    # -- stopping with queued messages ------------------------------------------
+
+    def _mayFlushOnStop(self):
+        if self.config.flush_timeout <= 0 or self._held:
+            return False
+        return self.state in (CONNECTED, CONNECTING, WAITING) or (
+            not self.config.permanent and self.state == IDLE)
+
+    def _beginStopFlush(self):
+        flush = self._stopping = _StopFlush(
+            self.reactor.callLater(self.config.flush_timeout, self._stopFlushExpired),
+            self.messagesOut)
+        d = Deferred()
+        flush.waiters.append(d)
+        self._failConnectWaiters(ChannelStopped(f"channel {self.name} stopped"))
+        self.log.info("stopping: trying for up to {timeout} s to send {n} queued "
+                      "message(s)", timeout=self.config.flush_timeout, n=len(self._queue))
+        if self.state == CONNECTED:
+            self._flush()
+        elif self.state in (WAITING, IDLE):
+            self._beginConnecting()  # now rather than at the next retry
+        self._stopFlushProgress()
+        return d
+
+    def _stopFlushProgress(self):
+        """During a stop flush: finish once everything is written or hopeless."""
+        flush = self._stopping
+        if flush is None or flush.finishing:
+            return
+        if self.state == CONNECTED:
+            if not self._queue:
+                self._finishStop()
+            return
+        if self.state == CONNECTING:
+            return
+        retryAt = self._factory.retryTime()
+        if retryAt is None or retryAt >= flush.deadline.getTime():
+            # No further attempt within the window.
+            self._finishStop()
+
+    def _stopFlushExpired(self):
+        self._stopping.deadline = None
+        self._finishStop()
+
+    def _finishStop(self):
+        """End a stop flush: close (within what is left of the window), report."""
+        flush = self._stopping
+        flush.finishing = True
+        grace = 0.0
+        if flush.deadline is not None:
+            grace = max(0.0, flush.deadline.getTime() - self.reactor.seconds())
+            flush.deadline.cancel()
+            flush.deadline = None
+        sent = self.messagesOut - flush.sentBefore
+        if sent:
+            self.log.info("stopping: sent {n} queued message(s)", n=sent)
+        d = self._shutDown("stopped", grace=grace)
+        self._reportUnsent()
+
+        def done(result):
+            self._stopping = None
+            for waiter in flush.waiters:
+                waiter.callback(None)
+            return result
+
+        return d.addBoth(done)
+
+    def _reportUnsent(self):
+        n = len(self._queue)
+        if n:
+            self.unsent += n
+            self._queue.clear()
+            self.log.warn("stopped with {n} queued message(s) not sent", n=n)
+
     # -- outbound ----------------------------------------------------------
 
     def send(self, body, attributes=None) -> None:
-        """Write ``body`` (bytes, or str as UTF-8) now, or queue it until connected.
+        """Write ``body`` (bytes, or str as UTF-8) now, or queue it.
 
-        ``attributes`` go to the framer's ``sendMessage``.  A full queue drops
-        the message (counted in ``dropped`` and logged).  An on-demand channel
-        that is not connected starts connecting.
+        It waits in the queue while the channel is not connected or the
+        server does not read fast enough.  ``attributes`` go to the framer's
+        ``sendMessage``.  A full queue drops the message (counted in
+        ``dropped`` and logged).  An on-demand channel that is not connected
+        starts connecting.
         """
         if isinstance(body, str):
             body = body.encode("utf-8")
@@ -469,10 +888,12 @@ class Channel:
         if len(self._queue) >= self.config.queue_size:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % DROP_LOG_EVERY == 0:
+                why = ("the server is not reading" if self.state == CONNECTED
+                       else f"not connected ({self.state})")
                 self.log.warn(
-                    "not connected ({state}) and {n} message(s) already queued: "
-                    "dropped a message; {dropped} dropped so far",
-                    state=self.state, n=len(self._queue), dropped=self.dropped)
+                    "{why} and {n} message(s) already queued: dropped a message; "
+                    "{dropped} dropped so far",
+                    why=why, n=len(self._queue), dropped=self.dropped)
         else:
             self._queue.append((body, attributes))
         if self._canWrite():
@@ -484,11 +905,15 @@ class Channel:
         self.send(message.body, {"in-reply-to": message.id, "session": message.session})
 
     def _canWrite(self):
-        return (self._framer is not None and self._protocol is not None
-                and self.state == CONNECTED and not self._protocol.disconnecting)
+        protocol = self._protocol
+        return (self._framer is not None and protocol is not None
+                and self.state == CONNECTED and not protocol.disconnecting
+                and not protocol.gate.paused)
 
     def _write(self, body, attributes):
         self.messagesOut += 1
+        self._protocol.messagesOut += 1
+        self._protocol.pendingError = None
         try:
             self._framer.sendMessage(body, attributes)
         except Exception:
@@ -501,12 +926,16 @@ class Channel:
             body, attributes = self._queue.popleft()
             self._write(body, attributes)
 
+    def _writable(self):
+        """The server reads again: send what waited for it."""
+        self._flush()
+        self._stopFlushProgress()
+
     # -- IMessageReceiver ----------------------------------------------------
 
     def framerConnected(self, framer):
         """The connection is up: send what is queued, then wake connect() callers."""
         self._framer = framer
-        self._brief = False
         self._factory.resetDelay()
         if self._held:
             # stop()/disconnect() came while the attempt was finishing.
@@ -514,7 +943,14 @@ class Channel:
             return
         self.connects += 1
         self.state = CONNECTED
-        self.log.info("connected to {host}:{port}", host=self._host, port=self.config.port)
+        if self._streak:
+            # Not a recovery yet, and not logged: a server that accepts and
+            # hangs up would make a pair of lines per attempt.
+            self._protocol.startProofTimer()
+        else:
+            self.log.info("connected to {host}:{port}{how}", host=self._host,
+                          port=self.config.port,
+                          how=" with TLS" if self.config.tls else "")
         if self.config.redirect_in and self.config.topic_in and self._protocol is not None:
             self._producer = self._protocol.transport
             self.broker.topic(self.config.topic_in).registerProducer(self._producer)
@@ -522,10 +958,17 @@ class Channel:
         waiters, self._connectWaiters = self._connectWaiters, []
         for d in waiters:
             d.callback(self)
+        self._stopFlushProgress()
 
     def messageReceived(self, message, attributes):
         """One inbound message: publish it (redirect-in) or keep it for receive()."""
         self.messagesIn += 1
+        connection = self._protocol
+        if connection is not None:
+            connection.messagesIn += 1
+            connection.pendingError = None
+            if not connection.proven and connection.protocolFailure is None:
+                self._connectionProven(connection)
         attributes = dict(attributes or {})
         session = attributes.get("session")
         config = self.config
@@ -561,7 +1004,13 @@ class Channel:
                           size=self.config.inbox_size, dropped=self.inboxDropped)
 
     def protocolError(self, description):
-        """The peer broke the framing: count it (the framer logs and acts)."""
+        """The peer broke the framing: count it (the framer logs and acts).
+
+        When the framer closes the connection for it, the connection was not
+        a working one (see :meth:`_Connection.loseConnection`).
+        """
+        if self._protocol is not None:
+            self._protocol.pendingError = description
         self._protocolFailed(description)
 
     def _protocolFailed(self, description):
@@ -574,24 +1023,62 @@ class Channel:
 
     # -- connection events (from _Connection and _ChannelFactory) -------------
 
+    def _connectionProven(self, connection):
+        """``connection`` works: a streak of failures, if any, is over."""
+        connection.proven = True
+        connection._cancel("_proofCall")
+        if self._streak:
+            self.log.info("connected to {host}:{port} again after {n} failed attempt(s) "
+                          "over {elapsed:.1f} s", host=self._host, port=self.config.port,
+                          n=self._streak,
+                          elapsed=self.reactor.seconds() - self._streakSince)
+        self._streak = 0
+        self._streakReason = None
+
     def _connectionClosed(self, connection, reason):
+        """Classify how ``connection`` ended, for :meth:`_decideAfterLoss`."""
         self._framer = None
         if self._producer is not None:
             self.broker.topic(self.config.topic_in).unregisterProducer(self._producer)
             self._producer = None
+        clean = bool(reason.check(error.ConnectionDone))
+        address = f"{self._host}:{self.config.port}"
+        if self._held or connection.closedByUs:
+            self._lost = ("ours", "closed" if clean else reason.getErrorMessage())
+            return
+        if reason.check(error.ConnectionLost) and connection.failReason is None:
+            self.resets += 1  # the peer reset it (or died)
         if connection.idleClosed:
-            why = "idle timeout"
-        elif reason.check(error.ConnectionDone):
-            why = "closed"
+            self.idleCloses += 1
+            self._lost = ("idle", "idle timeout")
+        elif connection.isProven(clean):
+            self.drops += 1
+            if connection.protocolFailure is not None:
+                why = f"closed after a protocol error: {connection.protocolFailure}"
+            elif clean:
+                why = "closed by the server"
+            else:
+                why = reason.getErrorMessage()
+            self.lastError = f"connection to {address} lost: {why}"
+            self._lost = ("dropped", why)
+        elif connection.failReason is not None:
+            self._lost = ("failed", f"connection to {address} failed: "
+                                    f"{connection.failReason}")
+        elif not connection.up:
+            self._lost = ("failed", f"connection to {address} failed: " + _describe(
+                reason, self._tlsName, connection.verifyResult))
+        elif connection.protocolFailure is not None:
+            self._lost = ("failed", f"protocol error from {address}: "
+                                    f"{connection.protocolFailure}")
+        elif clean:
+            self._lost = ("failed", f"connection to {address} closed by the server "
+                                    f"right after it was made")
+        elif connection.bytesIn:
+            self._lost = ("failed", f"connection to {address} lost before a whole "
+                                    f"message arrived: {reason.getErrorMessage()}")
         else:
-            why = reason.getErrorMessage()
-            if not self._held:
-                self.lastError = f"connection lost: {why}"
-        lived = self.reactor.seconds() - (connection.connectedAt or 0)
-        self._brief = (not connection.idleClosed and connection.bytesIn == 0
-                       and lived < BRIEF_CONNECTION)
-        self.log.info("disconnected from {host}:{port}: {why}", host=self._host,
-                      port=self.config.port, why=why)
+            self._lost = ("failed", f"connection to {address} lost right after it "
+                                    f"was made: {reason.getErrorMessage()}")
 
     def _afterConnectionLost(self, reason):
         try:
@@ -604,50 +1091,75 @@ class Channel:
                 d.callback(None)
 
     def _decideAfterLoss(self):
+        kind, why = self._lost
+        self._lost = ("ours", "closed")
         if self._held:
             self.state = STOPPED
+            self.log.info("disconnected from {host}:{port}: {why}", host=self._host,
+                          port=self.config.port, why=why)
+            return
+        if kind == "failed":
+            self._factory.failures += 1
+            self._failed(why, Failure(error.ConnectError(string=why)))
             return
         if not self.config.permanent:
             self.state = IDLE
+            self.log.info("disconnected from {host}:{port}: {why}", host=self._host,
+                          port=self.config.port, why=why)
             if self._queue or self._connectWaiters:
                 self._beginConnecting()
+            self._stopFlushProgress()
             return
-        if self._brief:
-            # Up for a moment and silent: treat as a failed attempt.
-            self._factory.failures += 1
         delay = self._factory.retry()
         if delay is None:
             self.state = STOPPED
             return
         self.state = WAITING
-        why = ("the connection closed right after it was made" if self._brief
-               else "the connection dropped")
-        self.log.info("reconnecting in {delay:.2f} s: {why}", delay=delay, why=why)
+        self.log.info("disconnected from {host}:{port}: {why}; reconnecting in "
+                      "{delay:.2f} s", host=self._host, port=self.config.port, why=why,
+                      delay=delay)
+        self._stopFlushProgress()
 
     def _attemptFailed(self, reason):
-        why = reason.getErrorMessage()
         if self._held:
             self.state = STOPPED
             self.log.info("connection attempt cancelled")
             return
+        why = f"cannot connect to {self._host}:{self.config.port}: {_describe(reason)}"
+        self._failed(why, reason)
+
+    def _failed(self, why, reason):
+        """A failed attempt: count it, retry per policy, log per :func:`failureNotice`."""
+        now = self.reactor.seconds()
         self.failures += 1
-        self.lastError = f"cannot connect to {self._host}:{self.config.port}: {why}"
+        self._streak += 1
+        if self._streak == 1:
+            self._streakSince = self._lastNotice = now
+        notice = failureNotice(self._streak, why != self._streakReason,
+                               now - self._lastNotice)
+        previous, self._streakReason = self._streakReason, why
+        self.lastError = why
         if self.config.permanent:
             delay = self._factory.retry()
-            if delay is not None:
-                self.state = WAITING
-                self.log.warn("cannot connect to {host}:{port}: {why}; next attempt "
-                              "in {delay:.2f} s ({n} failed in a row)", host=self._host,
-                              port=self.config.port, why=why, delay=delay,
-                              n=self._factory.failures)
-                return
-            self.state = STOPPED
-            return
-        self.state = IDLE
-        self.log.warn("cannot connect to {host}:{port}: {why}; {n} message(s) stay "
-                      "queued until the next send", host=self._host,
-                      port=self.config.port, why=why, n=len(self._queue))
-        self._failConnectWaiters(reason)
+            self.state = STOPPED if delay is None else WAITING
+            then = ("" if delay is None else f"; next attempt in {delay:.2f} s")
+        else:
+            self.state = IDLE
+            then = f"; {len(self._queue)} message(s) stay queued until the next send"
+            self._failConnectWaiters(reason)
+        if notice is not None:
+            self._lastNotice = now
+            if notice == FIRST:
+                self.log.warn("{why}{then}", why=why, then=then)
+            elif notice == CHANGED:
+                self.log.warn("{why} (before: {previous}); {n} failed attempts in a "
+                              "row{then}", why=why, previous=previous, n=self._streak,
+                              then=then)
+            else:
+                self.log.warn("still failing after {n} attempts over {elapsed:.0f} s: "
+                              "{why}{then}", n=self._streak,
+                              elapsed=now - self._streakSince, why=why, then=then)
+        self._stopFlushProgress()
 
     def _failConnectWaiters(self, reason):
         waiters, self._connectWaiters = self._connectWaiters, []
@@ -698,6 +1210,7 @@ class Channel:
     def _timedOut(self, waiter, timeout):
         waiter.timer = None
         if self._giveUp(waiter):
+            self.receiveTimeouts += 1
             what = ("message" if waiter.size is None else f"{waiter.size} bytes")
             waiter.deferred.errback(TimeoutError(
                 f"no {what} from channel {self.name} within {timeout:g} s"))

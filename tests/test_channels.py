@@ -11,7 +11,7 @@ from twisted.internet import defer, error, reactor, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
@@ -35,6 +35,23 @@ def makeConfig(port=4000, host="127.0.0.1", name="test", delimiter=b"\n",
                                 wait_time_sec=wait, max_packet_size=maxPacket)
     return ChannelConfig(name=name, host=host, port=port,
                          protocol=ProtocolConfig("text-messages", settings, settings), **kw)
+
+
+class LogCapture:
+    """Events of one channel's log namespace, from now until cleanup."""
+
+    def __init__(self, case, name="test"):
+        self.namespace = f"ActiveSocket::{name}"
+        self.events = []
+        globalLogPublisher.addObserver(self)
+        case.addCleanup(globalLogPublisher.removeObserver, self)
+
+    def __call__(self, event):
+        if event.get("log_namespace") == self.namespace:
+            self.events.append(event)
+
+    def warnings(self):
+        return [e for e in self.events if e["log_level"] >= LogLevel.warn]
 
 
 # -- real loopback servers --------------------------------------------------
@@ -230,6 +247,7 @@ class LoopbackTests(LoopbackMixin, unittest.TestCase):
         yield task.deferLater(reactor, 0.3, lambda: None)
         self.assertEqual(len(server.connections), 1)
         self.assertEqual((ch.state, ch.connects), (IDLE, 1))
+        self.assertEqual(ch.status()["idleCloses"], 1)
 
         ch.send(b"again")
         reply = yield ch.receive(timeout=1)
@@ -268,6 +286,44 @@ class LoopbackTests(LoopbackMixin, unittest.TestCase):
         self.assertEqual(ch.state, STOPPED)
         yield self.assertFailure(pending, ChannelStopped)
         yield server.connections[0].lost
+
+    @defer.inlineCallbacks
+    def test_stopFlushesToServerThatComesBack(self):
+        port = yield self.freePort()
+        ch = self.channel(makeConfig(port, reconnection_timeout=0.1, flush_timeout=3.0))
+        ch.start()
+        yield self.waitFor(lambda: ch.failures >= 1, what="a failed attempt")
+        for body in (b"a", b"b", b"c"):
+            ch.send(body)
+        started = reactor.seconds()
+        stopped = ch.stop()
+        yield task.deferLater(reactor, 0.3, lambda: None)
+        server = ServerFactory(echo=False)
+        self.listen(server, port)
+        yield stopped
+        self.assertLess(reactor.seconds() - started, 2.0)
+        yield self.waitFor(lambda: len(server.lines) == 3, what="the queued messages")
+        self.assertEqual(server.lines, [b"a", b"b", b"c"])
+        self.assertEqual((ch.state, ch.unsent, ch.connects), (STOPPED, 0, 1))
+
+    @defer.inlineCallbacks
+    def test_stopGivesUpOnServerThatNeverComesBack(self):
+        logs = LogCapture(self)
+        port = yield self.freePort()
+        ch = self.channel(makeConfig(port, reconnection_timeout=0.1, flush_timeout=0.4))
+        ch.start()
+        yield self.waitFor(lambda: ch.failures >= 1, what="a failed attempt")
+        for body in (b"a", b"b", b"c"):
+            ch.send(body)
+        started, failures = reactor.seconds(), ch.failures
+        yield ch.stop()
+        elapsed = reactor.seconds() - started
+        # It kept trying (every ~0.1 s) until no attempt fitted in the 0.4 s.
+        self.assertTrue(0.25 <= elapsed < 1.0, elapsed)
+        self.assertGreaterEqual(ch.failures - failures, 3)
+        self.assertEqual((ch.state, ch.unsent), (STOPPED, 3))
+        unsent = [e for e in logs.warnings() if "not sent" in e["log_format"]]
+        self.assertEqual([e["n"] for e in unsent], [3])
 
 
     @defer.inlineCallbacks
@@ -677,6 +733,156 @@ class MemoryTests(unittest.TestCase):
         self.assertEqual(transport.producerState, "paused")
         gate.callback(None)
         self.assertEqual(transport.producerState, "producing")
+
+    # -- stop() with queued messages: the flush window -------------------------
+
+    def unsentWarnings(self, logs):
+        return [e for e in logs.warnings() if "not sent" in e["log_format"]]
+
+    def test_stopWhileWaitingTriesAtOnceAndSends(self):
+        logs = LogCapture(self)
+        ch = self.make(reconnection_timeout=10.0, flush_timeout=5.0)
+        ch.start()
+        self.refuse(ch)
+        ch.send(b"a")
+        ch.send(b"b")
+        connects = self.countConnects(ch)
+        d = ch.stop()
+        self.assertEqual((len(connects), ch.state), (1, CONNECTING))
+        self.assertNoResult(d)
+        protocol, transport = self.succeed(ch)
+        self.assertEqual(transport.value(), b"a\nb\n")
+        # Written, then closed the gentle way: the buffer drains first.
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.aborted)
+        self.assertNoResult(d)
+        self.drop(ch, protocol, error.ConnectionDone())
+        self.successResultOf(d)
+        self.assertEqual((ch.state, ch.unsent, ch.queued), (STOPPED, 0, 0))
+        self.assertEqual(self.unsentWarnings(logs), [])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_stopGivesUpAfterFlushTimeout(self):
+        logs = LogCapture(self)
+        ch = self.make(reconnection_timeout=1.0, flush_timeout=3.0)
+        ch.start()
+        self.refuse(ch)
+        for body in (b"a", b"b", b"c"):
+            ch.send(body)
+        d = ch.stop()
+        for _ in range(2):
+            self.refuse(ch)  # still refused: retried within the window
+            self.assertEqual(ch.state, WAITING)
+            self.reactor.advance(1.1)
+            self.assertEqual(ch.state, CONNECTING)
+        self.assertNoResult(d)
+        self.reactor.advance(3.0 - 2.2)
+        self.successResultOf(d)
+        status = ch.status()
+        self.assertEqual((status["state"], status["unsent"], status["queued"]),
+                         (STOPPED, 3, 0))
+        self.assertEqual([e["n"] for e in self.unsentWarnings(logs)], [3])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_stopEndsAtOnceWhenNoAttemptFitsTheWindow(self):
+        ch = self.make(reconnection_timeout=10.0, flush_timeout=5.0)
+        ch.start()
+        self.refuse(ch)
+        ch.send(b"a")
+        d = ch.stop()
+        self.refuse(ch)  # the next try would come after the window
+        self.successResultOf(d)
+        self.assertEqual((ch.state, ch.unsent), (STOPPED, 1))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_stopWaitsForAServerThatReadsAgain(self):
+        ch = self.make(flush_timeout=5.0)
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        self.assertIs(transport.producer, protocol.gate)
+        protocol.gate.pauseProducing()  # what a full transport buffer does
+        ch.send(b"a")
+        ch.send(b"b")
+        self.assertEqual((transport.value(), ch.queued), (b"", 2))
+        d = ch.stop()
+        self.reactor.advance(2)
+        self.assertNoResult(d)
+        protocol.gate.resumeProducing()
+        self.assertEqual(transport.value(), b"a\nb\n")
+        self.assertTrue(transport.disconnecting)
+        self.drop(ch, protocol, error.ConnectionDone())
+        self.successResultOf(d)
+        self.assertEqual(ch.unsent, 0)
+
+    def test_stopAbortsAServerThatNeverReadsAgain(self):
+        logs = LogCapture(self)
+        ch = self.make(flush_timeout=2.0)
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        protocol.gate.pauseProducing()
+        ch.send(b"a")
+        d = ch.stop()
+        self.reactor.advance(2.1)
+        self.assertTrue(transport.aborted)
+        self.drop(ch, protocol, error.ConnectionAborted())
+        self.successResultOf(d)
+        self.assertEqual(ch.unsent, 1)
+        self.assertEqual([e["n"] for e in self.unsentWarnings(logs)], [1])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_onDemandStopTriesOnce(self):
+        ch = self.make(permanent=False, flush_timeout=5.0)
+        ch.start()
+        ch.send(b"a")
+        self.refuse(ch)
+        self.assertEqual((ch.state, ch.queued), (IDLE, 1))
+        connects = self.countConnects(ch)
+        d = ch.stop()
+        self.assertEqual((len(connects), ch.state), (1, CONNECTING))
+        protocol, transport = self.succeed(ch)
+        self.assertEqual(transport.value(), b"a\n")
+        self.drop(ch, protocol, error.ConnectionDone())
+        self.successResultOf(d)
+        self.assertEqual(ch.unsent, 0)
+
+    def test_onDemandStopEndsWhenItsAttemptFails(self):
+        ch = self.make(permanent=False, flush_timeout=5.0)
+        ch.start()
+        ch.send(b"a")
+        d = ch.stop()
+        self.assertNoResult(d)
+        self.refuse(ch)
+        self.successResultOf(d)
+        self.assertEqual((ch.state, ch.unsent), (STOPPED, 1))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_stopWithoutFlushWindowReportsAtOnce(self):
+        logs = {name: LogCapture(self, name) for name in ("zero", "unstarted")}
+        for name, kw, started in (("zero", dict(flush_timeout=0.0), True),
+                                  ("unstarted", {}, False)):
+            ch = self.make(name=name, **kw)
+            if started:
+                ch.start()
+            ch.send(b"a")
+            ch.send(b"b")
+            self.successResultOf(ch.stop())
+            self.assertEqual((ch.state, ch.unsent), (STOPPED, 2))
+            self.assertEqual([e["n"] for e in self.unsentWarnings(logs[name])], [2])
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_secondStopWaitsForTheFirst(self):
+        ch = self.make(flush_timeout=5.0)
+        ch.start()
+        ch.send(b"a")
+        first = ch.stop()
+        second = ch.stop()
+        self.assertNoResult(second)
+        protocol, transport = self.succeed(ch)
+        self.drop(ch, protocol, error.ConnectionDone())
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertEqual(transport.value(), b"a\n")
+        self.successResultOf(ch.stop())  # and later ones fire at once
 
 
 class AttributeTests(unittest.TestCase):
