@@ -18,8 +18,8 @@ must drop is counted and logged.
 
 from __future__ import annotations
 
-import itertools
 from collections import deque
+from types import MappingProxyType
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import Deferred, TimeoutError
@@ -34,25 +34,39 @@ DEFAULT_QUEUE_LIMIT = 10000
 _log = Logger(namespace="Broker")
 
 
+#: the attributes of a message published without any (read-only, shared)
+_NO_ATTRIBUTES = MappingProxyType({})
+
+
 class Message:
     """One message on a topic.
 
     ``body`` is bytes (any byte is data); ``text`` decodes it as UTF-8.
     ``attributes`` carries protocol metadata, for example an HTTP response's
     status and headers, or ``in-reply-to`` naming the request message's id.
+    ``id`` is ``<topic>-<n>``, built when first read (most never are).
     """
 
-    __slots__ = ("topic", "id", "body", "msgtype", "source", "session", "attributes")
+    __slots__ = ("topic", "_id", "_seq", "body", "msgtype", "source", "session",
+                 "attributes")
 
     def __init__(self, topic, id, body, msgtype="text", source=None, session=None,
-                 attributes=None):
+                 attributes=None, seq=None):
         self.topic = topic
-        self.id = id
+        self._id = id
+        self._seq = seq
         self.body = body
         self.msgtype = msgtype
         self.source = source
         self.session = session
-        self.attributes = attributes if attributes is not None else {}
+        self.attributes = _NO_ATTRIBUTES if attributes is None else attributes
+
+    @property
+    def id(self) -> str:
+        """``<topic>-<n>``: the topic's counter at publish time, from 1."""
+        if self._id is None:
+            self._id = f"{self.topic}-{self._seq}"
+        return self._id
 
     @property
     def text(self) -> str:
@@ -89,21 +103,19 @@ class Subscription:
             self.active = False
             self.topic._remove(self)
 
-    def _offer(self, message):
-        if self.busy:
-            if len(self.queue) >= self._limit:
-                self.dropped += 1
-                self.topic.dropped += 1
-                if self.dropped == 1 or self.dropped % 1000 == 0:
-                    _log.warn(
-                        "Topic {topic}: subscriber {name} is {n} messages behind; "
-                        "dropped {dropped} so far",
-                        topic=self.topic.name, name=self.name, n=len(self.queue),
-                        dropped=self.dropped)
-                return
-            self.queue.append(message)
+    def _enqueue(self, message):
+        """Keep ``message`` until this busy subscriber is ready (bounded)."""
+        if len(self.queue) >= self._limit:
+            self.dropped += 1
+            self.topic.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                _log.warn(
+                    "Topic {topic}: subscriber {name} is {n} messages behind; "
+                    "dropped {dropped} so far",
+                    topic=self.topic.name, name=self.name, n=len(self.queue),
+                    dropped=self.dropped)
             return
-        self._call(message)
+        self.queue.append(message)
 
     def _call(self, message):
         self.delivered += 1
@@ -112,13 +124,14 @@ class Subscription:
         except Exception:
             self._failed(Failure(), message)
             return
-        if isinstance(result, Deferred):
-            if result.called:
-                result.addErrback(self._failed, message)
-                return
+        if result is not None and isinstance(result, Deferred):
+            self._wait(result, message)
+
+    def _wait(self, result, message):
+        result.addErrback(self._failed, message)
+        if not result.called:
             self.busy = True
             self.topic._busyChanged(+1)
-            result.addErrback(self._failed, message)
             result.addBoth(self._done)
 
     def _failed(self, failure, message):
@@ -144,10 +157,11 @@ class Topic:
 
     def __init__(self, name, queueLimit=DEFAULT_QUEUE_LIMIT):
         self.name = name
-        self.subscriptions: list[Subscription] = []
+        # A tuple, replaced on (un)subscribe, so delivery iterates it without
+        # copying while subscribers may (un)subscribe from their callbacks.
+        self.subscriptions: tuple = ()
         self.published = 0
         self.dropped = 0
-        self._counter = itertools.count(1)
         self._pending: deque = deque()
         self._delivering = False
         self._busy = 0
@@ -159,7 +173,16 @@ class Topic:
         """The id the next message published here will carry."""
         return f"{self.name}-{self.published + 1}"
 
+    def message(self, body, msgtype="text", source=None, session=None,
+                attributes=None) -> Message:
+        """A message for this topic carrying the next id (not yet published)."""
+        if body.__class__ is str:
+            body = body.encode("utf-8")
+        return Message(self.name, None, body, msgtype, source, session, attributes,
+                       self.published + 1)
+
     def publish(self, message: Message) -> None:
+        """Deliver ``message`` to every current subscriber, in order."""
         self.published += 1
         if self._delivering:
             # A subscriber published here while being called: finish
@@ -175,25 +198,33 @@ class Topic:
             self._delivering = False
 
     def _deliver(self, message):
+        # The hot path: Subscription._call inlined.
         session = message.session
-        for sub in tuple(self.subscriptions):
+        for sub in self.subscriptions:
             if not sub.active:
                 continue
             if session is not None and sub.session is not None and sub.session != session:
                 continue
-            sub._offer(message)
+            if sub.busy:
+                sub._enqueue(message)
+                continue
+            sub.delivered += 1
+            try:
+                result = sub.callback(message)
+            except Exception:
+                sub._failed(Failure(), message)
+                continue
+            if result is not None and isinstance(result, Deferred):
+                sub._wait(result, message)
 
     def subscribe(self, callback, session=None, name=None) -> Subscription:
         sub = Subscription(self, callback, session, name or repr(callback),
                            self._queueLimit)
-        self.subscriptions.append(sub)
+        self.subscriptions += (sub,)
         return sub
 
     def _remove(self, sub):
-        try:
-            self.subscriptions.remove(sub)
-        except ValueError:
-            pass
+        self.subscriptions = tuple(s for s in self.subscriptions if s is not sub)
         if sub.busy:
             sub.busy = False
             self._busyChanged(-1)
@@ -260,17 +291,10 @@ class Broker:
         Returns the :class:`Message`, already delivered to every subscriber
         that was not busy.
         """
-        t = self.topic(topic)
-        message = self._message(t, body, msgtype, source, session, attributes)
+        t = self._topics.get(topic) or self.topic(topic)
+        message = t.message(body, msgtype, source, session, attributes)
         t.publish(message)
         return message
-
-    @staticmethod
-    def _message(t, body, msgtype, source, session, attributes):
-        if isinstance(body, str):
-            body = body.encode("utf-8")
-        return Message(t.name, f"{t.name}-{t.published + 1}", body, msgtype,
-                       source, session, attributes)
 
     def subscribe(self, topic: str, callback: Callable[[Message], Any],
                   session=None, name: Optional[str] = None) -> Subscription:
@@ -331,7 +355,7 @@ class Broker:
         the publish, so a synchronous reply is not missed.
         """
         t = self.topic(topicOut)
-        request = self._message(t, body, msgtype, source, session, None)
+        request = t.message(body, msgtype, source, session)
         picker = None
         if match is not None:
             def picker(reply):

@@ -106,7 +106,7 @@ class BrokerTests(unittest.TestCase):
         sub.cancel()
         self.broker.publish("t", b"2")
         self.assertEqual(seen, [b"1"])
-        self.assertEqual(self.broker.topic("t").subscriptions, [])
+        self.assertEqual(self.broker.topic("t").subscriptions, ())
 
     def test_topicsCreatedOnUse(self):
         self.broker.publish("b", b"")
@@ -125,7 +125,7 @@ class WaitTests(unittest.TestCase):
         self.assertNoResult(d)
         self.broker.publish("t", b"x")
         self.assertEqual(self.successResultOf(d).body, b"x")
-        self.assertEqual(self.broker.topic("t").subscriptions, [])
+        self.assertEqual(self.broker.topic("t").subscriptions, ())
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_nextMessageMatch(self):
@@ -141,14 +141,14 @@ class WaitTests(unittest.TestCase):
         self.assertNoResult(d)
         self.clock.advance(0.2)
         self.failureResultOf(d, TimeoutError)
-        self.assertEqual(self.broker.topic("t").subscriptions, [])
+        self.assertEqual(self.broker.topic("t").subscriptions, ())
 
     def test_nextMessageCancel(self):
         d = self.broker.nextMessage("t", timeout=5)
         d.cancel()
         self.failureResultOf(d)
         self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.assertEqual(self.broker.topic("t").subscriptions, [])
+        self.assertEqual(self.broker.topic("t").subscriptions, ())
 
     def test_requestSynchronousReply(self):
         """A reply published while the request is delivered is not missed."""
