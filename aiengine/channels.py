@@ -281,21 +281,13 @@ class _Connection(ProtocolWrapper, TimeoutMixin):
         #: why it failed, when we know better than the connection-lost reason
         self.failReason: Optional[str] = None
         self.verifyResult = None
-        self._closing = False
+        # A plain attribute (the framers read it for every message): set by
+        # ProtocolWrapper.loseConnection and by our aborts.
+        self.disconnecting = False
         self._gateRegistered = False
         self._abortCall = None
         self._handshakeCall = None
         self._proofCall = None
-
-    # The framer reads transport.disconnecting: true when either we or the
-    # real transport are closing.
-    @property
-    def disconnecting(self):
-        return self._closing or bool(getattr(self.transport, "disconnecting", False))
-
-    @disconnecting.setter
-    def disconnecting(self, value):
-        self._closing = bool(value)
 
     def callLater(self, period, func):
         return self.channel.reactor.callLater(period, func)
@@ -328,6 +320,7 @@ class _Connection(ProtocolWrapper, TimeoutMixin):
         self._handshakeCall = None
         self.failReason = (f"TLS handshake did not complete within "
                            f"{self.channel.config.connect_timeout:g} s")
+        self.disconnecting = True
         self.transport.abortConnection()
 
     def _up(self):
@@ -370,13 +363,15 @@ class _Connection(ProtocolWrapper, TimeoutMixin):
     def dataReceived(self, data):
         self.bytesIn += len(data)
         self.channel.bytesIn += len(data)
-        self.resetTimeout()
-        ProtocolWrapper.dataReceived(self, data)
+        if self.timeOut:
+            self.resetTimeout()
+        self.wrappedProtocol.dataReceived(data)
 
     def write(self, data):
         self.channel.bytesOut += len(data)
-        self.resetTimeout()
-        ProtocolWrapper.write(self, data)
+        if self.timeOut:
+            self.resetTimeout()
+        self.transport.write(data)
 
     def writeSequence(self, data):
         data = list(data)
@@ -410,7 +405,7 @@ class _Connection(ProtocolWrapper, TimeoutMixin):
     def close(self, grace=CLOSE_GRACE):
         """Close; abort if the peer has not let us flush within ``grace`` seconds."""
         self.closedByUs = True
-        if not self._closing:
+        if not self.disconnecting:
             self.loseConnection()
         if grace <= 0:
             self._abort()
@@ -422,6 +417,7 @@ class _Connection(ProtocolWrapper, TimeoutMixin):
         abort = getattr(self.transport, "abortConnection", None)
         if abort is not None and self.connected:
             self.channel.log.warn("connection did not close in time: aborting")
+            self.disconnecting = True
             abort()
 
     def _cancel(self, name):
@@ -622,6 +618,11 @@ class Channel:
         self._streakReason = None
         self._lastNotice = None
         self._stopping: Optional[_StopFlush] = None
+        # Only the http framer uses a message's attributes (to correlate the
+        # response): other channels skip building them for every message.
+        self._replyAttributes = config.protocol.outbound.name == "http"
+        self._topicIn = (broker.topic(config.topic_in)
+                         if config.redirect_in and config.topic_in else None)
 
     def __repr__(self):
         return f"<Channel {self.name} {self.state} {self.config.host}:{self.config.port}>"
@@ -879,9 +880,8 @@ class Channel:
         ``dropped`` and logged).  An on-demand channel that is not connected
         starts connecting.
         """
-        if isinstance(body, str):
-            body = body.encode("utf-8")
-        attributes = dict(attributes) if attributes else {}
+        if body.__class__ is not bytes:
+            body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
         if not self._queue and self._canWrite():
             self._write(body, attributes)
             return
@@ -902,13 +902,18 @@ class Channel:
             self._beginConnecting()
 
     def _fromTopicOut(self, message):
-        self.send(message.body, {"in-reply-to": message.id, "session": message.session})
+        if self._replyAttributes:
+            self.send(message.body, {"in-reply-to": message.id,
+                                     "session": message.session})
+        else:
+            self.send(message.body)
 
     def _canWrite(self):
+        if self.state != CONNECTED or self._framer is None:
+            return False
         protocol = self._protocol
-        return (self._framer is not None and protocol is not None
-                and self.state == CONNECTED and not protocol.disconnecting
-                and not protocol.gate.paused)
+        return (protocol is not None and not protocol.gate.paused
+                and not protocol.disconnecting)
 
     def _write(self, body, attributes):
         self.messagesOut += 1
@@ -969,13 +974,13 @@ class Channel:
             connection.pendingError = None
             if not connection.proven and connection.protocolFailure is None:
                 self._connectionProven(connection)
-        attributes = dict(attributes or {})
-        session = attributes.get("session")
+        session = attributes.get("session") if attributes else None
         config = self.config
-        if config.redirect_in and config.topic_in:
-            published = self.broker.publish(config.topic_in, message, msgtype=config.msgtype,
-                                            source=self.name, session=session,
-                                            attributes=attributes)
+        topic = self._topicIn
+        if topic is not None:
+            published = topic.message(message, config.msgtype, self.name, session,
+                                      attributes)
+            topic.publish(published)
             if self._waiters:
                 self._inbox.append(published)
                 self._serve()

@@ -5,6 +5,7 @@ Real loopback servers on 127.0.0.1 port 0 where connecting is the point;
 details are.
 """
 
+import dataclasses
 import random
 
 from twisted.internet import defer, error, reactor, task
@@ -903,9 +904,14 @@ class AttributeTests(unittest.TestCase):
         self.patch(channels, "_buildFramer", build)
 
     def test_attributesBothWays(self):
-        ch = Channel(makeConfig(redirect_in=True, redirect_out=True, topic_in="in",
-                                topic_out="out", port=8080, host="example.org"),
-                     self.broker, self.reactor)
+        """An http channel hands each request's id and session to its framer,
+        and publishes a response with the session its framer reports."""
+        http = ProtocolSettings(name="http")
+        config = dataclasses.replace(
+            makeConfig(redirect_in=True, redirect_out=True, topic_in="in",
+                       topic_out="out", port=8080, host="example.org"),
+            protocol=ProtocolConfig("http", http, http))
+        ch = Channel(config, self.broker, self.reactor)
         self.addCleanup(stopInMemory, ch)
         ch.start()
         protocol = ch._factory.buildProtocol(None)
