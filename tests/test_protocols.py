@@ -165,10 +165,9 @@ class TextMessagesTests(TestCase):
         """When the receiver closes the connection, later messages of the same
         packet are not delivered."""
         framer, transport, receiver = connect(config("text-messages"))
-        receiver.messageReceived = lambda m, a: transport.loseConnection()
         delivered = []
-        original = framer.deliver
-        framer.deliver = lambda m, a=None: (delivered.append(m), original(m, a))
+        receiver.messageReceived = lambda m, a: (delivered.append(m),
+                                                 transport.loseConnection())
         framer.dataReceived(b"quit\nmore\n")
         self.assertEqual(delivered, [b"quit"])
 

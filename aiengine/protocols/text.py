@@ -44,7 +44,22 @@ class TextMessagesProtocol(FramingProtocol, LineOnlyReceiver):
             return
         if self._pieces:
             self._takePieces()
-        LineOnlyReceiver.dataReceived(self, data)
+        # LineOnlyReceiver.dataReceived's loop, handing each message straight
+        # to the receiver: this is the hottest path of a relaying daemon.
+        transport = self.transport
+        messages = (self._buffer + data).split(self.delimiter)
+        self._buffer = messages.pop()
+        maxMessage = self.maxMessage
+        deliver = self.deliver if self._showMessages else self.receiver.messageReceived
+        for message in messages:
+            if transport.disconnecting:
+                return  # the receiver closed the connection
+            if len(message) > maxMessage:
+                self.lineLengthExceeded(message)
+                return
+            deliver(message, None)
+        if len(self._buffer) > self.MAX_LENGTH:
+            self.lineLengthExceeded(self._buffer)
 
     def _takePieces(self):
         self._buffer = b"".join([self._buffer] + self._pieces)
