@@ -621,6 +621,10 @@ class Channel:
         # Only the http framer uses a message's attributes (to correlate the
         # response): other channels skip building them for every message.
         self._replyAttributes = config.protocol.outbound.name == "http"
+        # Fired when a server that stopped reading reads again: returned to
+        # the broker meanwhile, so topic-out's publishers are paused rather
+        # than this channel's queue overflowing.
+        self._drained: Optional[Deferred] = None
         self._topicIn = (broker.topic(config.topic_in)
                          if config.redirect_in and config.topic_in else None)
 
@@ -907,6 +911,17 @@ class Channel:
                                      "session": message.session})
         else:
             self.send(message.body)
+        protocol = self._protocol
+        if self.state == CONNECTED and protocol is not None and protocol.gate.paused:
+            if self._drained is None:
+                self._drained = Deferred()
+            return self._drained
+        return None
+
+    def _releasePublishers(self):
+        drained, self._drained = self._drained, None
+        if drained is not None:
+            drained.callback(None)
 
     def _canWrite(self):
         if self.state != CONNECTED or self._framer is None:
@@ -934,6 +949,8 @@ class Channel:
     def _writable(self):
         """The server reads again: send what waited for it."""
         self._flush()
+        if self._protocol is not None and not self._protocol.gate.paused:
+            self._releasePublishers()
         self._stopFlushProgress()
 
     # -- IMessageReceiver ----------------------------------------------------
@@ -1043,6 +1060,9 @@ class Channel:
     def _connectionClosed(self, connection, reason):
         """Classify how ``connection`` ended, for :meth:`_decideAfterLoss`."""
         self._framer = None
+        # Not connected, messages wait in the bounded queue (or are dropped):
+        # publishers must not stay paused on a connection that is gone.
+        self._releasePublishers()
         if self._producer is not None:
             self.broker.topic(self.config.topic_in).unregisterProducer(self._producer)
             self._producer = None

@@ -815,6 +815,36 @@ class MemoryTests(unittest.TestCase):
         self.successResultOf(d)
         self.assertEqual(ch.unsent, 0)
 
+    def test_serverNotReadingPausesPublishers(self):
+        """While the server does not read, topic-out's publishers are paused
+        (broker backpressure) instead of the channel's queue overflowing."""
+        ch = self.make(redirect_out=True, topic_out="out", queue_size=2)
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        publisher = StringTransport()
+        self.broker.topic("out").registerProducer(publisher)
+        protocol.gate.pauseProducing()  # what a full transport buffer does
+        for n in range(10):
+            self.broker.publish("out", b"%d" % n)
+        self.assertEqual(publisher.producerState, "paused")
+        self.assertEqual(ch.dropped, 0)
+        protocol.gate.resumeProducing()
+        self.assertEqual(publisher.producerState, "producing")
+        self.assertEqual(transport.value(), b"".join(b"%d\n" % n for n in range(10)))
+        self.assertEqual(ch.dropped, 0)
+
+    def test_lostConnectionReleasesPublishers(self):
+        ch = self.make(redirect_out=True, topic_out="out", flush_timeout=0.0)
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        publisher = StringTransport()
+        self.broker.topic("out").registerProducer(publisher)
+        protocol.gate.pauseProducing()
+        self.broker.publish("out", b"x")
+        self.assertEqual(publisher.producerState, "paused")
+        self.drop(ch, protocol)
+        self.assertEqual(publisher.producerState, "producing")
+
     def test_stopAbortsAServerThatNeverReadsAgain(self):
         logs = LogCapture(self)
         ch = self.make(flush_timeout=2.0)
