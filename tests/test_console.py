@@ -216,7 +216,7 @@ class RegistryTests(unittest.TestCase):
     def test_unknownMethodListsMethods(self):
         e = self.assertRaises(CallError, self.registry.lookup, "Engine", "zzzzzz")
         self.assertEqual(str(e), "Class 'Engine' has no method 'zzzzzz'; its methods "
-                                 "are: help, ping, version")
+                                 "are: help, login, ping, version")
 
 
 class FramingTests(ConsoleTestCase):
@@ -608,7 +608,7 @@ class TopicsTests(ConsoleTestCase):
         client.transport.loseConnection()
         yield client.lost
         yield self._serverClosed()
-        self.assertEqual(self.broker.topic("news").subscriptions, [])
+        self.assertEqual(self.broker.topic("news").subscriptions, ())
 
     @inlineCallbacks
     def test_list(self):
@@ -642,7 +642,7 @@ class TopicsTests(ConsoleTestCase):
                                                 topic_in="silence", message="hello?",
                                                 timeout="0.05"))
         self.assertEqual(exceptionText(doc), "no reply on silence within 0.05 s")
-        self.assertEqual(self.broker.topic("silence").subscriptions, [])
+        self.assertEqual(self.broker.topic("silence").subscriptions, ())
 
     @inlineCallbacks
     def test_requestBadTimeout(self):

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 
 from hypothesis import given, settings
 from lxml import etree
 from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
-from aiengine.protocols.xmlsplit import Document, Malformed, TooLarge, XmlSplitter
+from aiengine.protocols.xmlsplit import (Document, Malformed, TooLarge, XmlSplitter,
+                                         parseDocument, safeParser)
 
 # -- strategies shared with test_protocols --------------------------------------
 
@@ -19,7 +21,9 @@ _names = st.sampled_from(["a", "b", "root", "x-1", "\u00e9l\u00e9ment"])
 
 
 def _escape(text, quote=False):
+    # "]]>" is not allowed in text: libxml2 only noticed when it came in one piece.
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace("\r", "&#13;")
+    text = text.replace("]]>", "]]&gt;")
     return text.replace('"', "&quot;") if quote else text
 
 
@@ -52,11 +56,9 @@ def xmlDocuments(draw):
     """One well-formed document (bytes) with no leading or trailing whitespace."""
     prolog = draw(st.sampled_from([
         "", '<?xml version="1.0"?>', '<?xml version="1.0" encoding="UTF-8"?>\n',
-        "<!-- > -->", '<!DOCTYPE r [<!ENTITY e "v>">]>', "<?pi > ?>\n"]))
+        "<!-- > -->", "<!-- </a> <!DOCTYPE -->\n", "<?pi > ?>\n",
+        "\ufeff<?xml version='1.0'?><!---->"]))
     root = draw(_elements)
-    if "ENTITY e" in prolog and not root.endswith("/>"):
-        cut = root.rindex("</")
-        root = root[:cut] + "&e;" + root[cut:]
     return (prolog + root).encode("utf-8")
 
 
@@ -96,6 +98,21 @@ def kinds(items):
     """Items as comparable tuples."""
     return [(type(i).__name__, i.data if not isinstance(i, TooLarge) else None)
             for i in items]
+
+
+class _Recorder:
+    """Wraps a pull parser, recording what it is fed."""
+
+    def __init__(self, parser, fed):
+        self._parser = parser
+        self._fed = fed
+
+    def feed(self, data):
+        self._fed.append(data)
+        return self._parser.feed(data)
+
+    def __getattr__(self, name):
+        return getattr(self._parser, name)
 
 
 class SplitterTests(TestCase):
@@ -189,23 +206,52 @@ class SplitterTests(TestCase):
         self.assertEqual([type(i) for i in items], [Malformed, Document])
         self.assertIn("nbsp", items[0].error)
 
-    def test_internalEntity(self):
-        """Entities declared in the document itself are fine."""
-        doc = b'<!DOCTYPE a [<!ENTITY e "v">]><a>&e;</a>'
-        items = self.split(doc)
-        self.assertDocuments(items, [doc])
-        self.assertEqual(items[0].root.text, "v")
+    def test_doctypeRefused(self):
+        """Any DOCTYPE is refused before libxml2 sees it, with the rest of
+        its line; the next document is framed normally."""
+        for doc in [b'<!DOCTYPE a [<!ENTITY e "v">]><a>&e;</a>', b"<!DOCTYPE a><a/>",
+                    b'<!DOCTYPE a SYSTEM "a.dtd"><a/>',
+                    b'\xef\xbb\xbf<?xml version="1.0"?>\n<!-- c --><?pi x?> <!DOCTYPE a><a/>']:
+            items = self.split(doc + b"\n<b/>")
+            self.assertEqual(kinds(items), [("Malformed", doc + b"\n"), ("Document", b"<b/>")])
+            self.assertEqual(items[0].error, "DOCTYPE is not allowed")
+
+    def test_doctypeRefusedAnySplit(self):
+        """The check does not depend on packet boundaries: byte by byte, the
+        parser never gets the whole ``<!DOCTYPE`` keyword."""
+        splitter = XmlSplitter()
+        fed = []
+        data = b'<!-- x --><!DOCTYPE a [<!ENTITY e "v">]><a>&e;</a>\n<b/>'
+        items = []
+        for byte in data:
+            # Watch what reaches libxml2 (the parser is reused: wrap it).
+            parser = splitter._parser
+            splitter._parser = _Recorder(parser, fed)
+            items += splitter.feed(bytes([byte]))
+            splitter._parser = parser
+        self.assertEqual([type(i) for i in items], [Malformed, Document])
+        self.assertNotIn(b"DOCTYPE", b"".join(fed))
+        self.assertIn(b"<!DOC", b"".join(fed))  # it did see the bytes before the check
+
+    def test_doctypeInCommentIsText(self):
+        """``<!DOCTYPE`` inside a comment or an element is just text."""
+        doc = b"<!-- <!DOCTYPE a> --><a><!-- <!DOCTYPE --><![CDATA[<!DOCTYPE]]></a>"
+        self.assertDocuments(self.split(doc), [doc])
 
     def test_entityExpansionBomb(self):
-        """Exponential entity expansion is refused, not performed."""
+        """Entity bombs never get to expand: their DOCTYPE is refused."""
         decls = "".join(f'<!ENTITY e{i} "{("&e%d;" % (i - 1)) * 10}">' for i in range(1, 12))
-        doc = f'<!DOCTYPE a [<!ENTITY e0 "boom">{decls}]><a>&e11;</a>\n<b/>'.encode()
-        items = self.split(doc)
-        self.assertEqual([type(i) for i in items], [Malformed, Document])
+        pes = "".join(f'<!ENTITY % p{i} "' + f"%p{i - 1};" * 10 + '">' for i in range(1, 12))
+        for doc in [f'<!DOCTYPE a [<!ENTITY e0 "boom">{decls}]><a>&e11;</a>',
+                    f'<!DOCTYPE a [<!ENTITY e0 "boom">{decls}<!ATTLIST a x CDATA "&e11;">]><a/>',
+                    f'<!DOCTYPE a [<!ENTITY % p0 "<!-- boom -->">{pes} %p11;]><a/>']:
+            items = self.split(doc.encode() + b"\n<b/>")
+            self.assertEqual([type(i) for i in items], [Malformed, Document])
+            self.assertEqual(items[0].error, "DOCTYPE is not allowed")
 
     def test_externalEntitiesNotRead(self):
-        """External entities, parameter entities and DTDs stay unresolved:
-        no file is read."""
+        """External entities, parameter entities and DTDs are never read:
+        their DOCTYPE is refused, and a reference without one is undefined."""
         marker = "SECRET-FILE-CONTENT"
         fd, path = tempfile.mkstemp()
         self.addCleanup(os.remove, path)
@@ -220,14 +266,121 @@ class SplitterTests(TestCase):
             f'<!DOCTYPE a [<!ENTITY x SYSTEM "file://{path}">]><a b="&x;"/>',
             f'<!DOCTYPE a SYSTEM "file://{dtd}"><a>&x;</a>',
             f'<!DOCTYPE a [<!ENTITY % p SYSTEM "file://{dtd}"> %p;]><a>&x;</a>',
+            '<a>&x;</a>',
         ]
         for doc in docs:
             items = self.split(doc.encode() + b"\n<b/>")
-            self.assertEqual(len(items), 2, doc)
-            self.assertEqual(items[0].data, doc.encode(), doc)
-            self.assertEqual(kinds(items[1:]), [("Document", b"<b/>")], doc)
-            if isinstance(items[0], Document):
-                self.assertNotIn(marker.encode(), etree.tostring(items[0].root), doc)
+            self.assertEqual([type(i) for i in items], [Malformed, Document], doc)
+            self.assertEqual(items[0].data.rstrip(b"\n"), doc.encode())
+            self.assertEqual(items[1].data, b"<b/>")
+            self.assertNotIn(marker, items[0].error)
+
+    def test_safeParserLoadsNothing(self):
+        """safeParser keeps entities unresolved and, even when asked to
+        validate against a DTD, reads no file."""
+        marker = "SECRET-FILE-CONTENT"
+        fd, path = tempfile.mkstemp()
+        self.addCleanup(os.remove, path)
+        with os.fdopen(fd, "w") as f:
+            f.write(marker)
+        doc = f'<!DOCTYPE a [<!ENTITY x SYSTEM "file://{path}">]><a>&x;</a>'.encode()
+        root = etree.fromstring(doc, safeParser())
+        self.assertNotIn(marker.encode(), etree.tostring(root))
+        fd, dtd = tempfile.mkstemp(suffix=".dtd")
+        self.addCleanup(os.remove, dtd)
+        with os.fdopen(fd, "w") as f:
+            f.write(f'<!ENTITY y "{marker}"><!ELEMENT a (#PCDATA)>')
+        doc = f'<!DOCTYPE a SYSTEM "file://{dtd}"><a>&y;</a>'.encode()
+        try:
+            root = etree.fromstring(doc, safeParser(attribute_defaults=True))
+        except etree.XMLSyntaxError as e:
+            self.assertNotIn(marker, str(e))  # "y" stays undefined: the DTD is empty
+        else:
+            self.assertNotIn(marker.encode(), etree.tostring(root))
+
+    def test_encodings(self):
+        """ASCII-compatible encodings are read; the others, which could hide
+        markup from the DOCTYPE check, are refused."""
+        doc = '<!DOCTYPE a [<!ENTITY e "x">]><a>&e;</a>'
+        refused = [
+            b'<?xml version="1.0" encoding="UTF-7"?>' + doc.encode("utf-7"),
+            ('<?xml version="1.0"?>' + doc).encode("utf-16-le"),
+            ('<?xml version="1.0"?>' + doc).encode("utf-32-le"),
+            b"<\x00a\x00/\x00>\x00",
+            b'<?xml version="1.0" encoding="Shift_JIS"?><a/>',
+            b"<?xml version='1.0' encoding='EBCDIC-US'?><a/>",
+        ]
+        for data in refused:
+            items = self.split(data + b"\n<b/>")
+            self.assertIsInstance(items[0], Malformed, data)
+            self.assertEqual(kinds(items[1:]), [("Document", b"<b/>")], data)
+            self.assertTrue(items[0].error.startswith(("encoding", "NUL")), items[0].error)
+        allowed = [b"<?xml version='1.0' encoding='iso-8859-15'?><a>\xa4</a>",
+                   b'<?xml version="1.0" encoding="windows-1252"?><a>\x80</a>',
+                   b'<?xml version="1.0" encoding="US-ASCII"?><a/>']
+        items = self.split(b"".join(allowed))
+        self.assertDocuments(items, allowed)
+        self.assertEqual([i.root.text for i in items], ["\u20ac", "\u20ac", None])
+
+    def test_headErrors(self):
+        """What cannot start a document is refused at once, by the head
+        check, with the rest of its line."""
+        for bad in [b"<", b"< a/>", b"<1/>", b"<!ELEMENT a>", b"<![CDATA[x]]>",
+                    b"<!-- c --> text <a/>", b"\xef\xbb<a/>"]:
+            items = self.split(bad + b"\n<b/>")
+            self.assertEqual([type(i) for i in items], [Malformed, Document], bad)
+            self.assertEqual(items[0].data, bad + b"\n")
+
+    def test_deepNesting(self):
+        """100,000 nested elements are malformed (libxml2's depth limit),
+        quickly, and the next document is framed."""
+        start = time.perf_counter()
+        items = self.split(b"<a>" * 100000 + b"</a>" * 100000 + b"\n<b/>")
+        self.assertLess(time.perf_counter() - start, 1)
+        self.assertEqual([type(i) for i in items], [Malformed, Document])
+        self.assertIn("depth", items[0].error)
+
+    def test_sameNameChildren(self):
+        """Many children named like the root, and the next document named
+        like it too in the same packet, are cut exactly."""
+        one = b"<r>" + b"<r>x</r>" * 50 + b"<r/></r>"
+        two = b"<r><r></r></r>"
+        data = one + two + b"\x01" + one
+        self.assertDocuments(self.split(data), [one, two, one])
+        splitter = XmlSplitter()
+        items = []
+        for i in range(0, len(data), 7):
+            items += splitter.feed(data[i:i + 7])
+        self.assertDocuments(items, [one, two, one])
+
+    def test_sameNameChildrenAtTheLimit(self):
+        """What follows a document's end does not count against its size."""
+        one = b"<r>" + b"<r>x</r>" * 20 + b"</r>"
+        splitter = XmlSplitter(maxSize=len(one))
+        self.assertDocuments(splitter.feed(one + b"<r>y</r>"), [one, b"<r>y</r>"])
+
+    def test_fewFeeds(self):
+        """The parser is fed a few kilobytes at a time whatever the shape of
+        the document, not once per element."""
+        for doc in [b"<r>" + b"<b/>" * 50000 + b"</r>", b"<r>" + b"<r>x</r>" * 25000 + b"</r>",
+                    b"<!---->" * 25000 + b"<r>" + b"\n" * 200000 + b"</r>"]:
+            splitter = XmlSplitter()
+            fed = []
+            splitter._parser = _Recorder(splitter._parser, fed)
+            self.assertDocuments(splitter.feed(doc), [doc])
+            self.assertEqual(b"".join(fed).rstrip(b" "), doc)
+            self.assertLess(len(fed), len(doc) // 1000)
+
+    def test_parseDocument(self):
+        """parseDocument applies the splitter's rules to one document."""
+        self.assertEqual(parseDocument(b" <a x='1'>t</a>\n").get("x"), "1")
+        for bad, message in [(b"<!DOCTYPE a><a/>", "DOCTYPE is not allowed"),
+                             (b"<a>&nbsp;</a>", "nbsp"), (b"<a>", "incomplete"),
+                             (b"<a/><b/>", "after the end"), (b"", "incomplete"),
+                             (b"<a/>junk", "after the end")]:
+            e = self.assertRaises(ValueError, parseDocument, bad)
+            self.assertIn(message, str(e), bad)
+        self.assertRaises(ValueError, parseDocument, b"<a>" + b"x" * 100 + b"</a>", 50)
 
     def test_tooLarge(self):
         """A document over the limit raises TooLarge, keeping the documents
@@ -239,6 +392,29 @@ class SplitterTests(TestCase):
             splitter.feed(b"<b/><a>" + b"x" * 14 + b"</a>")  # 21 bytes
         self.assertDocuments(caught.exception.items, [b"<b/>"])
         self.assertEqual(splitter.pending, 0)
+
+    def test_malformedLineTooLarge(self):
+        """A malformed line longer than the limit raises TooLarge; what is
+        dropped is not held."""
+        splitter = XmlSplitter(maxSize=1000)
+        items = splitter.feed(b"junk" * 200)
+        self.assertEqual([type(i) for i in items], [Malformed])
+        self.assertEqual(splitter.pending, 0)
+        self.assertRaises(TooLarge, splitter.feed, b"junk" * 100)
+
+    def test_heldBytesBounded(self):
+        """However a 5 MB document without an end arrives, the splitter
+        holds at most the limit plus one piece, and raises TooLarge."""
+        for body in [b"x" * 65536, b"<b/>" * 16384, b"<" * 65536, b"<r a='" + b"/>" * 30000]:
+            splitter = XmlSplitter(maxSize=100000)
+            held = 0
+            with self.assertRaises(TooLarge):
+                splitter.feed(b"<r>")
+                for _ in range(80):
+                    splitter.feed(body)
+                    held = max(held, splitter.pending)
+            self.assertLessEqual(held, 100000 + 4096)
+            self.assertEqual(splitter.pending, 0)
 
     def test_tooLargeIncomplete(self):
         """An unfinished document is stopped as soon as it passes the limit."""
@@ -269,6 +445,21 @@ class SplitInvarianceTests(TestCase):
         for item, (doc, _) in zip(items, docs):
             self.assertEqual(etree.tostring(item.root),
                              etree.tostring(etree.fromstring(doc, _parser)))
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.data(), st.lists(st.tuples(st.integers(0, 40), st.sampled_from(["r", "a"]),
+                                         separators), min_size=1, max_size=4))
+    def test_sameNameChildrenAnySplit(self, data, docs):
+        """Documents whose children are named like the root (cut by feeding
+        several possible ends at once, then exactly) frame like any other."""
+        def document(n, name):
+            child = data.draw(st.sampled_from([f"<{name}>x</{name}>", f"<{name}/>",
+                                               f"<{name} >&lt;/{name}></{name} >"]))
+            return f"<{name}>{child * n}</{name}\n>".encode()
+        docs = [(document(n, name), sep) for n, name, sep in docs]
+        stream = b"".join(doc + sep for doc, sep in docs)
+        items = feedAll(XmlSplitter(), data.draw(splits(stream)))
+        self.assertEqual(kinds(items), [("Document", doc) for doc, _ in docs])
 
     @settings(max_examples=60, deadline=None)
     @given(st.data(), st.lists(xmlDocuments(), min_size=1, max_size=5), st.integers(4, 80))

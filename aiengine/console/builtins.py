@@ -1,6 +1,6 @@
 """The console classes every engine has: ``Engine`` and ``Topics``.
 
-``Engine`` answers ``ping``, ``help`` and ``version``.  ``Topics`` gives the
+``Engine`` answers ``login``, ``ping``, ``help`` and ``version``.  ``Topics`` gives the
 console the topic broker: publish, request/reply, subscribe (messages are
 streamed to the connection as ``<xmlevent>`` documents) and a list of the
 topics with their counters.
@@ -17,7 +17,7 @@ from twisted.logger import Logger
 import aiengine
 from aiengine.console.interfaces import CallError, ConsoleClass, Param, method
 from aiengine.console.results import messageElement
-from aiengine.protocols.xmlsplit import safeParser
+from aiengine.protocols.xmlsplit import parseDocument
 
 __all__ = ["Engine", "Topics", "registerBuiltins", "MESSAGE_TYPES"]
 
@@ -37,13 +37,25 @@ def _element(tag, text=None, **attributes):
 
 
 class Engine(ConsoleClass):
-    """``Engine``: is the console alive, what can it do, which version."""
+    """``Engine``: log in, is the console alive, what can it do, which version."""
 
     name = "Engine"
-    description = "The engine itself: liveness, version and the list of callable methods."
+    description = ("The engine itself: login, liveness, version and the list of "
+                   "callable methods.")
 
     def __init__(self, registry):
         self.registry = registry
+
+    @method("Authenticate this connection with the console's shared secret; the first "
+            "call when the console requires authentication.  A wrong secret closes "
+            "the connection.  Answers <authenticated required=\"true|false\"/>.",
+            Param("secret", "The shared secret (surrounding whitespace is ignored)."))
+    def login(self, call):
+        connection = call.connection
+        required = bool(getattr(connection, "authRequired", False))
+        if not connection.login(call.params["secret"]):
+            raise CallError("authentication failed")
+        return _element("authenticated", required="true" if required else "false")
 
     @method("Answer <pong/>: shows that the console is alive.")
     def ping(self, call):
@@ -204,8 +216,8 @@ class Topics(ConsoleClass):
                             f"got {msgtype!r}")
         if msgtype != "text":
             try:
-                etree.fromstring(call.params["message"].encode("utf-8"), safeParser())
-            except etree.XMLSyntaxError as e:
+                parseDocument(call.params["message"].encode("utf-8", "surrogateescape"))
+            except ValueError as e:
                 raise CallError(f"message of type {msgtype} is not well-formed XML: {e}")
         return msgtype
 

@@ -47,8 +47,10 @@ class Call:
     :ivar params: ``dict`` of parameter name to string value, defaults applied.
     :ivar connection: the console connection; offers ``session``,
         ``sendEvent(message)`` (stream a broker message as ``<xmlevent>``),
-        ``addCleanup(callable)`` (run when the connection closes) and
-        ``authenticated``.
+        ``addCleanup(callable)`` (run when the connection closes),
+        ``authenticated``, ``authRequired`` and ``login(secret)`` (check a
+        secret: True when it matches or none is required; on a mismatch the
+        connection closes after the answer).
     :ivar engine: the running engine: ``broker``, ``channels``, ``media``...
     :ivar element: the parsed ``<xmlcall>`` element.
 

@@ -34,11 +34,31 @@ Calls run concurrently: each is dispatched with ``maybeDeferred`` and
 answered when it completes, so answers may come out of request order.
 Memory stays bounded: while a connection has ``maxPending`` calls running,
 or while its peer does not read our writes (the transport's write buffer is
-full), the console stops reading from it.
+full), the console stops reading from it.  Requests are parsed with the
+rules of :mod:`aiengine.protocols.xmlsplit` (no DOCTYPE, no entities, size
+and depth limits).  A connection that sends ``maxMalformed`` malformed
+requests in a row, or more than ``maxSize`` bytes without a document end or
+a line end, gets an Exception answer and is closed.
+
+Authentication
+==============
+
+With a ``secret`` (bytes) a connection starts unauthenticated: every call
+but ``Engine.login(secret)`` answers Exception "not authenticated".  A right
+secret answers ``<authenticated required="true"/>``; a wrong one answers
+Exception "authentication failed" and closes the connection.  Secrets are
+compared in constant time (HMAC-SHA256 digests with
+``hmac.compare_digest``) and never logged: a login request is logged
+without its parameters, and malformed requests are logged without their
+bytes while the connection is unauthenticated or when they mention
+``login``.  Without a secret, ``Engine.login`` answers
+``<authenticated required="false"/>``: nothing to do.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import itertools
 import re
 from copy import deepcopy
@@ -66,6 +86,16 @@ _ATTRIBUTE = {key: re.compile(rb"\s" + key.encode() + rb"""\s*=\s*(["'])([^<"']*
 
 #: How much of a request or answer a debug log line shows.
 _LOG_BYTES = 2000
+#: Bytes handed to the splitter at once, so that reading stops soon after a
+#: connection is condemned (too many malformed requests).
+_SLICE = 4096
+#: The only call an unauthenticated connection may make.
+LOGIN = ("Engine", "login")
+
+
+def _digest(secret: bytes) -> bytes:
+    # Comparing fixed-length digests hides the secret's length too.
+    return hashlib.sha256(secret).digest()
 
 
 def _rawAttribute(data: bytes, key: str):
@@ -145,7 +175,8 @@ class ConsoleProtocol(Protocol):
     """One console connection.
 
     :ivar session: ``"<factory name>.<n>"``, the connection's session name.
-    :ivar authenticated: whether calls are allowed (always ``True`` for now).
+    :ivar authenticated: whether calls are allowed: ``True`` from the start
+        when the factory has no secret, else after ``Engine.login``.
 
     As an ``IPushProducer`` registered with its own transport it learns when
     the peer stops reading our writes, and stops reading its requests.
@@ -154,9 +185,11 @@ class ConsoleProtocol(Protocol):
     def __init__(self, factory: "ConsoleFactory", session: str):
         self.factory = factory
         self.session = session
-        self.authenticated = True
+        self.authenticated = not factory.authRequired
         self.log = factory.log
         self._splitter = XmlSplitter(separators=b"\x01", maxSize=factory.maxSize)
+        self._malformedInARow = 0
+        self._closeAfterAnswer = False
         self._cleanups = []
         self._pending: set[Deferred] = set()
         self._pauses: set[str] = set()
@@ -165,6 +198,36 @@ class ConsoleProtocol(Protocol):
         self._gone = False
 
     # -- connection API for console methods (see interfaces.Call) -----------
+
+    @property
+    def authRequired(self) -> bool:
+        """Whether this console requires ``Engine.login``."""
+        return self.factory.authRequired
+
+    def login(self, secret) -> bool:
+        """Check ``secret`` (str or bytes, surrounding whitespace ignored)
+        against the factory's; authenticate the connection when it matches.
+
+        On a mismatch the connection is closed once the current answer is
+        written.  Without a factory secret there is nothing to check: True.
+        """
+        factory = self.factory
+        if not factory.authRequired:
+            return True
+        if isinstance(secret, str):
+            secret = secret.encode("utf-8", "surrogateescape")
+        if hmac.compare_digest(_digest((secret or b"").strip()), factory.secretDigest):
+            self.authenticated = True
+            factory.logins += 1
+            self.log.info("{session}: authenticated", session=self.session)
+            return True
+        factory.authFailures += 1
+        self.log.warn("{session}: authentication failed from {peer}; closing the "
+                      "connection", session=self.session, peer=self._peer())
+        self.authenticated = False
+        self._closing = True
+        self._closeAfterAnswer = True
+        return False
 
     def addCleanup(self, function) -> None:
         """Call ``function()`` when the connection closes (at once if it has)."""
@@ -242,17 +305,28 @@ class ConsoleProtocol(Protocol):
     # -- requests -------------------------------------------------------------
 
     def _dataReceived(self, data):
-        if self._closing:
-            self.factory.discardedBytes += len(data)
-            return
-        try:
-            items = self._splitter.feed(data)
-        except TooLarge as e:
-            self._tooLarge(str(e))
-            return
+        for start in range(0, len(data), _SLICE):
+            if self._closing:
+                self.factory.discardedBytes += len(data) - start
+                return
+            try:
+                items = self._splitter.feed(data[start:start + _SLICE])
+            except TooLarge as e:
+                self._serve(e.items)
+                if not self._closing:
+                    self._tooLarge(str(e))
+                return
+            self._serve(items)
+
+    def _serve(self, items):
         for item in items:
+            if self._closing:
+                # Condemned (failed login, malformed flood): nothing more is served.
+                self.factory.discardedBytes += len(item.data)
+                continue
             try:
                 if isinstance(item, Document):
+                    self._malformedInARow = 0
                     self._request(item)
                 elif isinstance(item, Malformed):
                     self._malformed(item)
@@ -265,16 +339,33 @@ class ConsoleProtocol(Protocol):
                     requestId, name = item.root.get("requestId"), item.root.get("name")
                 self._write(resultElement("Exception", requestId, name,
                                           "internal error serving the request"))
+            if self._closeAfterAnswer:
+                self._close()
 
     def _malformed(self, item: Malformed):
-        self.factory.requests += 1
-        self.factory.errors += 1
+        factory = self.factory
+        factory.requests += 1
+        factory.errors += 1
+        factory.malformed += 1
+        self._malformedInARow += 1
+        if not self.authenticated or b"login" in item.data.lower():
+            # It may hold a secret (a mistyped login, a secret typed alone).
+            data = f"<{len(item.data)} bytes, not shown: may hold a secret>"
+        else:
+            data = item.data[:_LOG_BYTES]
         self.log.warn("{session}: malformed XML request: {error}; data {data!r}",
-                      session=self.session, error=item.error,
-                      data=item.data[:_LOG_BYTES])
+                      session=self.session, error=item.error, data=data)
         self._write(resultElement("Exception", _rawAttribute(item.data, "requestId"),
                                   _rawAttribute(item.data, "name"),
                                   f"malformed XML: {item.error}"))
+        if self._malformedInARow >= factory.maxMalformed:
+            self._closing = True
+            self.log.warn("{session}: closing the connection: {n} malformed requests in "
+                          "a row", session=self.session, n=self._malformedInARow)
+            self._write(resultElement(
+                "Exception", error=f"{self._malformedInARow} malformed requests in a row; "
+                                   f"closing the connection"))
+            self._close()
 
     def _tooLarge(self, reason: str):
         self._closing = True
@@ -284,6 +375,14 @@ class ConsoleProtocol(Protocol):
                       session=self.session, reason=reason)
         self._write(resultElement("Exception", error=f"request too large: {reason}; "
                                                      f"closing the connection"))
+        self._close()
+
+    def _close(self):
+        """Close once what was written is sent; read nothing more."""
+        self._closing = True
+        self._closeAfterAnswer = False
+        if self._gone or self.transport is None:
+            return
         # A registered streaming producer can delay the close: unregister first.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
@@ -292,8 +391,12 @@ class ConsoleProtocol(Protocol):
         self.factory.requests += 1
         root = document.root
         requestId, name = root.get("requestId"), root.get("name")
-        self.log.debug("{session}: request {data!r}", session=self.session,
-                       data=document.data[:_LOG_BYTES])
+        if (root.get("class"), root.get("method")) == LOGIN:
+            self.log.debug("{session}: request {requestId} Engine.login (parameters not "
+                           "shown)", session=self.session, requestId=requestId)
+        else:
+            self.log.debug("{session}: request {data!r}", session=self.session,
+                           data=document.data[:_LOG_BYTES])
         try:
             method, call, label = self._prepare(root, requestId, name)
         except CallError as e:
@@ -313,9 +416,10 @@ class ConsoleProtocol(Protocol):
     def _prepare(self, root, requestId, name):
         if root.tag != "xmlcall":
             raise CallError(f"expected an <xmlcall> document, got <{root.tag}>")
-        if not self.authenticated:
-            raise CallError("not authenticated")
         className, methodName = root.get("class"), root.get("method")
+        if not self.authenticated and (className, methodName) != LOGIN:
+            # Before the registry is asked: its errors list what exists.
+            raise CallError("not authenticated: call Engine.login(secret) first")
         if not className:
             raise CallError("<xmlcall> has no 'class' attribute")
         if not methodName:
@@ -441,11 +545,17 @@ class ConsoleFactory(Factory):
     :param maxSize: largest request document in bytes.
     :param maxPending: calls one connection may have running before the
         console stops reading its further requests.
+    :param secret: bytes; when given, connections must call
+        ``Engine.login(secret)`` first (see the module's docstring).
+    :param maxMalformed: malformed requests in a row after which a
+        connection is closed.
 
     Counters: ``connections`` (accepted so far), ``openConnections``,
     ``requests``, ``errors`` (Exception answers and internal failures),
+    ``malformed`` (requests that were not well-formed or allowed XML),
     ``events`` (streamed), ``undelivered`` (answers for closed connections),
-    ``discardedBytes`` (read after a too-large request).
+    ``discardedBytes`` (read after a connection was condemned), ``logins``
+    and ``authFailures``.
     """
 
     # SocketServer::<name> logs its own start and stop lines.
@@ -458,12 +568,24 @@ class ConsoleFactory(Factory):
     protocol = ConsoleProtocol
 
     def __init__(self, registry, engine, name: str = "console", maxSize: int = 1000000,
-                 maxPending: int = 100):
+                 maxPending: int = 100, secret: bytes | None = None,
+                 maxMalformed: int = 100):
         self.registry = registry
         self.engine = engine
         self.name = name
         self.maxSize = maxSize
         self.maxPending = maxPending
+        self.maxMalformed = maxMalformed
+        if isinstance(secret, str):
+            secret = secret.encode("utf-8")
+        if secret is not None and not secret.strip():
+            raise ValueError("the console secret is empty")
+        #: the shared secret (bytes) or None; never logged
+        self.secret = secret
+        #: whether connections must log in
+        self.authRequired = secret is not None
+        #: what logins are compared with
+        self.secretDigest = None if secret is None else _digest(secret.strip())
         self.log = Logger(namespace=f"SocketServer::{name}")
         self._numbers = itertools.count(1)
         self.connections = 0
@@ -473,6 +595,9 @@ class ConsoleFactory(Factory):
         self.events = 0
         self.undelivered = 0
         self.discardedBytes = 0
+        self.malformed = 0
+        self.logins = 0
+        self.authFailures = 0
         #: the connections open now
         self.openProtocols: set = set()
 
@@ -507,5 +632,5 @@ class ConsoleFactory(Factory):
     def stats(self) -> dict:
         """The counters, by name."""
         return {key: getattr(self, key) for key in (
-            "connections", "openConnections", "requests", "errors", "events",
-            "undelivered", "discardedBytes")}
+            "connections", "openConnections", "requests", "errors", "malformed", "events",
+            "undelivered", "discardedBytes", "logins", "authFailures")}
