@@ -356,10 +356,7 @@ class Broker:
         """
         t = self.topic(topicOut)
         request = t.message(body, msgtype, source, session)
-        picker = None
-        if match is not None:
-            def picker(reply):
-                return match(request, reply)
+        picker = None if match is None else (lambda reply: match(request, reply))
         d = self.nextMessage(topicIn, timeout=timeout, match=picker)
         t.publish(request)
         return d

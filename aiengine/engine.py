@@ -3,9 +3,17 @@
 :class:`Engine` is built from a :class:`~aiengine.config.ServiceConfig`.  It
 starts listeners before channels and stops them in that order too.  Console
 classes find what they need on it: ``broker``, ``channels``, ``media``.
+
+Building the engine reads what the listeners need from disk, once: each
+``auth.secret-file`` (surrounding whitespace stripped; an empty one is an
+error) and each TLS certificate and key.  Any problem raises
+:class:`~aiengine.config.ConfigError` naming the listener and the file, so
+nothing starts half-configured.
 """
 
 from __future__ import annotations
+
+import ipaddress
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -14,12 +22,13 @@ from twisted.logger import Logger
 import aiengine
 from aiengine.broker import Broker
 from aiengine.channels import Channel
-from aiengine.config import (ListenerConfig, ProtocolConfig, ProtocolSettings,
-                             ServiceConfig)
+from aiengine.config import (ConfigError, ListenerConfig, ProtocolConfig,
+                             ProtocolSettings, ServiceConfig)
 from aiengine.console.builtins import registerBuiltins
 from aiengine.console.protocol import ConsoleFactory
 from aiengine.console.registry import CallRegistry
-from aiengine.listeners import ListenerFactory, ListenerService
+from aiengine.listeners import (ListenerFactory, ListenerService, readSecret,
+                                serverTLSOptions)
 from aiengine.media import Media, registerMedia
 
 __all__ = ["Engine", "DEFAULT_CONSOLE"]
@@ -53,20 +62,41 @@ class Engine(MultiService):
         self.listeners: dict[str, ListenerService] = {}
 
         listeners = [c for c in config.listeners if self._runs(c, "listener")]
-        if not any(c.msgtype == "xmlcall" for c in listeners):
+        # A console declared with run="false" is switched off on purpose.
+        if not any(c.msgtype == "xmlcall" for c in config.listeners):
             listeners.append(DEFAULT_CONSOLE)
         for lc in listeners:
-            if lc.msgtype == "xmlcall":
-                factory = ConsoleFactory(self.registry, self, name=lc.name,
-                                         maxSize=lc.protocol.inbound.max_packet_size)
-            else:
-                factory = ListenerFactory(lc, self.broker)
-            service = ListenerService(lc.name, factory, lc.interface, lc.port, reactor)
+            service = self._listener(lc)
             self.listeners[lc.name] = service
             service.setServiceParent(self)
         for cc in config.channels:
             if self._runs(cc, "channel"):
                 self.channels[cc.name] = Channel(cc, self.broker, reactor)
+
+    def _listener(self, lc: ListenerConfig) -> ListenerService:
+        """The service of one listener; raises ConfigError for unusable files."""
+        try:
+            secret = readSecret(lc.auth_secret_file, lc.name) if lc.auth else None
+            if lc.msgtype == "xmlcall":
+                if secret is None and not ipaddress.ip_address(lc.interface).is_loopback:
+                    # media.xml's check already refuses this; a config built
+                    # in code must not slip past it.
+                    raise ConfigError(
+                        f"a console reachable from other machines ({lc.interface}) "
+                        "must require authentication (auth=true, auth.secret-file)",
+                        element=f"listener '{lc.name}'", prop="interface")
+                factory = ConsoleFactory(self.registry, self, name=lc.name,
+                                         maxSize=lc.protocol.inbound.max_packet_size,
+                                         secret=secret)
+            else:
+                factory = ListenerFactory(lc, self.broker, secret=secret)
+            tls = (serverTLSOptions(lc.name, lc.tls_certificate, lc.tls_key)
+                   if lc.tls else None)
+        except ConfigError as e:
+            if e.path is None:
+                e.path, e.line = self.config.path, lc.line
+            raise
+        return ListenerService.fromConfig(lc, factory, self.reactor, tls=tls)
 
     def _runs(self, item, kind):
         if not item.run:

@@ -5,45 +5,194 @@ With direction ``in`` or ``duplex`` its inbound messages are published on
 ``topic-in`` with that session.  With ``out`` or ``duplex`` the messages on
 ``topic-out`` are written to the connections: a message with a session goes to
 the connection of that session only, an unsessioned one to every connection.
+
+Hardening, shared by plain listeners and the console
+(:class:`ListenerService` wraps any factory in a :class:`GuardFactory`):
+
+* ``max-connections``: a connection beyond the limit is accepted and closed
+  at once; refusals are counted and logged (the first, then every 100th).
+* ``idle-timeout``: a connection with no traffic either way for that long is
+  closed (and aborted if its peer does not even read the close).
+* TLS: with a certificate and key (:func:`serverTLSOptions`) the listener
+  speaks TLS through Twisted's ``TLSMemoryBIOFactory``.
+* Stopping closes every connection, and aborts those whose peers do not
+  read after :attr:`ListenerService.closeGrace` seconds, so a stuck peer
+  cannot hang shut-down.
+
+Per connection (:class:`ListenerConnection`):
+
+* Outbound flow control: the connection is a streaming producer registered
+  with its transport.  While the transport's write buffer is full, messages
+  from ``topic-out`` wait in a per-connection queue bounded by
+  :attr:`ListenerFactory.maxQueuedMessages` (1000) messages and
+  :attr:`ListenerFactory.maxQueuedBytes` (1 MiB) of message bodies (one
+  message is always accepted into an empty queue).  Beyond that they are
+  dropped, counted (``dropped``, per connection and listener) and logged (the
+  first, then every 1000th).  A slow peer never slows the other connections:
+  the ``topic-out`` subscriber is never busy.
+* Authentication: with a shared ``secret`` the first inbound message must
+  be that secret (surrounding whitespace ignored; compared in constant
+  time; never published or logged).  A wrong one closes the connection.
+  Until then nothing from ``topic-out`` is written to the connection: those
+  messages are dropped and counted (``withheld``).
 """
 
 from __future__ import annotations
 
-from lxml import etree
+import hashlib
+import hmac
+import re
+from collections import deque
+
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, TimeoutFactory, TimeoutProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from aiengine.config import ConfigError
 from aiengine.protocols import buildFramer
 from aiengine.protocols.base import IMessageReceiver
-from aiengine.protocols.xmlsplit import safeParser
+from aiengine.protocols.xmlsplit import parseDocument
 
-__all__ = ["ListenerFactory", "ListenerConnection", "ListenerService", "serverEndpoint"]
+__all__ = ["ListenerFactory", "ListenerConnection", "ListenerService", "GuardFactory",
+           "GuardProtocol", "serverEndpoint", "serverTLSOptions", "readSecret"]
 
 
-def serverEndpoint(reactor, interface: str, port: int):
+#: Length of the kernel's queue of connections not yet accepted.  Twisted's
+#: default (50) overflows when hundreds of clients connect at once (after a
+#: restart, say): the kernel then drops their handshakes and they stall.
+LISTEN_BACKLOG = 511
+
+
+def serverEndpoint(reactor, interface: str, port: int, backlog: int = LISTEN_BACKLOG):
     """A TCP server endpoint bound to ``interface`` (an IPv4 or IPv6 literal)."""
     if ":" in interface:
-        return TCP6ServerEndpoint(reactor, port, interface=interface)
-    return TCP4ServerEndpoint(reactor, port, interface=interface)
+        return TCP6ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
+    return TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
 
 
-@implementer(IMessageReceiver)
+def _every(count, period=1000):
+    """Whether the ``count``-th occurrence of something gets a log line: the
+    first and every ``period``-th, so a flood cannot flood the log too."""
+    return count == 1 or count % period == 0
+
+
+# -- start-up helpers: secrets and certificates --------------------------------
+
+def readSecret(path: str, listener: str) -> bytes:
+    """The shared secret in file ``path``, surrounding whitespace stripped.
+
+    Raises :class:`~aiengine.config.ConfigError` naming ``listener`` and the
+    file when it cannot be read or holds nothing but whitespace.  The
+    secret itself never appears in a message.
+    """
+    where = f"listener '{listener}'"
+    try:
+        with open(path, "rb") as f:
+            secret = f.read().strip()
+    except OSError as e:
+        raise ConfigError(f"cannot read the secret file {path}: {e.strerror}",
+                          element=where, prop="auth.secret-file") from None
+    if not secret:
+        raise ConfigError(f"the secret file {path} is empty", element=where,
+                          prop="auth.secret-file")
+    return secret
+
+
+_PEM_CERTIFICATE = re.compile(
+    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+def serverTLSOptions(listener: str, certificate: str, key: str):
+    """``CertificateOptions`` for a TLS listener from two PEM files.
+
+    ``certificate`` holds the server certificate, optionally followed by
+    the intermediate certificates of its chain; ``key`` its private key
+    (unencrypted).  Raises :class:`~aiengine.config.ConfigError` naming the
+    listener and the offending file when one cannot be read, holds no
+    usable PEM, or the key does not belong to the certificate.
+    """
+    from OpenSSL.crypto import FILETYPE_PEM
+    from twisted.internet import ssl
+
+    where = f"listener '{listener}'"
+
+    def read(path, prop):
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise ConfigError(f"cannot read {path}: {e.strerror}", element=where,
+                              prop=prop) from None
+
+    certData, keyData = read(certificate, "tls.certificate"), read(key, "tls.key")
+    blocks = _PEM_CERTIFICATE.findall(certData)
+    try:
+        if not blocks:
+            raise ValueError("no PEM certificate found")
+        chain = [ssl.Certificate.loadPEM(block).original for block in blocks]
+    except Exception as e:
+        raise ConfigError(f"{certificate} is not a usable PEM certificate ({e})",
+                          element=where, prop="tls.certificate") from None
+    try:
+        privateKey = ssl.KeyPair.load(keyData, FILETYPE_PEM).original
+    except Exception as e:
+        raise ConfigError(f"{key} is not a usable unencrypted PEM private key "
+                          f"({_sslError(e)})", element=where, prop="tls.key") from None
+    try:
+        options = ssl.CertificateOptions(privateKey=privateKey, certificate=chain[0],
+                                         extraCertChain=chain[1:])
+        # Built now, not at the first connection, so a key that does not
+        # match the certificate stops start-up.
+        options.getContext()
+    except Exception as e:
+        raise ConfigError(f"the key {key} does not fit the certificate {certificate} "
+                          f"({_sslError(e)})", element=where, prop="tls.key") from None
+    return options
+
+
+def _sslError(e):
+    return str(e) or type(e).__name__
+
+
+# -- connections -----------------------------------------------------------------
+
+@implementer(IMessageReceiver, IPushProducer)
 class ListenerConnection:
-    """One accepted connection: the receiver of its framer."""
+    """One accepted connection: the receiver of its framer.
+
+    Also the streaming producer registered with its transport, which calls
+    :meth:`pauseProducing` when its write buffer is full and
+    :meth:`resumeProducing` once the peer has read it.
+
+    Counters: ``messagesIn``, ``messagesOut`` (written), ``errors``,
+    ``dropped`` (outbound messages dropped because the peer did not read).
+    """
 
     def __init__(self, factory, name):
         self.factory = factory
         self.name = name
         self.framer = None
+        self.authenticated = factory.secret is None
+        self._rejected = False
         self.messagesIn = 0
         self.messagesOut = 0
         self.errors = 0
+        self.dropped = 0
         self._closed = defer.Deferred()
         self._producerTopic = None
+        self._registered = False
+        self._writePaused = False
+        self._queue: deque = deque()
+        self._queuedBytes = 0
+        self._gone = False
+
+    # -- IMessageReceiver ----------------------------------------------------
 
     def framerConnected(self, framer):
         self.framer = framer
@@ -51,6 +200,8 @@ class ListenerConnection:
         factory.connections[self.name] = self
         factory.log.info("{connection} connected from {peer}", connection=self.name,
                          peer=_peer(framer.transport))
+        framer.transport.registerProducer(self, True)
+        self._registered = True
         if factory.acceptsInput and factory.config.topic_in:
             # A busy subscriber of topic-in pauses reading from this socket.
             self._producerTopic = factory.broker.topic(factory.config.topic_in)
@@ -58,9 +209,17 @@ class ListenerConnection:
 
     def messageReceived(self, message, attributes):
         factory = self.factory
+        if not self.authenticated:
+            if self._rejected:
+                # Read in the same packet as a wrong secret: the peer is
+                # being closed and gets no second guess.
+                factory.rejected += 1
+                return
+            self._authenticate(message)
+            return
         if not factory.acceptsInput:
             factory.ignored += 1
-            if factory.ignored == 1 or factory.ignored % 1000 == 0:
+            if _every(factory.ignored):
                 factory.log.warn(
                     "{connection}: listener direction is 'out'; ignored {n} inbound "
                     "message(s) so far", connection=self.name, n=factory.ignored)
@@ -68,8 +227,8 @@ class ListenerConnection:
         config = factory.config
         if config.msgtype == "xml":
             try:
-                etree.fromstring(message, factory.xmlParser)
-            except etree.XMLSyntaxError as e:
+                parseDocument(message, config.protocol.inbound.max_packet_size)
+            except ValueError as e:
                 self.protocolError(f"message is not well-formed XML ({e}); dropped")
                 return
         self.messagesIn += 1
@@ -85,25 +244,130 @@ class ListenerConnection:
 
     def framerDisconnected(self, reason):
         factory = self.factory
+        self._gone = True
         factory.connections.pop(self.name, None)
         if self._producerTopic is not None:
             self._producerTopic.unregisterProducer(self.framer.transport)
             self._producerTopic = None
-        factory.log.info("{connection} disconnected: {reason}", connection=self.name,
-                         reason=reason.getErrorMessage())
+        lost = len(self._queue)
+        self._queue.clear()
+        self._queuedBytes = 0
+        if lost:
+            self.dropped += lost
+            factory.dropped += lost
+        factory.log.info("{connection} disconnected: {reason}{lost}",
+                         connection=self.name, reason=reason.getErrorMessage(),
+                         lost=f"; {lost} queued outbound message(s) dropped" if lost
+                         else "")
         self._closed.callback(None)
 
+    # -- authentication --------------------------------------------------------
+
+    def _authenticate(self, message):
+        factory = self.factory
+        # Constant time over fixed-length digests: the comparison tells an
+        # attacker neither where the guess went wrong nor the secret's length.
+        if hmac.compare_digest(_digest(message.strip()), factory.secretDigest):
+            self.authenticated = True
+            factory.authenticated += 1
+            factory.log.info("{connection} authenticated", connection=self.name)
+            return
+        factory.authFailures += 1
+        self._rejected = True
+        factory.log.warn("{connection}: authentication failed from {peer}; closing",
+                         connection=self.name, peer=_peer(self.framer.transport))
+        self.close()
+
+    # -- outbound ------------------------------------------------------------------
+
     def send(self, message):
-        """Write one message to this connection."""
+        """Write one message (bytes) to this connection, or queue or drop it.
+
+        Written at once unless the peer is behind (the transport paused us);
+        then queued within the factory's bounds, or dropped and counted.
+        Nothing is written before the peer has authenticated.
+        """
+        factory = self.factory
+        if not self.authenticated:
+            factory.withheld += 1
+            if _every(factory.withheld):
+                factory.log.info(
+                    "{connection} has not authenticated: not writing it an outbound "
+                    "message ({n} withheld so far on this listener)",
+                    connection=self.name, n=factory.withheld)
+            return
+        if self._writePaused or self._queue:
+            if self._queue and (len(self._queue) >= factory.maxQueuedMessages or
+                                self._queuedBytes + len(message) > factory.maxQueuedBytes):
+                self._drop()
+                return
+            self._queue.append(message)
+            self._queuedBytes += len(message)
+            return
+        self._write(message)
+
+    def _write(self, message):
         self.messagesOut += 1
         self.factory.messagesOut += 1
         self.framer.sendMessage(message)
 
+    def _drop(self):
+        factory = self.factory
+        self.dropped += 1
+        factory.dropped += 1
+        if _every(factory.dropped):
+            factory.log.warn(
+                "{connection}: peer is not reading; dropped an outbound message "
+                "({queued} queued, {mine} dropped for this connection, {n} for the "
+                "listener so far)", connection=self.name, queued=len(self._queue),
+                mine=self.dropped, n=factory.dropped)
+
+    @property
+    def queued(self) -> int:
+        """Outbound messages waiting for the peer to read."""
+        return len(self._queue)
+
+    # -- IPushProducer: the transport says whether the peer reads ---------------
+
+    def pauseProducing(self):
+        """The transport's write buffer is full: queue further messages."""
+        self._writePaused = True
+
+    def resumeProducing(self):
+        """The peer read what was buffered: write the queue until full again."""
+        transport = self.framer.transport if self.framer is not None else None
+        if transport is None or self._gone:
+            return
+        if getattr(transport, "disconnecting", False):
+            # A close asked for while paused: a registered producer would keep
+            # the transport waiting for more data instead of closing.
+            self._unregister()
+            return
+        self._writePaused = False
+        while self._queue and not self._writePaused:
+            message = self._queue.popleft()
+            self._queuedBytes -= len(message)
+            self._write(message)
+
+    def stopProducing(self):
+        """The transport is going away; :meth:`framerDisconnected` cleans up."""
+
+    def _unregister(self):
+        if self._registered:
+            self._registered = False
+            self.framer.transport.unregisterProducer()
+
     def close(self):
         """Close the connection; the Deferred fires once it is gone."""
-        if self.framer is not None and self.framer.transport is not None:
+        if self.framer is not None and self.framer.transport is not None \
+                and not self._gone:
+            self._unregister()
             self.framer.transport.loseConnection()
         return self._closed
+
+
+def _digest(secret: bytes) -> bytes:
+    return hashlib.sha256(secret).digest()
 
 
 def _peer(transport):
@@ -115,26 +379,51 @@ def _peer(transport):
 
 
 class ListenerFactory(Factory):
-    """Builds a framed, routed connection per accepted socket."""
+    """Builds a framed, routed connection per accepted socket.
+
+    :param config: the :class:`~aiengine.config.ListenerConfig`.
+    :param broker: the :class:`~aiengine.broker.Broker`.
+    :param secret: the shared secret (bytes) a connection must send as its
+        first message, or ``None`` for no authentication.
+
+    Counters: ``count`` (connections so far), ``messagesIn``, ``messagesOut``,
+    ``errors``, ``ignored`` (inbound on an ``out`` listener), ``dropped``
+    (outbound, peer not reading), ``withheld`` (outbound, peer not
+    authenticated), ``authenticated``, ``authFailures``, ``rejected``
+    (inbound after a wrong secret, before the close).
+    """
 
     # SocketServer::<name> logs its own start and stop lines.
     noisy = False
+
+    #: outbound messages one connection may queue while its peer is behind
+    maxQueuedMessages = 1000
+    #: bytes of outbound message bodies one connection may queue likewise
+    maxQueuedBytes = 1 << 20
 
     def logPrefix(self):
         """Names the listener in Twisted's own port log lines."""
         return self.log.namespace
 
-    def __init__(self, config, broker):
+    def __init__(self, config, broker, secret: bytes | None = None):
         self.config = config
         self.broker = broker
+        if secret is not None and not secret:
+            raise ValueError("an empty secret would let anybody in")
+        #: the shared secret (bytes) or None; never logged
+        self.secret = secret
+        self.secretDigest = None if secret is None else _digest(secret)
         self.log = Logger(namespace=f"SocketServer::{config.name}")
         self.connections: dict[str, ListenerConnection] = {}
         self.acceptsInput = config.direction in ("in", "duplex") and bool(config.topic_in)
         self.acceptsOutput = config.direction in ("out", "duplex") and bool(config.topic_out)
-        self.xmlParser = safeParser()
         self.count = 0
         self.messagesIn = self.messagesOut = self.errors = self.ignored = 0
+        self.dropped = self.withheld = 0
+        self.authenticated = self.authFailures = self.rejected = 0
+        #: sessioned messages for connections of ours that had closed
         self.undeliverable = 0
+        self._sessionPrefix = config.name + "."
         self._subscription = None
 
     def startFactory(self):
@@ -153,6 +442,8 @@ class ListenerFactory(Factory):
         return buildFramer(self.config.protocol, connection, self.log)
 
     def _outbound(self, message):
+        # Never returns a Deferred: one slow peer must not pause the topic
+        # for the others; each connection bounds its own backlog instead.
         if message.session is None:
             for connection in tuple(self.connections.values()):
                 connection.send(message.body)
@@ -160,16 +451,171 @@ class ListenerFactory(Factory):
         connection = self.connections.get(message.session)
         if connection is not None:
             connection.send(message.body)
+        elif message.session.startswith(self._sessionPrefix):
+            # A reply for one of our connections that has closed meanwhile.
+            self.undeliverable += 1
+            if self.undeliverable == 1 or self.undeliverable % 100 == 0:
+                self.log.warn("{id} is for {session}, which has disconnected: dropped "
+                              "({n} so far)", id=message.id, session=message.session,
+                              n=self.undeliverable)
 
     def closeConnections(self):
         """Close every connection; the Deferred fires when all are gone."""
         return defer.DeferredList([c.close() for c in tuple(self.connections.values())])
 
+    def stats(self) -> dict:
+        """The counters, by name."""
+        return {key: getattr(self, key) for key in (
+            "count", "messagesIn", "messagesOut", "errors", "ignored", "dropped",
+            "withheld", "authenticated", "authFailures", "rejected",
+            "undeliverable")} | {
+            "openConnections": len(self.connections)}
+
+
+# -- limits common to every listener ----------------------------------------------
+
+class GuardProtocol(TimeoutProtocol):
+    """Wraps one accepted connection: closes it after ``idle-timeout``."""
+
+    _abortCall = None
+
+    def timeoutFunc(self):
+        """Idle too long: close, and abort if the peer does not read the close."""
+        factory = self.factory
+        factory.timedOut += 1
+        factory.log.info("{connection}: idle for {timeout} s, closing",
+                         connection=self.connectionName(), timeout=factory.timeoutPeriod)
+        self.close(factory.closeGrace)
+
+    def close(self, grace):
+        """Close gracefully; abort if still open ``grace`` seconds later."""
+        if self.transport is None or self._abortCall is not None:
+            return
+        # A producer registered with a full write buffer would hold the close
+        # back; the peer that stopped reading is the one being closed.
+        if getattr(self.transport, "producer", None) is not None:
+            self.transport.unregisterProducer()
+        self.loseConnection()
+        self._abortCall = self.factory.callLater(grace, self._abort)
+
+    def _abort(self):
+        self._abortCall = None
+        if self.transport is not None:
+            self.factory.aborted += 1
+            self.factory.log.info("{connection}: peer did not take the close, aborting",
+                                  connection=self.connectionName())
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason):
+        if self._abortCall is not None:
+            self._abortCall.cancel()
+            self._abortCall = None
+        factory = self.factory
+        TimeoutProtocol.connectionLost(self, reason)
+        self.transport = None
+        factory.connectionGone()
+
+    def connectionName(self) -> str:
+        """The session name of the innermost protocol, or the peer address."""
+        protocol = self.wrappedProtocol
+        while isinstance(protocol, ProtocolWrapper):
+            protocol = protocol.wrappedProtocol
+        name = getattr(protocol, "session", None) or getattr(
+            getattr(protocol, "receiver", None), "name", None)
+        if name:
+            return name
+        return f"connection from {_peer(self.transport)}" if self.transport else "?"
+
+
+class GuardFactory(TimeoutFactory):
+    """Wraps a listener's factory with ``max-connections`` and ``idle-timeout``.
+
+    Twisted's ``TimeoutFactory`` closes idle connections; the connection
+    limit is that of ``LimitTotalConnectionsFactory`` (``buildProtocol``
+    returns ``None``, so the port closes the socket at once), counted over
+    the wrapped protocols this factory tracks in ``protocols``.
+
+    Counters: ``accepted``, ``refused``, ``timedOut``, ``aborted``.
+    """
+
+    protocol = GuardProtocol
+    noisy = False
+
+    def __init__(self, wrappedFactory, log, maxConnections=1000, idleTimeout=3600.0,
+                 reactor=None, closeGrace=5.0):
+        if reactor is None:
+            from twisted.internet import reactor
+        # TimeoutProtocol takes None for "never".
+        TimeoutFactory.__init__(self, wrappedFactory, idleTimeout or None)
+        self.log = log
+        self.reactor = reactor
+        self.maxConnections = maxConnections
+        self.closeGrace = closeGrace
+        self.accepted = self.refused = self.timedOut = self.aborted = 0
+        self._emptyWaiters: list[defer.Deferred] = []
+
+    def logPrefix(self):
+        """Names the listener in Twisted's own log lines."""
+        return self.log.namespace
+
+    def callLater(self, period, func):
+        """Schedules on this factory's reactor (a ``Clock`` in tests)."""
+        return self.reactor.callLater(period, func)
+
+    def buildProtocol(self, addr):
+        """The wrapped protocol, or ``None`` (close at once) when full."""
+        if len(self.protocols) >= self.maxConnections:
+            self.refused += 1
+            if _every(self.refused, period=100):
+                self.log.warn(
+                    "refused a connection from {peer}: {open} connections open, the "
+                    "max-connections limit; {n} refused so far",
+                    peer=f"{addr.host}:{addr.port}" if hasattr(addr, "host") else addr,
+                    open=len(self.protocols), n=self.refused)
+            return None
+        wrapped = self.wrappedFactory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        self.accepted += 1
+        return self.protocol(self, wrapped, timeoutPeriod=self.timeoutPeriod)
+
+    def connectionGone(self):
+        """Called by each connection after it is lost."""
+        if not self.protocols:
+            waiters, self._emptyWaiters = self._emptyWaiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def closeAll(self, grace=None) -> defer.Deferred:
+        """Close every connection; abort the ones still open after ``grace``
+        seconds (default ``closeGrace``).  Fires when none is left."""
+        if grace is None:
+            grace = self.closeGrace
+        if not self.protocols:
+            return defer.succeed(None)
+        waiter = defer.Deferred()
+        self._emptyWaiters.append(waiter)
+        for protocol in list(self.protocols):
+            protocol.close(grace)
+        return waiter
+
 
 class ListenerService(Service):
-    """Listens with a factory on an interface and port; closes everything on stop."""
+    """Listens with a factory on an interface and port; closes everything on stop.
 
-    def __init__(self, name, factory, interface, port, reactor=None):
+    ``factory`` (a :class:`ListenerFactory` or the console's factory) is
+    wrapped, when listening starts, in TLS when ``tls`` is given (an
+    ``IOpenSSLServerConnectionCreator`` such as :func:`serverTLSOptions`'
+    result) and in a :class:`GuardFactory` enforcing ``maxConnections`` and
+    ``idleTimeout`` (seconds; 0 = never), available as :attr:`guard`.
+    """
+
+    #: seconds a stopping listener waits for peers to take the close before
+    #: aborting their connections
+    closeGrace = 5.0
+
+    def __init__(self, name, factory, interface, port, reactor=None,
+                 maxConnections=1000, idleTimeout=3600.0, tls=None):
         if reactor is None:
             from twisted.internet import reactor
         self.name = name
@@ -177,12 +623,29 @@ class ListenerService(Service):
         self.interface = interface
         self.port = port
         self.reactor = reactor
+        self.maxConnections = maxConnections
+        self.idleTimeout = idleTimeout
+        self.tls = tls
         self.listeningPort = None
+        self.guard = None
         self.log = Logger(namespace=f"SocketServer::{name}")
+
+    @classmethod
+    def fromConfig(cls, config, factory, reactor=None, tls=None):
+        """A service for a :class:`~aiengine.config.ListenerConfig`."""
+        return cls(config.name, factory, config.interface, config.port, reactor,
+                   maxConnections=config.max_connections,
+                   idleTimeout=config.idle_timeout, tls=tls)
 
     def privilegedStartService(self):
         # Bind before the process drops privileges, and fail start-up loudly.
-        d = serverEndpoint(self.reactor, self.interface, self.port).listen(self.factory)
+        inner = self.factory
+        if self.tls is not None:
+            inner = TLSMemoryBIOFactory(self.tls, False, inner)
+            inner.noisy = False
+        self.guard = GuardFactory(inner, self.log, self.maxConnections, self.idleTimeout,
+                                  self.reactor, self.closeGrace)
+        d = serverEndpoint(self.reactor, self.interface, self.port).listen(self.guard)
         failures = []
         d.addCallbacks(self._listening, failures.append)
         if failures:
@@ -192,7 +655,13 @@ class ListenerService(Service):
     def _listening(self, port):
         self.listeningPort = port
         address = port.getHost()
-        self.log.info("listening on {host}:{port}", host=address.host, port=address.port)
+        self.log.info(
+            "listening on {host}:{port}{tls} (max-connections {max}, idle-timeout "
+            "{idle}){auth}", host=address.host, port=address.port,
+            tls=" with TLS" if self.tls is not None else "", max=self.maxConnections,
+            idle=f"{self.idleTimeout:g} s" if self.idleTimeout else "off",
+            auth=", authentication required"
+            if getattr(self.factory, "secret", None) is not None else "")
 
     def startService(self):
         if self.listeningPort is None:
@@ -208,6 +677,12 @@ class ListenerService(Service):
         return host.host, host.port
 
     def stopService(self):
+        """Stop listening and close every connection; fires when all are gone.
+
+        Each factory first closes its connections its own way
+        (``closeConnections``); what is left after :attr:`closeGrace`
+        seconds (peers that do not read) is aborted.
+        """
         Service.stopService(self)
         port, self.listeningPort = self.listeningPort, None
         waits = []
@@ -216,4 +691,6 @@ class ListenerService(Service):
         closer = getattr(self.factory, "closeConnections", None)
         if closer is not None:
             waits.append(closer())
+        if self.guard is not None:
+            waits.append(self.guard.closeAll(self.closeGrace))
         return defer.DeferredList(waits)

@@ -50,19 +50,31 @@ class Options(usage.Options):
             sys.stderr.write(f"aiengine: configuration error: {e}\n")
             sys.exit(1)
         if self["check"]:
+            # Also read what the engine reads at start: secrets and TLS files.
+            _buildEngine(self.serviceConfig)
             c = self.serviceConfig
             print(f"OK: {self['config']}: {len(c.listeners)} listener(s), "
                   f"{len(c.channels)} channel(s)")
             sys.exit(0)
 
 
+def _buildEngine(serviceConfig):
+    """The engine for ``serviceConfig``, or exit with one plain message."""
+    from aiengine.engine import Engine
+    try:
+        return Engine(serviceConfig)
+    except ConfigError as e:
+        sys.stderr.write(f"aiengine: configuration error: {e}\n")
+        sys.exit(1)
+
+
 def makeService(options):
     """Build the :class:`~aiengine.engine.Engine` service from parsed options."""
     from twisted.internet import reactor
 
-    from aiengine.engine import Engine
+    engine = _buildEngine(options.serviceConfig)
     reactor.callWhenRunning(_stopOnSignals, reactor)
-    return Engine(options.serviceConfig)
+    return engine
 
 
 def _stopOnSignals(reactor):

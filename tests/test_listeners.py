@@ -107,6 +107,21 @@ class ListenerTests(unittest.TestCase):
         self.assertEqual(first.lines, [b"everyone", b"everyone again"])
 
     @defer.inlineCallbacks
+    def test_replyForClosedConnectionCounted(self):
+        """A message for a session of ours that has gone is counted, not lost silently."""
+        port = self.startListener()
+        client = yield self.connect(port)
+        while not self.factory.connections:
+            yield settle(0.01)
+        client.transport.loseConnection()
+        yield client.closed
+        while self.factory.connections:
+            yield settle(0.01)
+        self.broker.publish("out", b"too late", session="lines.1")
+        self.broker.publish("out", b"not ours", session="other.1")
+        self.assertEqual(self.factory.undeliverable, 1)
+
+    @defer.inlineCallbacks
     def test_directionOutIgnoresInput(self):
         port = self.startListener(direction="out")
         received = []
@@ -167,8 +182,9 @@ class ListenerTests(unittest.TestCase):
         client.sendLine(b"first")
         while not received:
             yield settle(0.01)
-        connection = self.factory.connections["lines.1"]
-        self.assertNotIn(connection.framer.transport, reactor.getReaders())
+        # The socket under the listener's connection wrapper:
+        [wrapper] = self.service.guard.protocols
+        self.assertNotIn(wrapper.transport, reactor.getReaders())
         client.sendLine(b"second")
         yield settle()
         self.assertEqual(received, [b"first"])
@@ -176,6 +192,7 @@ class ListenerTests(unittest.TestCase):
         while len(received) < 2:
             yield settle(0.01)
         self.assertEqual(received, [b"first", b"second"])
+        self.assertIn(wrapper.transport, reactor.getReaders())
 
     @defer.inlineCallbacks
     def test_stopClosesConnections(self):
@@ -187,3 +204,55 @@ class ListenerTests(unittest.TestCase):
         yield client.closed
         self.assertEqual(self.factory.connections, {})
         self.assertIsNone(self.service.address)
+
+
+class ListenerServiceTests(unittest.TestCase):
+    def test_fromConfig(self):
+        """The service takes its limits from the listener's configuration."""
+        config = ListenerConfig(name="lines", port=0, protocol=textProtocol(),
+                                topic_in="in", max_connections=7, idle_timeout=0.0)
+        factory = ListenerFactory(config, Broker())
+        service = ListenerService.fromConfig(config, factory, reactor)
+        self.assertEqual((service.name, service.interface, service.port),
+                         ("lines", "127.0.0.1", 0))
+        self.assertEqual((service.maxConnections, service.idleTimeout, service.tls),
+                         (7, 0.0, None))
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual((service.guard.maxConnections, service.guard.timeoutPeriod),
+                         (7, None))
+        self.assertIs(service.guard.wrappedFactory, factory)
+
+    def test_startFailureIsRaised(self):
+        """A port in use stops start-up with the error, not a log line."""
+        config = ListenerConfig(name="lines", port=0, protocol=textProtocol(),
+                                topic_in="in")
+        first = ListenerService("one", ListenerFactory(config, Broker()), "127.0.0.1", 0)
+        first.startService()
+        self.addCleanup(first.stopService)
+        second = ListenerService("two", ListenerFactory(config, Broker()), "127.0.0.1",
+                                 first.address[1])
+        from twisted.internet.error import CannotListenError
+        self.assertRaises(CannotListenError, second.startService)
+
+    @defer.inlineCallbacks
+    def test_stats(self):
+        config = ListenerConfig(name="lines", port=0, protocol=textProtocol(),
+                                topic_in="in", topic_out="out")
+        broker = Broker()
+        factory = ListenerFactory(config, broker)
+        service = ListenerService("lines", factory, "127.0.0.1", 0)
+        service.startService()
+        self.addCleanup(service.stopService)
+        client = LineClient()
+        yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1",
+                                                 service.address[1]), client)
+        self.addCleanup(lambda: client.transport.loseConnection() or client.closed)
+        client.sendLine(b"one")
+        while factory.messagesIn < 1:
+            yield settle(0.01)
+        broker.publish("out", b"two")
+        yield client.waitLines(1)
+        stats = factory.stats()
+        self.assertEqual((stats["count"], stats["openConnections"], stats["messagesIn"],
+                          stats["messagesOut"], stats["dropped"]), (1, 1, 1, 1, 0))

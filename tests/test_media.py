@@ -244,6 +244,13 @@ class DefaultConsoleTests(unittest.TestCase):
         self.assertEqual((console.interface, console.port), ("127.0.0.1", 20001))
         self.assertEqual(list(engine.listeners), ["console"])
 
+    def test_consoleSwitchedOff(self):
+        """An xmlcall listener with run="false" means no console at all."""
+        config = CONFIG.format(web=1, lines=2).replace(
+            '<listener name="debug">', '<listener name="debug" run="false">')
+        engine = Engine(parse(config.encode()), reactor)
+        self.assertEqual(list(engine.listeners), [])
+
     def test_declaredConsoleReplacesDefault(self):
         engine = Engine(parse(CONFIG.format(web=1, lines=2).encode()), reactor)
         self.assertEqual(list(engine.listeners), ["debug"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface
+from zope.interface import Interface
 
 __all__ = ["IMessageReceiver", "FramingProtocol"]
 
