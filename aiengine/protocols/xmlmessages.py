@@ -11,9 +11,12 @@ __all__ = ["XmlMessagesProtocol"]
 class XmlMessagesProtocol(FramingProtocol):
     """A document ends when its root element closes; a delimiter after it is
     optional.  The configured delimiter's bytes and 0x01 are skipped between
-    documents, like whitespace.  Malformed documents are reported and dropped
-    (with the rest of their line) and the stream carries on; a document over
-    ``max_packet_size`` is reported and closes the connection.
+    documents, like whitespace.  Documents follow the untrusted-input rules
+    of :mod:`aiengine.protocols.xmlsplit` (no DOCTYPE, no entities, ASCII-
+    compatible encoding, depth limit).  Malformed documents are reported and
+    dropped (with the rest of their line) and the stream carries on; a
+    document, or a malformed line, over ``max_packet_size`` is reported and
+    closes the connection.
     """
 
     def __init__(self, settings, receiver, log=None):
