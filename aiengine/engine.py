@@ -87,7 +87,8 @@ class Engine(MultiService):
                         element=f"listener '{lc.name}'", prop="interface")
                 factory = ConsoleFactory(self.registry, self, name=lc.name,
                                          maxSize=lc.protocol.inbound.max_packet_size,
-                                         secret=secret)
+                                         secret=secret,
+                                         showMessages=lc.protocol.inbound.show_messages)
             else:
                 factory = ListenerFactory(lc, self.broker, secret=secret)
             tls = (serverTLSOptions(lc.name, lc.tls_certificate, lc.tls_key)

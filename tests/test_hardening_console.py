@@ -102,13 +102,15 @@ class ConsoleCase(unittest.TestCase):
 
     secret = None
     maxSize = 1000000
+    showMessages = False
 
     def setUp(self):
         self.broker = Broker()
         self.registry = CallRegistry()
         registerBuiltins(self.registry)
         self.factory = ConsoleFactory(self.registry, SimpleNamespace(broker=self.broker),
-                                      name="hard", maxSize=self.maxSize, secret=self.secret)
+                                      name="hard", maxSize=self.maxSize, secret=self.secret,
+                                      showMessages=self.showMessages)
         self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.addCleanup(self._allClosed)
@@ -314,6 +316,8 @@ class AuthTests(ConsoleCase):
     """``Engine.login`` with a shared secret."""
 
     secret = SECRET
+    # Requests and answers are logged: the secret must still never be.
+    showMessages = True
 
     @inlineCallbacks
     def test_callsBeforeLoginRefused(self):

@@ -98,7 +98,11 @@ class ConsoleClass:
     description: str = ""
 
     def methods(self):
-        found = {}
+        # Built once per instance: the console looks methods up on every call.
+        cached = self.__dict__.get("_methods")
+        if cached is not None:
+            return cached
+        found = self.__dict__["_methods"] = {}
         for attr in dir(type(self)):
             function = getattr(type(self), attr, None)
             spec = getattr(function, "_consoleMethod", None)

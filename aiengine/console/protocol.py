@@ -30,8 +30,10 @@ method's result as children, or ``status="Exception"`` with an
 can be) and the connection stays usable; only a document larger than
 ``maxSize`` closes the connection, after its Exception answer.
 
-Calls run concurrently: each is dispatched with ``maybeDeferred`` and
-answered when it completes, so answers may come out of request order.
+Calls run concurrently: a method that returns a Deferred is answered when
+it fires, so answers may come out of request order; one that returns at once
+is answered at once.  Requests and answers are logged only with the
+listener's ``protocol.showmessages``.
 Memory stays bounded: while a connection has ``maxPending`` calls running,
 or while its peer does not read our writes (the transport's write buffer is
 full), the console stops reading from it.  Requests are parsed with the
@@ -64,7 +66,7 @@ import re
 from copy import deepcopy
 
 from lxml import etree
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, LogLevel
@@ -391,18 +393,30 @@ class ConsoleProtocol(Protocol):
         self.factory.requests += 1
         root = document.root
         requestId, name = root.get("requestId"), root.get("name")
-        if (root.get("class"), root.get("method")) == LOGIN:
-            self.log.debug("{session}: request {requestId} Engine.login (parameters not "
-                           "shown)", session=self.session, requestId=requestId)
-        else:
-            self.log.debug("{session}: request {data!r}", session=self.session,
-                           data=document.data[:_LOG_BYTES])
+        if self.factory.showMessages:
+            if (root.get("class"), root.get("method")) == LOGIN:
+                self.log.info("{session}: request {requestId} Engine.login (parameters "
+                              "not shown)", session=self.session, requestId=requestId)
+            else:
+                self.log.info("{session}: request {data!r}", session=self.session,
+                              data=document.data[:_LOG_BYTES])
         try:
             method, call, label = self._prepare(root, requestId, name)
         except CallError as e:
             self._fail(requestId, name, str(e))
             return
-        d = maybeDeferred(method.function, call)
+        try:
+            result = method.function(call)
+        except Exception:
+            result = fail()
+        if not isinstance(result, Deferred):
+            # Most calls answer at once: no Deferred machinery for them.
+            try:
+                self._succeeded(result, requestId, name, label)
+            except Exception:
+                self._internalError(Failure(), requestId, name)
+            return
+        d = result
         if not d.called:
             self._pending.add(d)
             d.addBoth(self._callEnded, d)
@@ -451,8 +465,6 @@ class ConsoleProtocol(Protocol):
                 # Appending moves an element: keep the method's own tree whole.
                 child = deepcopy(child)
             result.append(child)
-        self.log.debug("{session}: {label} {requestId} OK", session=self.session,
-                       label=label, requestId=requestId)
         self._write(result)
 
     def _failed(self, failure: Failure, requestId, name, label):
@@ -494,9 +506,9 @@ class ConsoleProtocol(Protocol):
                            requestId=element.get("requestId"))
             return
         data = frame(element)
-        if element.tag == "xmlcallresult":
-            self.log.debug("{session}: answer {data!r}", session=self.session,
-                           data=data[:_LOG_BYTES])
+        if self.factory.showMessages and element.tag == "xmlcallresult":
+            self.log.info("{session}: answer {data!r}", session=self.session,
+                          data=data[:_LOG_BYTES])
         self.transport.write(data)
 
     # -- flow control ---------------------------------------------------------
@@ -569,8 +581,10 @@ class ConsoleFactory(Factory):
 
     def __init__(self, registry, engine, name: str = "console", maxSize: int = 1000000,
                  maxPending: int = 100, secret: bytes | None = None,
-                 maxMalformed: int = 100):
+                 maxMalformed: int = 100, showMessages: bool = False):
         self.registry = registry
+        #: log every request and answer (the listener's protocol.showmessages)
+        self.showMessages = showMessages
         self.engine = engine
         self.name = name
         self.maxSize = maxSize
