@@ -81,12 +81,13 @@ class Message:
 class Subscription:
     """A subscriber's registration on a topic; :meth:`cancel` ends it."""
 
-    __slots__ = ("topic", "callback", "session", "name", "queue", "busy",
-                 "delivered", "dropped", "failed", "active", "_limit")
+    __slots__ = ("topic", "callback", "batchCallback", "session", "name", "queue",
+                 "busy", "delivered", "dropped", "failed", "active", "_limit")
 
-    def __init__(self, topic, callback, session, name, limit):
+    def __init__(self, topic, callback, session, name, limit, batchCallback=None):
         self.topic = topic
         self.callback = callback
+        self.batchCallback = batchCallback
         self.session = session
         self.name = name
         self.queue = deque()
@@ -181,6 +182,61 @@ class Topic:
         return Message(self.name, None, body, msgtype, source, session, attributes,
                        self.published + 1)
 
+    def messages(self, bodies, msgtype="text", source=None, session=None,
+                 attributes=None) -> list:
+        """Messages for ``bodies`` (bytes), with consecutive ids, not yet published."""
+        name = self.name
+        first = self.published + 1
+        return [Message(name, None, body, msgtype, source, session, attributes, seq)
+                for seq, body in enumerate(bodies, first)]
+
+    def publishBatch(self, messages) -> None:
+        """Publish ``messages`` (from :meth:`messages`, all of one session) in order.
+
+        A subscriber with a ``batchCallback`` gets them in one call; the
+        others one by one, exactly as :meth:`publish` would.
+        """
+        if not messages:
+            return
+        if self._delivering:
+            for message in messages:
+                self.publish(message)
+            return
+        self.published += len(messages)
+        self._delivering = True
+        try:
+            self._deliverBatch(messages)
+            while self._pending:
+                self._deliver(self._pending.popleft())
+        finally:
+            self._delivering = False
+
+    def _deliverBatch(self, messages):
+        session = messages[0].session
+        for sub in self.subscriptions:
+            if not sub.active:
+                continue
+            if session is not None and sub.session is not None and sub.session != session:
+                continue
+            batch = sub.batchCallback
+            if batch is None or sub.busy:
+                for message in messages:
+                    if not sub.active:
+                        break
+                    if sub.busy:
+                        sub._enqueue(message)
+                    else:
+                        sub._call(message)
+                continue
+            sub.delivered += len(messages)
+            try:
+                result = batch(messages)
+            except Exception:
+                sub._failed(Failure(), messages[0])
+                continue
+            if result is not None and isinstance(result, Deferred):
+                sub._wait(result, messages[-1])
+
     def publish(self, message: Message) -> None:
         """Deliver ``message`` to every current subscriber, in order."""
         self.published += 1
@@ -217,9 +273,10 @@ class Topic:
             if result is not None and isinstance(result, Deferred):
                 sub._wait(result, message)
 
-    def subscribe(self, callback, session=None, name=None) -> Subscription:
+    def subscribe(self, callback, session=None, name=None,
+                  batchCallback=None) -> Subscription:
         sub = Subscription(self, callback, session, name or repr(callback),
-                           self._queueLimit)
+                           self._queueLimit, batchCallback)
         self.subscriptions += (sub,)
         return sub
 
@@ -297,12 +354,16 @@ class Broker:
         return message
 
     def subscribe(self, topic: str, callback: Callable[[Message], Any],
-                  session=None, name: Optional[str] = None) -> Subscription:
+                  session=None, name: Optional[str] = None,
+                  batchCallback: Optional[Callable[[list], Any]] = None) -> Subscription:
         """Call ``callback(message)`` for each message published on ``topic``.
 
         With ``session`` set, messages of other sessions are not delivered.
+        ``batchCallback(messages)``, when given, takes the messages of a
+        :meth:`Topic.publishBatch` in one call (a relay writes them in one
+        go); it may return a Deferred like ``callback``.
         """
-        return self.topic(topic).subscribe(callback, session, name)
+        return self.topic(topic).subscribe(callback, session, name, batchCallback)
 
     def nextMessage(self, topic: str, timeout: Optional[float] = None,
                     match: Optional[Callable[[Message], bool]] = None,

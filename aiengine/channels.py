@@ -752,7 +752,8 @@ class Channel:
             self.log.warn("redirect-out is on but no topic-out is configured")
             return
         self._subscription = self.broker.subscribe(
-            self.config.topic_out, self._fromTopicOut, name=f"channel:{self.name}")
+            self.config.topic_out, self._fromTopicOut, name=f"channel:{self.name}",
+            batchCallback=self._fromTopicOutBatch)
 
     def _shutDown(self, why, grace=CLOSE_GRACE):
         self._held = True
@@ -918,6 +919,30 @@ class Channel:
             return self._drained
         return None
 
+    def _fromTopicOutBatch(self, messages):
+        """Several messages from topic-out at once: one write when possible."""
+        if self._replyAttributes or self._queue or not self._canWrite():
+            result = None
+            for message in messages:
+                result = self._fromTopicOut(message)
+            return result
+        protocol = self._protocol
+        count = len(messages)
+        self.messagesOut += count
+        protocol.messagesOut += count
+        protocol.pendingError = None
+        try:
+            self._framer.sendMessages([message.body for message in messages])
+        except Exception:
+            failure = Failure()
+            self._protocolFailed(f"could not send messages: {failure.getErrorMessage()}")
+            self.log.failure("could not send {n} messages", failure, n=count)
+        if self.state == CONNECTED and protocol.gate.paused:
+            if self._drained is None:
+                self._drained = Deferred()
+            return self._drained
+        return None
+
     def _releasePublishers(self):
         drained, self._drained = self._drained, None
         if drained is not None:
@@ -981,6 +1006,22 @@ class Channel:
         for d in waiters:
             d.callback(self)
         self._stopFlushProgress()
+
+    def messagesReceived(self, messages):
+        """Several messages from one packet: published together when redirected in."""
+        connection = self._protocol
+        topic = self._topicIn
+        if topic is None or self._waiters or connection is None:
+            for message in messages:
+                self.messageReceived(message, None)
+            return
+        count = len(messages)
+        self.messagesIn += count
+        connection.messagesIn += count
+        connection.pendingError = None
+        if not connection.proven and connection.protocolFailure is None:
+            self._connectionProven(connection)
+        topic.publishBatch(topic.messages(messages, self.config.msgtype, self.name))
 
     def messageReceived(self, message, attributes):
         """One inbound message: publish it (redirect-in) or keep it for receive()."""

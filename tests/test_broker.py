@@ -244,3 +244,92 @@ class BackpressureTests(unittest.TestCase):
         self.broker.publish("t", b"1")
         sub.cancel()
         self.assertFalse(producer.paused)
+
+
+class BatchTests(unittest.TestCase):
+    """Topic.publishBatch: several messages of one packet at once."""
+
+    def setUp(self):
+        self.broker = Broker(clock=Clock())
+        self.topic = self.broker.topic("t")
+
+    def publish(self, *bodies, session=None):
+        messages = self.topic.messages(list(bodies), session=session)
+        self.topic.publishBatch(messages)
+        return messages
+
+    def test_idsContinue(self):
+        self.broker.publish("t", b"first")
+        messages = self.publish(b"a", b"b")
+        self.assertEqual([m.id for m in messages], ["t-2", "t-3"])
+        self.assertEqual(self.broker.publish("t", b"last").id, "t-4")
+
+    def test_batchAndSingleSubscribers(self):
+        batches, singles = [], []
+        self.broker.subscribe("t", lambda m: self.fail("batch subscriber called singly"),
+                              batchCallback=lambda ms: batches.append([m.body for m in ms]))
+        self.broker.subscribe("t", lambda m: singles.append(m.body))
+        self.publish(b"a", b"b", b"c")
+        self.assertEqual(batches, [[b"a", b"b", b"c"]])
+        self.assertEqual(singles, [b"a", b"b", b"c"])
+
+    def test_sessionFilter(self):
+        other, mine = [], []
+        self.broker.subscribe("t", other.append, session="s2")
+        self.broker.subscribe("t", mine.append, session="s1",
+                              batchCallback=lambda ms: mine.extend(ms))
+        self.publish(b"a", b"b", session="s1")
+        self.assertEqual(other, [])
+        self.assertEqual([m.body for m in mine], [b"a", b"b"])
+
+    def test_busyMidBatchQueuesTheRest(self):
+        gate = Deferred()
+        seen = []
+
+        def slow(message):
+            seen.append(message.body)
+            return gate if message.body == b"b" else None
+
+        self.broker.subscribe("t", slow)
+        self.publish(b"a", b"b", b"c", b"d")
+        self.assertEqual(seen, [b"a", b"b"])
+        gate.callback(None)
+        self.assertEqual(seen, [b"a", b"b", b"c", b"d"])
+
+    def test_busyBatchSubscriberPausesProducers(self):
+        producer = Producer()
+        self.topic.registerProducer(producer)
+        gate = Deferred()
+        got = []
+        self.broker.subscribe("t", got.append, batchCallback=lambda ms: gate)
+        self.publish(b"a", b"b")
+        self.assertTrue(producer.paused)
+        self.publish(b"c", b"d")  # queued, delivered one by one later
+        gate.callback(None)
+        self.assertFalse(producer.paused)
+        self.assertEqual([m.body for m in got], [b"c", b"d"])
+
+    def test_failingBatchSubscriberIsolated(self):
+        singles = []
+
+        def broken(messages):
+            raise RuntimeError("boom")
+
+        sub = self.broker.subscribe("t", None, batchCallback=broken)
+        self.broker.subscribe("t", singles.append)
+        self.publish(b"a", b"b")
+        self.assertEqual(len(singles), 2)
+        self.assertEqual(sub.failed, 1)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_reentrantKeepsOrder(self):
+        seen = []
+
+        def echo(message):
+            seen.append(message.body)
+            if message.body == b"a":
+                self.publish(b"x", b"y")
+
+        self.broker.subscribe("t", echo)
+        self.publish(b"a", b"b")
+        self.assertEqual(seen, [b"a", b"b", b"x", b"y"])

@@ -833,6 +833,28 @@ class MemoryTests(unittest.TestCase):
         self.assertEqual(transport.value(), b"".join(b"%d\n" % n for n in range(10)))
         self.assertEqual(ch.dropped, 0)
 
+    def test_relayInBatches(self):
+        """Lines of one packet go from one channel to another in one write,
+        in order, and queued messages keep their place before them."""
+        a = self.make(name="a", redirect_in=True, topic_in="relay")
+        b = self.make(name="b", redirect_out=True, topic_out="relay")
+        a.start()
+        b.start()
+        inbound, _ = self.succeed(a)
+        outbound, transport = self.succeed(b)
+        writes = []
+        transport.write = lambda data: writes.append(data)
+        inbound.dataReceived(b"1\n2\n3\n")
+        self.assertEqual(writes, [b"1\n2\n3\n"])
+        self.assertEqual((a.messagesIn, b.messagesOut), (3, 3))
+        outbound.gate.pauseProducing()
+        inbound.dataReceived(b"4\n5\n")  # queued: the server is not reading
+        self.assertEqual(b.queued, 2)
+        outbound.gate.resumeProducing()
+        inbound.dataReceived(b"6\n7\n")
+        self.assertEqual(b"".join(writes), b"".join(b"%d\n" % n for n in range(1, 8)))
+        self.assertEqual(self.broker.topic("relay").published, 7)
+
     def test_lostConnectionReleasesPublishers(self):
         ch = self.make(redirect_out=True, topic_out="out", flush_timeout=0.0)
         ch.start()

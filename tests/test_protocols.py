@@ -53,15 +53,24 @@ class Recorder:
         return [e[1] for e in self.events if e[0] == "error"]
 
 
+class BatchRecorder(Recorder):
+    """A Recorder that also takes several messages at once."""
+
+    def messagesReceived(self, messages):
+        self.events.append(("batch", len(messages)))
+        for message in messages:
+            self.messageReceived(message, None)
+
+
 def config(name, **kw):
     """A symmetric ProtocolConfig."""
     s = ProtocolSettings(name, **kw)
     return ProtocolConfig(name, s, s)
 
 
-def connect(protocolConfig, log=None):
+def connect(protocolConfig, log=None, receiver=None):
     """A framer on a StringTransport, with a Recorder; returns all three."""
-    receiver = Recorder()
+    receiver = Recorder() if receiver is None else receiver
     framer = buildFramer(protocolConfig, receiver, log=log)
     transport = StringTransport()
     framer.makeConnection(transport)
@@ -91,6 +100,39 @@ def unambiguous(messages, delimiter):
 
 class TextMessagesTests(TestCase):
     """text-messages: delimited messages."""
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.data(), delimiters, st.lists(st.binary(max_size=20), max_size=12))
+    def test_anySplitBatched(self, data, delimiter, messages):
+        """A receiver that takes batches gets the same messages, in order,
+        however the stream is cut."""
+        assume(unambiguous(messages, delimiter))
+        framer, transport, receiver = connect(config("text-messages", delimiter=delimiter),
+                                              receiver=BatchRecorder())
+        feed(framer, data.draw(splits(b"".join(m + delimiter for m in messages))))
+        self.assertEqual(receiver.messages, messages)
+        self.assertEqual(receiver.errors, [])
+
+    def test_batchNotUsedForTooLarge(self):
+        """A packet holding a message over the limit is handled one by one:
+        the messages before it arrive, then the connection closes."""
+        framer, transport, receiver = connect(
+            config("text-messages", delimiter=b"\n", max_packet_size=3),
+            receiver=BatchRecorder())
+        framer.dataReceived(b"ab\ncd\ntoolong\nef\n")
+        self.assertEqual(receiver.messages, [b"ab", b"cd"])
+        self.assertEqual(len(receiver.errors), 1)
+        self.assertTrue(transport.disconnecting)
+
+    def test_sendMessages(self):
+        """Several messages written at once are the bytes of one-by-one writes."""
+        for delimiter in (b"\n", b"\r\n", b"\x01"):
+            one, transportOne, _ = connect(config("text-messages", delimiter=delimiter))
+            many, transportMany, _ = connect(config("text-messages", delimiter=delimiter))
+            for message in (b"a", b"", b"bc"):
+                one.sendMessage(message)
+            many.sendMessages([b"a", b"", b"bc"])
+            self.assertEqual(transportMany.value(), transportOne.value())
 
     @settings(max_examples=150, deadline=None)
     @given(st.data(), delimiters, st.lists(st.binary(max_size=20), max_size=8))

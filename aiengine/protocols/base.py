@@ -26,6 +26,11 @@ class IMessageReceiver(Interface):
         """One complete inbound message: ``bytes``, and a dict of protocol
         attributes or ``None``."""
 
+    # Optional: ``messagesReceived(messages)``, a list of messages (bytes,
+    # without attributes) cut from one packet.  Framers that cut many
+    # messages at once use it when the receiver has it, instead of calling
+    # messageReceived for each.
+
     def protocolError(description):
         """The peer broke the framing (message too large, malformed...).
 
@@ -95,6 +100,16 @@ class FramingProtocol(Protocol):
             self.transport.loseConnection()
 
     # -- outbound -----------------------------------------------------------
+
+    def sendMessages(self, messages):
+        """Write several messages (bytes) at once, in order."""
+        if (self._showMessages or self._showPackets
+                or type(self).encode is not FramingProtocol.encode):
+            for message in messages:
+                self.sendMessage(message)
+            return
+        delimiter = self._delimiter
+        self.transport.write(delimiter.join(messages) + delimiter)
 
     def sendMessage(self, message, attributes=None):
         """Write one message (bytes).  ``attributes`` are for protocols that use them."""

@@ -20,6 +20,8 @@ class TextMessagesProtocol(FramingProtocol, LineOnlyReceiver):
 
     def __init__(self, settings, receiver, log=None):
         FramingProtocol.__init__(self, settings, receiver, log)
+        self._batch = (None if self._showMessages
+                       else getattr(receiver, "messagesReceived", None))
         self.delimiter = self._delimiter = settings.delimiter or DEFAULT_DELIMITER
         self.maxMessage = settings.max_packet_size
         # LineOnlyReceiver's buffer check also sees a delimiter's first bytes
@@ -50,6 +52,10 @@ class TextMessagesProtocol(FramingProtocol, LineOnlyReceiver):
         messages = (self._buffer + data).split(self.delimiter)
         self._buffer = messages.pop()
         maxMessage = self.maxMessage
+        if (self._batch is not None and len(messages) > 1
+                and max(map(len, messages)) <= maxMessage):
+            self._batch(messages)
+            messages = ()
         deliver = self.deliver if self._showMessages else self.receiver.messageReceived
         for message in messages:
             if transport.disconnecting:
