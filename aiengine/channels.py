@@ -456,7 +456,9 @@ class _ChannelFactory(ReconnectingClientFactory):
         self.channel = channel
         self.clock = channel.reactor
         self.failures = 0
-        self.random = _random.Random()
+        # The module's shared generator: one of its own per channel would cost
+        # 2.5 KB and a seeding from the system each.
+        self.random = _random
         self.protocol = None
 
     def buildProtocol(self, addr):
@@ -603,9 +605,8 @@ class Channel:
         # True while the channel must not connect: before start, after
         # stop() or disconnect(), until connect().
         self._held = True
-        self._queue: deque = deque()
-        self._inbox: deque = deque()
-        self._waiters: deque = deque()
+        # _queue, _inbox and _waiters start as the class's empty tuples and
+        # become deques when first filled (see _deque).
         self._connectWaiters: list = []
         self._closeWaiters: list = []
         self._inboxSeq = 0
@@ -627,6 +628,18 @@ class Channel:
         self._drained: Optional[Deferred] = None
         self._topicIn = (broker.topic(config.topic_in)
                          if config.redirect_in and config.topic_in else None)
+
+    # Empty until used: a deque costs about 600 bytes, and a daemon may run
+    # tens of thousands of channels.
+    _queue = _inbox = _waiters = ()
+
+    def _deque(self, name) -> deque:
+        """The deque called ``name``, made when first needed."""
+        value = self.__dict__.get(name)
+        if value.__class__ is not deque:
+            value = deque(value or ())
+            setattr(self, name, value)
+        return value
 
     def __repr__(self):
         return f"<Channel {self.name} {self.state} {self.config.host}:{self.config.port}>"
@@ -711,7 +724,7 @@ class Channel:
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
-        waiters, self._waiters = self._waiters, deque()
+        waiters, self._waiters = self._waiters, ()
         for waiter in waiters:
             self._endWaiter(waiter)
             waiter.deferred.errback(ChannelStopped(f"channel {self.name} stopped"))
@@ -900,7 +913,7 @@ class Channel:
                     "{dropped} dropped so far",
                     why=why, n=len(self._queue), dropped=self.dropped)
         else:
-            self._queue.append((body, attributes))
+            self._deque("_queue").append((body, attributes))
         if self._canWrite():
             self._flush()
         elif not self.config.permanent and self.state == IDLE:
@@ -1040,7 +1053,7 @@ class Channel:
                                       attributes)
             topic.publish(published)
             if self._waiters:
-                self._inbox.append(published)
+                self._deque("_inbox").append(published)
                 self._serve()
                 # Only waiting readers get it; a part a fixed-size read left
                 # over (a new Message object) stays for the next receive.
@@ -1056,7 +1069,7 @@ class Channel:
                 return
             self._inbox.popleft()
             self._dropInbound()
-        self._inbox.append(kept)
+        self._deque("_inbox").append(kept)
         self._serve()
 
     def _dropInbound(self):
@@ -1267,7 +1280,7 @@ class Channel:
             self._giveUp(waiter)
 
         waiter.deferred = Deferred(cancel)
-        self._waiters.append(waiter)
+        self._deque("_waiters").append(waiter)
         self._serve()
         if not waiter.deferred.called:
             waiter.timer = self.reactor.callLater(timeout, self._timedOut, waiter, timeout)
@@ -1289,7 +1302,7 @@ class Channel:
             return False
         self._endWaiter(waiter)
         if waiter.buf:
-            self._inbox.appendleft(_withBody(waiter.first, bytes(waiter.buf)))
+            self._deque("_inbox").appendleft(_withBody(waiter.first, bytes(waiter.buf)))
             waiter.buf = bytearray()
             self._serve()
         return True
