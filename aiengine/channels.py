@@ -802,8 +802,8 @@ class Channel:
                     self._host, config.port, factory, self._tlsOptions,
                     timeout=config.connect_timeout)
             else:
-                self.log.info("connecting to {host}:{port}", host=self._host,
-                              port=config.port)
+                # No "connecting" line: "connected to" or the failure follows,
+                # and with thousands of channels every start-up line counts.
                 self._connector = self.reactor.connectTCP(
                     self._host, config.port, factory, timeout=config.connect_timeout)
             factory.connector = self._connector

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 
 from twisted.application.service import MultiService
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 import aiengine
@@ -60,6 +60,7 @@ class Engine(MultiService):
         self.media = Media(self.channels)
         registerMedia(self.registry)
         self.listeners: dict[str, ListenerService] = {}
+        self._starting = None  # the cooperative task starting the channels
 
         listeners = [c for c in config.listeners if self._runs(c, "listener")]
         # A console declared with run="false" is switched off on purpose.
@@ -110,12 +111,24 @@ class Engine(MultiService):
                       path=self.config.path)
         # Listeners first (MultiService starts children in order), then channels.
         super().startService()
-        for channel in self.channels.values():
-            channel.start()
+        # Channels start a slice at a time, so that with thousands of them the
+        # console and the listeners still answer while they connect.
+        cooperator = task.Cooperator(
+            scheduler=lambda work: self.reactor.callLater(0, work))
+        self._starting = cooperator.cooperate(
+            channel.start() for channel in list(self.channels.values()))
+        self._starting.whenDone().addErrback(lambda failure: failure.trap(
+            task.TaskStopped, task.TaskFinished))
 
     @defer.inlineCallbacks
     def stopService(self):
         self.log.info("aiengine stopping")
+        if self._starting is not None:
+            try:
+                self._starting.stop()
+            except (task.TaskDone, task.TaskFinished, task.TaskStopped):
+                pass
+            self._starting = None
         # Listeners close first, then channels.
         yield defer.DeferredList([defer.maybeDeferred(s.stopService)
                                   for s in self.listeners.values()])

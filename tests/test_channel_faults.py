@@ -397,15 +397,15 @@ class FaultMemoryTests(unittest.TestCase):
         self.assertEqual(len(warnings), 4)
         self.assertEqual([e.get("n") for e in warnings[1:]], [31, 61, 91])
         self.assertIn("still failing", warnings[1]["log_format"])
-        # All in all: "connecting", the four warnings; nothing per attempt.
-        self.assertEqual(len(logs.events), 5)
+        # All in all: the four warnings; nothing per attempt.
+        self.assertEqual(len(logs.events), 4)
 
         protocol = ch._factory.buildProtocol(None)
         protocol.makeConnection(FakeTransport())
-        self.assertEqual(len(logs.events), 5)  # not a recovery yet
+        self.assertEqual(len(logs.events), 4)  # not a recovery yet
         self.reactor.advance(channels.BRIEF_CONNECTION)
         self.assertEqual(ch.status()["failedInRow"], 0)
-        self.assertEqual(len(logs.events), 6)
+        self.assertEqual(len(logs.events), 5)
         self.assertEqual((logs.events[-1]["log_level"], logs.events[-1]["n"]),
                          (LogLevel.info, 100))
 
@@ -440,8 +440,8 @@ class FaultMemoryTests(unittest.TestCase):
         status = ch.status()
         self.assertEqual((status["connects"], status["failures"], status["drops"]),
                          (20, 20, 0))
-        # "connecting", "connected" the first time, then one warning.
-        self.assertEqual(len(logs.events), 3)
+        # "connected" the first time, then one warning.
+        self.assertEqual(len(logs.events), 2)
         self.assertEqual(len(logs.warnings()), 1)
         # A message proves the next connection at once.
         protocol = ch._factory.buildProtocol(None)

@@ -251,6 +251,19 @@ class DefaultConsoleTests(unittest.TestCase):
         engine = Engine(parse(config.encode()), reactor)
         self.assertEqual(list(engine.listeners), [])
 
+    @defer.inlineCallbacks
+    def test_channelsStartInSlices(self):
+        """Channels start a slice at a time after the listeners, and a stop
+        that comes first stops what has started and the rest never starts."""
+        config = parse(CONFIG.format(web=1, lines=2).encode())
+        engine = Engine(config, reactor)
+        engine.startService()
+        self.assertEqual({c.state for c in engine.channels.values()}, {"stopped"})
+        yield engine.stopService()
+        yield settle(0.05)
+        self.assertEqual({c.state for c in engine.channels.values()}, {"stopped"})
+        self.assertIsNone(engine._starting)
+
     def test_declaredConsoleReplacesDefault(self):
         engine = Engine(parse(CONFIG.format(web=1, lines=2).encode()), reactor)
         self.assertEqual(list(engine.listeners), ["debug"])
