@@ -72,7 +72,11 @@ class Engine(MultiService):
             service.setServiceParent(self)
         for cc in config.channels:
             if self._runs(cc, "channel"):
-                self.channels[cc.name] = Channel(cc, self.broker, reactor)
+                try:
+                    self.channels[cc.name] = Channel(cc, self.broker, reactor)
+                except ConfigError as e:
+                    self._locate(e, cc)
+                    raise
 
     def _listener(self, lc: ListenerConfig) -> ListenerService:
         """The service of one listener; raises ConfigError for unusable files."""
@@ -95,10 +99,14 @@ class Engine(MultiService):
             tls = (serverTLSOptions(lc.name, lc.tls_certificate, lc.tls_key)
                    if lc.tls else None)
         except ConfigError as e:
-            if e.path is None:
-                e.path, e.line = self.config.path, lc.line
+            self._locate(e, lc)
             raise
         return ListenerService.fromConfig(lc, factory, self.reactor, tls=tls)
+
+    def _locate(self, error: ConfigError, item) -> None:
+        """Name media.xml and the element's line in an error found at build time."""
+        if error.path is None:
+            error.path, error.line = self.config.path, item.line
 
     def _runs(self, item, kind):
         if not item.run:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory
@@ -10,7 +12,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.trial import unittest
 from twisted.web import resource, server
 
-from aiengine.config import parse
+from aiengine.config import ConfigError, parse
 from aiengine.engine import Engine
 from aiengine.media import Media, UnknownChannel
 from tests.test_console import Collector, xmlcall
@@ -214,6 +216,20 @@ class EngineTests(unittest.TestCase):
         self.assertEqual(self.engine.channels["plain"].state, "connected")
 
     @defer.inlineCallbacks
+    def test_listenersAndCounters(self):
+        client = yield self.console()
+        [answer] = yield self.call(client, xmlcall("Engine", "listeners", requestId="E"),
+                                   ["E"])
+        self.assertEqual(answer.get("status"), "OK", answer.findtext("exception"))
+        [listener] = answer.findall("listener")
+        self.assertEqual((listener.get("name"), listener.get("state")),
+                         ("debug", "listening"))
+        self.assertEqual(listener.get("port"),
+                         str(self.engine.listeners["debug"].address[1]))
+        self.assertEqual(listener.get("accepted"), "1")
+        self.assertEqual(listener.get("requests"), "1")
+
+    @defer.inlineCallbacks
     def test_receiveFixed(self):
         media = self.engine.media
         yield media.send("plain", "abcdef")
@@ -263,6 +279,25 @@ class DefaultConsoleTests(unittest.TestCase):
         yield settle(0.05)
         self.assertEqual({c.state for c in engine.channels.values()}, {"stopped"})
         self.assertIsNone(engine._starting)
+
+    def test_badCertificateNamesFileAndLine(self):
+        """A tls.ca file without a certificate is refused with media.xml's
+        path and the channel's line."""
+        directory = os.path.abspath(self.mktemp())
+        os.makedirs(directory)
+        with open(os.path.join(directory, "ca.pem"), "w") as f:
+            f.write("not a certificate\n")
+        text = ("<service><directchannels>\n<channel name=\"c\">"
+                "<property name=\"host\" value=\"127.0.0.1\"/>"
+                "<property name=\"port\" value=\"1\"/>"
+                "<property name=\"protocol\" value=\"text-messages\"/>"
+                "<property name=\"tls\" value=\"true\"/>"
+                "<property name=\"tls.ca\" value=\"ca.pem\"/>"
+                "</channel></directchannels></service>")
+        path = os.path.join(directory, "media.xml")
+        error = self.assertRaises(ConfigError, Engine, parse(text.encode(), path), reactor)
+        self.assertTrue(str(error).startswith(f"{path}:2: "), str(error))
+        self.assertIn("tls.ca", str(error))
 
     def test_declaredConsoleReplacesDefault(self):
         engine = Engine(parse(CONFIG.format(web=1, lines=2).encode()), reactor)

@@ -91,6 +91,29 @@ class Engine(ConsoleClass):
     def version(self, call):
         return _element("version", aiengine.__version__)
 
+    @method("Every listener with its address and counters (connections accepted, "
+            "refused and timed out; messages in and out; what was dropped).")
+    def listeners(self, call):
+        result = []
+        services = getattr(call.engine, "listeners", {})
+        for name in sorted(services):
+            service = services[name]
+            address = service.address
+            element = _element("listener", name=name,
+                               state="listening" if address else "stopped")
+            if address:
+                element.set("host", str(address[0]))
+                element.set("port", str(address[1]))
+            counters = dict(service.factory.stats())
+            guard = getattr(service, "guard", None)
+            if guard is not None:
+                counters.update(accepted=guard.accepted, refused=guard.refused,
+                                timedOut=guard.timedOut, aborted=guard.aborted)
+            for key in sorted(counters):
+                element.set(key, str(counters[key]))
+            result.append(element)
+        return result
+
 
 def _topicName(call, key):
     name = call.params[key]
