@@ -30,9 +30,11 @@ Per connection (:class:`ListenerConnection`):
   dropped, counted (``dropped``, per connection and listener) and logged (the
   first, then every 1000th).  A slow peer never slows the other connections:
   the ``topic-out`` subscriber is never busy.
-* Authentication: with a shared ``secret`` the first inbound message must
-  be that secret (surrounding whitespace ignored; compared in constant
-  time; never published or logged).  A wrong one closes the connection.
+* Authentication: with a shared ``secret`` the first line a connection
+  sends (up to ``\n``, before any framing, so it works the same for every
+  protocol) must be that secret (surrounding whitespace ignored; compared in
+  constant time; never published or logged).  A wrong one closes the
+  connection.
   Until then nothing from ``topic-out`` is written to the connection: those
   messages are dropped and counted (``withheld``).
 """
@@ -48,7 +50,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, TimeoutFactory, TimeoutProtocol
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -209,14 +211,6 @@ class ListenerConnection:
 
     def messageReceived(self, message, attributes):
         factory = self.factory
-        if not self.authenticated:
-            if self._rejected:
-                # Read in the same packet as a wrong secret: the peer is
-                # being closed and gets no second guess.
-                factory.rejected += 1
-                return
-            self._authenticate(message)
-            return
         if not factory.acceptsInput:
             factory.ignored += 1
             if _every(factory.ignored):
@@ -263,20 +257,22 @@ class ListenerConnection:
 
     # -- authentication --------------------------------------------------------
 
-    def _authenticate(self, message):
+    def authenticate(self, line) -> bool:
+        """Check the secret line a peer sent first; close the connection if wrong."""
         factory = self.factory
         # Constant time over fixed-length digests: the comparison tells an
         # attacker neither where the guess went wrong nor the secret's length.
-        if hmac.compare_digest(_digest(message.strip()), factory.secretDigest):
+        if hmac.compare_digest(_digest(line.strip()), factory.secretDigest):
             self.authenticated = True
             factory.authenticated += 1
             factory.log.info("{connection} authenticated", connection=self.name)
-            return
+            return True
         factory.authFailures += 1
         self._rejected = True
         factory.log.warn("{connection}: authentication failed from {peer}; closing",
                          connection=self.name, peer=_peer(self.framer.transport))
         self.close()
+        return False
 
     # -- outbound ------------------------------------------------------------------
 
@@ -366,6 +362,50 @@ class ListenerConnection:
         return self._closed
 
 
+class _SecretLine(Protocol):
+    """Reads a connection's first line, the shared secret, before its framer
+    sees any byte: authentication works the same whatever the protocol."""
+
+    #: longest secret line accepted; a peer sending more without a line end
+    #: is treated as a wrong secret
+    MAX_LINE = 4096
+
+    def __init__(self, framer, connection):
+        self.framer = framer
+        self.connection = connection
+        self._buffer = b""
+        self._state = "reading"  # then "open" or "refused"
+
+    def makeConnection(self, transport):
+        Protocol.makeConnection(self, transport)
+        self.framer.makeConnection(transport)
+
+    def dataReceived(self, data):
+        if self._state == "open":
+            self.framer.dataReceived(data)
+            return
+        if self._state == "refused":
+            # Read together with a wrong secret: no second guess.
+            self.connection.factory.rejected += 1
+            return
+        self._buffer += data
+        line, newline, rest = self._buffer.partition(b"\n")
+        if not newline and len(self._buffer) <= self.MAX_LINE:
+            return
+        self._buffer = b""
+        if not self.connection.authenticate(line if newline else b""):
+            self._state = "refused"
+            if rest:
+                self.connection.factory.rejected += 1
+            return
+        self._state = "open"
+        if rest:
+            self.framer.dataReceived(rest)
+
+    def connectionLost(self, reason):
+        self.framer.connectionLost(reason)
+
+
 def _digest(secret: bytes) -> bytes:
     return hashlib.sha256(secret).digest()
 
@@ -439,7 +479,10 @@ class ListenerFactory(Factory):
     def buildProtocol(self, addr):
         self.count += 1
         connection = ListenerConnection(self, f"{self.config.name}.{self.count}")
-        return buildFramer(self.config.protocol, connection, self.log)
+        framer = buildFramer(self.config.protocol, connection, self.log)
+        if self.secret is None:
+            return framer
+        return _SecretLine(framer, connection)
 
     def _outbound(self, message):
         # Never returns a Deferred: one slow peer must not pause the topic

@@ -23,13 +23,19 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from aiengine.broker import Broker
-from aiengine.config import ConfigError, ListenerConfig, ServiceConfig, parse
+from aiengine.config import (ConfigError, ListenerConfig, ProtocolConfig,
+                             ProtocolSettings, ServiceConfig, parse)
 from aiengine.console.protocol import ConsoleFactory
 from aiengine.engine import Engine
 from aiengine.listeners import (GuardFactory, ListenerConnection, ListenerFactory,
                                 ListenerService, readSecret, serverTLSOptions)
 from tests.certs import makeCertificates
 from tests.test_listeners import LineClient, settle, textProtocol
+
+
+def xmlProtocol():
+    settings = ProtocolSettings(name="xml-messages")
+    return ProtocolConfig(name="xml-messages", inbound=settings, outbound=settings)
 
 SECRET = b"s3cret-Pa55"
 
@@ -499,18 +505,45 @@ class AuthenticationTests(Harness, unittest.TestCase):
         self.assertEqual((yield outsider.waitLines(1)), [b"later"])
 
     def test_noSecondGuessInTheSamePacket(self):
-        """Messages read together with a wrong secret are not tried as secrets."""
+        """Data read together with a wrong secret is not tried as a secret."""
         config = ListenerConfig(name="lines", port=0, protocol=textProtocol(),
                                 topic_in="in")
         factory = ListenerFactory(config, Broker(), secret=SECRET)
-        framer = factory.buildProtocol(None)
-        framer.makeConnection(StringTransport())
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
         connection = factory.connections["lines.1"]
-        connection.messageReceived(b"wrong", None)
-        connection.messageReceived(SECRET, None)
+        protocol.dataReceived(b"wrong\n" + SECRET + b"\n")
+        protocol.dataReceived(SECRET + b"\n")
         self.assertFalse(connection.authenticated)
-        self.assertEqual((factory.authFailures, factory.rejected), (1, 1))
-        self.assertTrue(framer.transport.disconnecting)
+        self.assertEqual((factory.authFailures, factory.rejected), (1, 2))
+        self.assertTrue(protocol.transport.disconnecting)
+
+    def test_secretLineBeforeAnyFraming(self):
+        """The secret is a line even when the listener frames XML documents,
+        and may arrive split over packets together with the first document."""
+        config = ListenerConfig(name="docs", port=0, protocol=xmlProtocol(),
+                                msgtype="xml", topic_in="in")
+        broker = Broker()
+        received = []
+        broker.subscribe("in", received.append)
+        factory = ListenerFactory(config, broker, secret=SECRET)
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(SECRET[:4])
+        protocol.dataReceived(SECRET[4:] + b"\r\n<a>one</a>")
+        protocol.dataReceived(b"<b/>")
+        self.assertTrue(factory.connections["docs.1"].authenticated)
+        self.assertEqual([m.body for m in received], [b"<a>one</a>", b"<b/>"])
+
+    def test_overlongSecretLineRefused(self):
+        config = ListenerConfig(name="lines", port=0, protocol=textProtocol(),
+                                topic_in="in")
+        factory = ListenerFactory(config, Broker(), secret=SECRET)
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(b"x" * 5000)
+        self.assertEqual(factory.authFailures, 1)
+        self.assertTrue(protocol.transport.disconnecting)
 
     def test_emptySecretRefused(self):
         config = ListenerConfig(name="x", port=0, protocol=textProtocol(), topic_in="in")
