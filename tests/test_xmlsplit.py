@@ -487,3 +487,40 @@ class SplitInvarianceTests(TestCase):
         self.assertEqual(good, [doc for doc, _ in docs])
         self.assertGreaterEqual(sum(isinstance(i, Malformed) for i in items),
                                 sum(len(bad) for _, bad in docs))
+
+
+class WholeDocumentPathTests(TestCase):
+    """0x01-framed documents parsed whole give what the incremental path gives."""
+
+    CASES = [
+        b'<xmlcall class="Engine" method="ping"/>\x01',
+        b'<a>1</a>\n\x01<b x="&amp;"/>\x01',
+        b'<a/><!-- after -->\x01<b/>\x01',
+        b'<a><![CDATA[ x>y ]]></a>\x01',
+        b'<a>&nbsp;</a>\x01<ok/>\x01',
+        b'<a>\x00</a>\x01<ok/>\x01',
+        b'<a>\xff</a>\x01<ok/>\x01',
+        b'<a/> <b/>\x01',
+        b'<a>' * 300 + b'</a>' * 300 + b'\x01<ok/>\x01',
+    ]
+
+    def items(self, packets):
+        splitter = XmlSplitter()
+        out = []
+        for packet in packets:
+            out.extend(splitter.feed(packet))
+        # How much of a malformed document is quoted back may depend on the
+        # packets; what was delivered, and what was refused, may not.
+        return [("Document", i.data, i.root.tag) if isinstance(i, Document)
+                else ("Malformed",) for i in out]
+
+    def test_sameAsByteByByte(self):
+        for case in self.CASES:
+            whole = self.items([case])
+            trickled = self.items([case[i:i + 1] for i in range(len(case))])
+            self.assertEqual(whole, trickled, case)
+
+    def test_depthLimitStillApplies(self):
+        deep = b"<a>" * 100000 + b"\x01"
+        [item] = XmlSplitter(maxSize=10 ** 7).feed(deep)
+        self.assertIsInstance(item, Malformed)

@@ -119,6 +119,10 @@ class TooLarge(Exception):
 _WHITESPACE = b" \t\r\n"
 # What a document can start with: markup, or a UTF-8 byte order mark.
 _START = b"<\xef"
+#: bytes that may follow "<" at the start of a root element (ASCII name start
+#: characters, and any byte of a non-ASCII UTF-8 name)
+_NAME_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_:"
+                        + bytes(range(0x80, 0x100)))
 _BOM = b"\xef\xbb\xbf"
 #: Largest piece of a document fed to libxml2 at once: small enough that
 #: re-reading the rest of a piece after an error stays cheap, large enough
@@ -169,6 +173,9 @@ class XmlSplitter:
 
     def __init__(self, separators=b"\x01", maxSize=1000000):
         self._content = _byteClass(_WHITESPACE + separators, negate=True)
+        # 0x01-framed documents that start right at their root element take a
+        # fast path: parsed whole (see _whole).
+        self._wholeParser = safeParser() if b"\x01" in separators else None
         self._resync = _byteClass(b"\n" + separators)
         self._maxSize = maxSize
         self._parser = _pullParser()
@@ -232,6 +239,11 @@ class XmlSplitter:
                     self._startDiscarding(match is None, end - pos, out)
                     pos = end
                     continue
+                if self._wholeParser is not None:
+                    end = self._whole(data, pos, out)
+                    if end:
+                        pos = end
+                        continue
                 self._startDocument()
             end, complete, refusal = self._cut(data, pos)
             if refusal is not None:
@@ -258,6 +270,35 @@ class XmlSplitter:
                 data = rest + data[end:]
                 pos = 0
         return out
+
+    def _whole(self, data, pos, out) -> int:
+        """Parse the bytes from ``pos`` to the next 0x01 as one document.
+
+        Only for a document whose first byte opens its root element and
+        that holds no ``<!`` or ``<?``: no declaration (so UTF-8), no DOCTYPE
+        and nothing after the root but whitespace, so parsing it
+        whole with :func:`safeParser` keeps every rule of this module (an
+        undefined entity, NUL or invalid UTF-8 fails the parse).  Returns
+        where the document ends, or 0 to take the incremental path (no
+        0x01 yet, another start, too large, or a failed parse: that path
+        then says exactly what is wrong).
+        """
+        if pos + 1 >= len(data) or data[pos + 1] not in _NAME_START:
+            return 0
+        end = data.find(b"\x01", pos)
+        if end < 0 or end - pos > self._maxSize:
+            return 0
+        document = data[pos:end]
+        if b"<!" in document or b"<?" in document:
+            # Comments, CDATA or PIs: where exactly the root ends is the
+            # incremental path's to say.
+            return 0
+        try:
+            root = etree.fromstring(document, self._wholeParser)
+        except etree.XMLSyntaxError:
+            return 0
+        out.append(Document(document.rstrip(_WHITESPACE), root))
+        return end
 
     # -- cutting ----------------------------------------------------------------
 
