@@ -230,6 +230,27 @@ class FramingTests(ConsoleTestCase):
                                      b'  <pong/>\n</xmlcallresult>' + TERMINATOR)
         self.assertEqual(TERMINATOR, b"\n\x01")
 
+    def test_answersOfOnePacketInOneWrite(self):
+        """Pipelined requests read together are answered in one write, in order;
+        an answer that comes later is written on its own."""
+        writes = []
+        transport = StringTransport()
+        transport.write = writes.append
+        protocol = self.factory.buildProtocol(None)
+        protocol.makeConnection(transport)
+        self.addCleanup(protocol.connectionLost, None)
+        protocol.dataReceived(b"".join(xmlcall("Engine", "ping", str(n)) + b"\x01"
+                                       for n in range(5)))
+        self.assertEqual(len(writes), 1)
+        splitter = XmlSplitter()
+        ids = [item.root.get("requestId") for item in splitter.feed(writes[0])]
+        self.assertEqual(ids, ["0", "1", "2", "3", "4"])
+        protocol.dataReceived(xmlcall("Slow", "wait", "late", tag="t"))
+        self.assertEqual(len(writes), 1)
+        self.slow.waiting["t"].callback(None)
+        self.assertEqual(len(writes), 2)
+        self.assertIn(b'requestId="late"', writes[1])
+
     @inlineCallbacks
     def test_telnetStyleSplitPackets(self):
         client = yield self.connect()

@@ -198,6 +198,7 @@ class ConsoleProtocol(Protocol):
         self._drainWaiters: list[Deferred] = []
         self._closing = False
         self._gone = False
+        self._outbox = None  # answers waiting for the end of the packet being read
 
     # -- connection API for console methods (see interfaces.Call) -----------
 
@@ -264,6 +265,8 @@ class ConsoleProtocol(Protocol):
                       peer=self._peer())
 
     def dataReceived(self, data):
+        # Answers made while reading one packet leave in one write.
+        self._outbox = []
         try:
             self._dataReceived(data)
         except Exception:
@@ -271,6 +274,13 @@ class ConsoleProtocol(Protocol):
             self.factory.errors += 1
             self.log.failure("{session}: unexpected error reading requests",
                              session=self.session, level=LogLevel.error)
+        finally:
+            self._flushOutbox()
+
+    def _flushOutbox(self):
+        outbox, self._outbox = self._outbox, None
+        if outbox and not self._gone and self.transport is not None:
+            self.transport.write(b"".join(outbox))
 
     def connectionLost(self, reason=None):
         if self._gone:
@@ -385,6 +395,7 @@ class ConsoleProtocol(Protocol):
         self._closeAfterAnswer = False
         if self._gone or self.transport is None:
             return
+        self._flushOutbox()
         # A registered streaming producer can delay the close: unregister first.
         self.transport.unregisterProducer()
         self.transport.loseConnection()
@@ -509,7 +520,10 @@ class ConsoleProtocol(Protocol):
         if self.factory.showMessages and element.tag == "xmlcallresult":
             self.log.info("{session}: answer {data!r}", session=self.session,
                           data=data[:_LOG_BYTES])
-        self.transport.write(data)
+        if self._outbox is not None:
+            self._outbox.append(data)
+        else:
+            self.transport.write(data)
 
     # -- flow control ---------------------------------------------------------
 
