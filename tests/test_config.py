@@ -364,11 +364,11 @@ class PropertyTests(Helpers, TestCase):
             (5, 7, 0.0, 1.5, False, 0.0))
 
     def test_hosts(self):
-        for given, stored in [("www.google.com", "www.google.com"),
-                              ("10.0.0.1", "10.0.0.1"), ("::1", "::1"),
+        for value, stored in [("www.google.com", "www.google.com"),
+                              ("127.0.0.2", "127.0.0.2"), ("::1", "::1"),
                               ("[::1]", "::1"), ("[2001:DB8::0:1]", "2001:db8::1"),
                               ("my_host.local.", "my_host.local.")]:
-            channel = parse(channelDoc(edit(CHANNEL, host=given)).encode()).channels[0]
+            channel = parse(channelDoc(edit(CHANNEL, host=value)).encode()).channels[0]
             self.assertEqual(channel.host, stored)
         for given, message in [
                 ("www.google.com:80", "'www.google.com:80' includes a port; give the "
@@ -381,8 +381,8 @@ class PropertyTests(Helpers, TestCase):
                                      "channel 'c'", "host", message)
 
     def test_interface(self):
-        for given, stored in [("::", "::"), ("[::1]", "::1"), ("0.0.0.0", "0.0.0.0")]:
-            listener = parse(listenerDoc(LISTENER + [("interface", given)]).encode())
+        for value, stored in [("::", "::"), ("[::1]", "::1"), ("0.0.0.0", "0.0.0.0")]:
+            listener = parse(listenerDoc(LISTENER + [("interface", value)]).encode())
             self.assertEqual(listener.listeners[0].interface, stored)
         self.assertPropertyError(
             listenerDoc(LISTENER + [("interface", "localhost")]), "listener 'l'",

@@ -137,6 +137,11 @@ class ConsoleTestCase(unittest.TestCase):
 
     maxSize = 1000000
 
+    #: subclasses may ask for a shared secret, message logging or another client
+    secret = None
+    showMessages = False
+    clientClass = Collector
+
     def setUp(self):
         self.broker = Broker()
         self.engine = SimpleNamespace(broker=self.broker)
@@ -145,14 +150,15 @@ class ConsoleTestCase(unittest.TestCase):
         self.slow = Slow()
         self.registry.register(self.slow)
         self.factory = ConsoleFactory(self.registry, self.engine, name="test",
-                                      maxSize=self.maxSize)
+                                      maxSize=self.maxSize, secret=self.secret,
+                                      showMessages=self.showMessages)
         self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
         self.addCleanup(self._serverClosed)
 
     @inlineCallbacks
     def _serverClosed(self):
-        for _ in range(200):
+        for _ in range(300):
             if self.factory.openConnections == 0:
                 return
             yield deferLater(reactor, 0.01, lambda: None)
@@ -161,7 +167,7 @@ class ConsoleTestCase(unittest.TestCase):
     @inlineCallbacks
     def connect(self):
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port)
-        client = yield connectProtocol(endpoint, Collector())
+        client = yield connectProtocol(endpoint, self.clientClass())
         self.addCleanup(self._disconnect, client)
         return client
 

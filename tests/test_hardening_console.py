@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from types import SimpleNamespace
 
 from lxml import etree
 from twisted.internet import reactor
@@ -16,14 +15,12 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
-from twisted.trial import unittest
 
-from aiengine.broker import DEFAULT_QUEUE_LIMIT, Broker
+from aiengine.broker import DEFAULT_QUEUE_LIMIT
 from aiengine.console import protocol as consoleProtocol
-from aiengine.console.builtins import registerBuiltins
 from aiengine.console.protocol import ConsoleFactory
-from aiengine.console.registry import CallRegistry
 from aiengine.protocols.xmlsplit import XmlSplitter
+from tests.test_console import ConsoleTestCase
 
 WAIT = 5  # seconds before a test waiting for the daemon gives up
 #: What any attack may take, answer included (measured: milliseconds).
@@ -97,51 +94,15 @@ class LogCapture:
         return "\n".join(parts)
 
 
-class ConsoleCase(unittest.TestCase):
-    """A console with the built-ins on a loopback port."""
+class ConsoleCase(ConsoleTestCase):
+    """A console with the built-ins on a loopback port, read by :class:`Client`."""
 
-    secret = None
-    maxSize = 1000000
-    showMessages = False
-
-    def setUp(self):
-        self.broker = Broker()
-        self.registry = CallRegistry()
-        registerBuiltins(self.registry)
-        self.factory = ConsoleFactory(self.registry, SimpleNamespace(broker=self.broker),
-                                      name="hard", maxSize=self.maxSize, secret=self.secret,
-                                      showMessages=self.showMessages)
-        self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
-        self.addCleanup(self.port.stopListening)
-        self.addCleanup(self._allClosed)
-
-    @inlineCallbacks
-    def _allClosed(self):
-        for _ in range(300):
-            if self.factory.openConnections == 0:
-                return
-            yield deferLater(reactor, 0.01, lambda: None)
-        self.fail("console connections still open")
-
-    @inlineCallbacks
-    def connect(self):
-        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port)
-        client = yield connectProtocol(endpoint, Client())
-        self.addCleanup(self._disconnect, client)
-        return client
+    clientClass = Client
 
     def _disconnect(self, client):
         if not client.lost.called:
             client.transport.abortConnection()
         return client.lost
-
-    @inlineCallbacks
-    def call(self, client, data, n=1):
-        """Send ``data``; return the next ``n`` replies."""
-        already = len(client.docs)
-        client.transport.write(data)
-        docs = yield client.waitDocs(already + n)
-        return docs[already:]
 
     @inlineCallbacks
     def assertServes(self, client=None):
