@@ -370,14 +370,14 @@ class PropertyTests(Helpers, TestCase):
                               ("my_host.local.", "my_host.local.")]:
             channel = parse(channelDoc(edit(CHANNEL, host=value)).encode()).channels[0]
             self.assertEqual(channel.host, stored)
-        for given, message in [
+        for value, message in [
                 ("www.google.com:80", "'www.google.com:80' includes a port; give the "
                                       "host alone and put 80 in property 'port'"),
                 ("256.1.1.1", "'256.1.1.1' is not a valid IPv4 address"),
                 ("[::g]", "'[::g]' is not a valid IPv6 address"),
                 ("bad host", "'bad host' is not a valid host name"),
                 ("-x.org", "'-x.org' is not a valid host name")]:
-            self.assertPropertyError(channelDoc(edit(CHANNEL, host=given)),
+            self.assertPropertyError(channelDoc(edit(CHANNEL, host=value)),
                                      "channel 'c'", "host", message)
 
     def test_interface(self):
