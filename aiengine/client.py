@@ -3,6 +3,7 @@
 Like the original ``aiconsole``::
 
     aiengine-console [-s host:port] [-i file] [-o file] [-t seconds]
+                     [-k secret-file] [--tls [--ca file]]
 
 reads XML documents from the input (standard input by default), sends each
 to the console followed by 0x01, waits for the ``<xmlcallresult>`` with the
@@ -20,6 +21,12 @@ writes::
 
     INFO: disconnected
 
+With ``-k``, the client first logs in with ``Engine.login`` and the secret
+read from the file (surrounding whitespace stripped); the secret is not
+written to the transcript (``INFO: logged in`` is).  With ``--tls`` it
+speaks TLS and verifies the console's certificate against ``--ca`` (the
+system's trust store by default) and the host name of ``-s``.
+
 Documents are sent one at a time as they are read, so the input may be a
 person typing.  Exit status: 0 when every request was answered with
 ``status="OK"``, 1 when every request was answered but some not OK, 2 on an
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import socket
+import ssl
 import sys
 import time
 from collections import deque
@@ -100,17 +108,26 @@ def _parser():
                         metavar="SECONDS",
                         help=f"how long to wait for each answer (default "
                              f"{DEFAULT_TIMEOUT:g})")
+    parser.add_argument("-k", "--secret-file", metavar="FILE",
+                        help="log in with Engine.login and the secret in FILE first")
+    parser.add_argument("--tls", action="store_true",
+                        help="connect with TLS and verify the console's certificate")
+    parser.add_argument("--ca", metavar="FILE",
+                        help="with --tls: PEM file of the certificates to trust "
+                             "(default: the system's)")
     return parser
 
 
 class ConsoleConnection:
     """A blocking connection to a console: :meth:`call` one document at a time."""
 
-    def __init__(self, host: str, port: int, timeout: float):
+    def __init__(self, host: str, port: int, timeout: float, tls=None):
         self.address = f"{host}:{port}"
         try:
             self._socket = socket.create_connection((host, port), timeout=timeout)
-        except OSError as e:
+            if tls is not None:
+                self._socket = tls.wrap_socket(self._socket, server_hostname=host)
+        except (OSError, ssl.SSLError) as e:
             raise ClientError(f"cannot connect to {self.address}: {e}") from e
         self._splitter = XmlSplitter(separators=b"\x01", maxSize=MAX_REPLY)
         self._replies: deque = deque()
@@ -188,10 +205,20 @@ def _run(args, source, out) -> int:
 
     host, port = args.server
     write("INFO: AI console\n")
-    connection = ConsoleConnection(host, port, args.timeout)
+    secret = _readSecret(args.secret_file) if args.secret_file else None
+    tls = None
+    if args.tls:
+        try:
+            tls = ssl.create_default_context(cafile=args.ca)
+        except (OSError, ssl.SSLError) as e:
+            raise ClientError(f"cannot use CA file {args.ca}: {e}") from e
+    connection = ConsoleConnection(host, port, args.timeout, tls)
     write(f"INFO: connected to {connection.address}\n")
     allOk = True
     try:
+        if secret is not None:
+            _login(connection, secret, args.timeout)
+            write("INFO: logged in\n")
         for number, root in enumerate(_documents(source), 1):
             requestId = root.get("requestId")
             if requestId is None:
@@ -207,6 +234,29 @@ def _run(args, source, out) -> int:
         connection.close()
         write("INFO: disconnected\n")
     return 0 if allOk else 1
+
+
+def _readSecret(path) -> str:
+    try:
+        with open(path, "rb") as f:
+            secret = f.read().strip()
+    except OSError as e:
+        raise ClientError(f"cannot read secret file {path}: {e.strerror}") from e
+    if not secret:
+        raise ClientError(f"secret file {path} is empty")
+    return secret.decode("utf-8", "surrogateescape")
+
+
+def _login(connection, secret, timeout) -> None:
+    request = etree.Element("xmlcall", {"class": "Engine", "method": "login",
+                                        "requestId": "LOGIN"})
+    prop = etree.SubElement(etree.SubElement(request, "parameters"), "property")
+    prop.set("name", "secret")
+    prop.set("value", secret)
+    reply = connection.call(etree.tostring(request), "LOGIN", timeout)
+    if reply.root.get("status") != "OK":
+        raise ClientError("login refused: "
+                          + (reply.root.findtext("exception") or "no reason given"))
 
 
 def _open(path, mode, default, what, opened):

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import Factory, ProcessProtocol, Protocol
+from twisted.internet.ssl import PrivateCertificate
 from twisted.trial import unittest
 
 import aiengine
@@ -24,6 +25,7 @@ from aiengine.broker import Broker
 from aiengine.console.builtins import registerBuiltins
 from aiengine.console.protocol import ConsoleFactory
 from aiengine.console.registry import CallRegistry
+from tests.certs import makeCertificates
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(aiengine.__file__)))
 
@@ -165,6 +167,62 @@ class ClientTests(unittest.TestCase):
             "-s", f"127.0.0.1:{silent.getHost().port}", "-t", "0.5", stdin=PING)
         self.assertEqual((status, err), (2, "ERROR: no answer to REQ-1 within 0.5 s\n"))
         self.assertIn("REQUEST:", out)
+
+
+class SecuredConsoleTests(unittest.TestCase):
+    """``-k`` logs in first; ``--tls`` verifies the console's certificate."""
+
+    SECRET = b"client-s3cret"
+
+    def setUp(self):
+        registry = CallRegistry()
+        registerBuiltins(registry)
+        self.factory = ConsoleFactory(registry, SimpleNamespace(broker=Broker()),
+                                      name="test", secret=self.SECRET)
+        self.directory = os.path.abspath(self.mktemp())
+        os.makedirs(self.directory)
+        self.certs = makeCertificates(self.directory)
+        pem = b""
+        for name in ("certificate", "key"):
+            with open(self.certs[name], "rb") as f:
+                pem += f.read()
+        certificate = PrivateCertificate.loadPEM(pem)
+        self.port = reactor.listenSSL(0, self.factory, certificate.options(),
+                                      interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.server = f"localhost:{self.port.getHost().port}"
+
+    def secretFile(self, secret):
+        path = os.path.join(self.directory, "secret")
+        with open(path, "wb") as f:
+            f.write(b"  " + secret + b"\n")
+        return path
+
+    @inlineCallbacks
+    def test_loginOverTls(self):
+        out, err, status = yield runClient(
+            "-s", self.server, "--tls", "--ca", self.certs["ca"],
+            "-k", self.secretFile(self.SECRET), stdin=PING)
+        self.assertEqual((status, err), (0, ""), out)
+        self.assertIn("INFO: logged in", out)
+        self.assertIn('<xmlcallresult requestId="REQ-1" status="OK">', out)
+        self.assertNotIn(self.SECRET.decode(), out)
+        self.assertEqual(self.factory.logins, 1)
+
+    @inlineCallbacks
+    def test_wrongSecret(self):
+        out, err, status = yield runClient(
+            "-s", self.server, "--tls", "--ca", self.certs["ca"],
+            "-k", self.secretFile(b"wrong"), stdin=PING)
+        self.assertEqual(status, 2)
+        self.assertIn("ERROR: login refused: authentication failed", err)
+
+    @inlineCallbacks
+    def test_untrustedCertificate(self):
+        out, err, status = yield runClient("-s", self.server, "--tls", stdin=PING)
+        self.assertEqual(status, 2)
+        self.assertIn("ERROR: cannot connect to", err)
+        self.assertIn("CERTIFICATE_VERIFY_FAILED", err)
 
 
 class ArgumentTests(unittest.TestCase):
