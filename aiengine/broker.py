@@ -170,10 +170,6 @@ class Topic:
         self._paused = False
         self._queueLimit = queueLimit
 
-    def nextId(self) -> str:
-        """The id the next message published here will carry."""
-        return f"{self.name}-{self.published + 1}"
-
     def message(self, body, msgtype="text", source=None, session=None,
                 attributes=None) -> Message:
         """A message for this topic carrying the next id (not yet published)."""
@@ -275,6 +271,7 @@ class Topic:
 
     def subscribe(self, callback, session=None, name=None,
                   batchCallback=None) -> Subscription:
+        """Register a subscriber (see :meth:`Broker.subscribe`)."""
         sub = Subscription(self, callback, session, name or repr(callback),
                            self._queueLimit, batchCallback)
         self.subscriptions += (sub,)

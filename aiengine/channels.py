@@ -860,6 +860,11 @@ class Channel:
     def _finishStop(self):
         """End a stop flush: close (within what is left of the window), report."""
         flush = self._stopping
+        if flush.finishing:
+            # A second stop() or disconnect() while closing: wait with the first.
+            waiter = Deferred()
+            flush.waiters.append(waiter)
+            return waiter
         flush.finishing = True
         grace = 0.0
         if flush.deadline is not None:

@@ -69,6 +69,7 @@ class ProtocolConfig:
 
     @property
     def asymmetric(self) -> bool:
+        """Whether each direction has a protocol of its own."""
         return self.name == "asymmetric"
 
 
@@ -98,6 +99,7 @@ class ListenerConfig:
 
     @property
     def tls(self) -> bool:
+        """Whether the listener speaks TLS."""
         return self.tls_certificate is not None
 
 
@@ -138,6 +140,7 @@ class ChannelConfig:
 
     @property
     def effective_idle_timeout(self) -> float:
+        """``idle_timeout``, or its default for the kind of channel."""
         if self.idle_timeout is not None:
             return self.idle_timeout
         return 0.0 if self.permanent else 30.0

@@ -181,7 +181,6 @@ class ListenerConnection:
         self.name = name
         self.framer = None
         self.authenticated = factory.secret is None
-        self._rejected = False
         self.messagesIn = 0
         self.messagesOut = 0
         self.errors = 0
@@ -215,11 +214,12 @@ class ListenerConnection:
             factory.ignored += 1
             if _every(factory.ignored):
                 factory.log.warn(
-                    "{connection}: listener direction is 'out'; ignored {n} inbound "
-                    "message(s) so far", connection=self.name, n=factory.ignored)
+                    "{connection}: this listener routes no inbound messages (direction "
+                    "out, or no topic-in); ignored {n} so far", connection=self.name,
+                    n=factory.ignored)
             return
         config = factory.config
-        if config.msgtype == "xml":
+        if factory.checkXml:
             try:
                 parseDocument(message, config.protocol.inbound.max_packet_size)
             except ValueError as e:
@@ -227,8 +227,9 @@ class ListenerConnection:
                 return
         self.messagesIn += 1
         factory.messagesIn += 1
-        factory.broker.publish(config.topic_in, message, msgtype=config.msgtype,
-                               source=self.name, session=self.name, attributes=attributes)
+        topic = factory.topicIn
+        topic.publish(topic.message(message, config.msgtype, self.name, self.name,
+                                    attributes))
 
     def protocolError(self, description):
         self.errors += 1
@@ -268,7 +269,6 @@ class ListenerConnection:
             factory.log.info("{connection} authenticated", connection=self.name)
             return True
         factory.authFailures += 1
-        self._rejected = True
         factory.log.warn("{connection}: authentication failed from {peer}; closing",
                          connection=self.name, peer=_peer(self.framer.transport))
         self.close()
@@ -457,6 +457,12 @@ class ListenerFactory(Factory):
         self.connections: dict[str, ListenerConnection] = {}
         self.acceptsInput = config.direction in ("in", "duplex") and bool(config.topic_in)
         self.acceptsOutput = config.direction in ("out", "duplex") and bool(config.topic_out)
+        #: where inbound messages are published (None when none are routed)
+        self.topicIn = broker.topic(config.topic_in) if self.acceptsInput else None
+        # msgtype=xml: each message must be one well-formed document.  The
+        # xml-messages framing has already parsed it under the same rules.
+        self.checkXml = (config.msgtype == "xml"
+                         and config.protocol.inbound.name != "xml-messages")
         self.count = 0
         self.messagesIn = self.messagesOut = self.errors = self.ignored = 0
         self.dropped = self.withheld = 0
@@ -489,11 +495,11 @@ class ListenerFactory(Factory):
         # for the others; each connection bounds its own backlog instead.
         if message.session is None:
             for connection in tuple(self.connections.values()):
-                connection.send(message.body)
+                self._sendTo(connection, message.body)
             return
         connection = self.connections.get(message.session)
         if connection is not None:
-            connection.send(message.body)
+            self._sendTo(connection, message.body)
         elif message.session.startswith(self._sessionPrefix):
             # A reply for one of our connections that has closed meanwhile.
             self.undeliverable += 1
@@ -501,6 +507,14 @@ class ListenerFactory(Factory):
                 self.log.warn("{id} is for {session}, which has disconnected: dropped "
                               "({n} so far)", id=message.id, session=message.session,
                               n=self.undeliverable)
+
+    @staticmethod
+    def _sendTo(connection, body):
+        # One connection's failure must not keep the message from the others.
+        try:
+            connection.send(body)
+        except Exception as e:
+            connection.protocolError(f"could not write a message: {e!r}")
 
     def closeConnections(self):
         """Close every connection; the Deferred fires when all are gone."""
@@ -554,9 +568,12 @@ class GuardProtocol(TimeoutProtocol):
             self._abortCall.cancel()
             self._abortCall = None
         factory = self.factory
-        TimeoutProtocol.connectionLost(self, reason)
-        self.transport = None
-        factory.connectionGone()
+        try:
+            TimeoutProtocol.connectionLost(self, reason)
+        finally:
+            # Whatever the inner protocol did, shutdown must not wait for it.
+            self.transport = None
+            factory.connectionGone()
 
     def connectionName(self) -> str:
         """The session name of the innermost protocol, or the peer address."""

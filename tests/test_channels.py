@@ -796,6 +796,22 @@ class MemoryTests(unittest.TestCase):
         self.assertEqual((ch.state, ch.unsent), (STOPPED, 1))
         self.assertEqual(self.reactor.getDelayedCalls(), [])
 
+    def test_secondStopWhileFlushing(self):
+        """stop() and disconnect() again while a stop is closing all end together."""
+        ch = self.make(flush_timeout=5.0)
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        protocol.gate.pauseProducing()
+        ch.send(b"a")
+        first = ch.stop()
+        protocol.gate.resumeProducing()  # flushed: the stop is closing now
+        second = ch.disconnect()
+        third = ch.disconnect()
+        self.drop(ch, protocol, error.ConnectionDone())
+        for d in (first, second, third):
+            self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(ch.state, STOPPED)
+
     def test_stopWaitsForAServerThatReadsAgain(self):
         ch = self.make(flush_timeout=5.0)
         ch.start()

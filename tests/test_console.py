@@ -298,6 +298,21 @@ class ErrorTests(ConsoleTestCase):
     """Every bad request gets one Exception answer; the connection lives on."""
 
     @inlineCallbacks
+    def test_ourOwnBugStillAnswers(self):
+        """An error while building an answer is logged and still answered."""
+        from aiengine.console import protocol as consoleProtocol
+
+        def broken(value):
+            raise RuntimeError("bug")
+
+        self.patch(consoleProtocol, "_resultChildren", broken)
+        client = yield self.connect()
+        [answer] = yield self.call(client, xmlcall("Engine", "ping", "x"))
+        self.assertEqual((answer.get("requestId"), answer.get("status")), ("x", "Exception"))
+        self.assertEqual(exceptionText(answer), "internal error serving the request")
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    @inlineCallbacks
     def test_malformedThenGood(self):
         client = yield self.connect()
         bad, good = yield self.call(

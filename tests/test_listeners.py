@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import deferLater
+from twisted.internet.testing import StringTransport
 from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
+from aiengine import listeners
 from aiengine.broker import Broker
 from aiengine.config import ListenerConfig, ProtocolConfig, ProtocolSettings
 from aiengine.listeners import ListenerFactory, ListenerService
@@ -143,6 +147,41 @@ class ListenerTests(unittest.TestCase):
         self.broker.publish("out", b"not for sockets")
         yield settle()
         self.assertEqual(client.lines, [])
+
+    def test_xmlFramingNotParsedTwice(self):
+        """With xml-messages framing, msgtype=xml does not parse each message again."""
+        calls = []
+        self.patch(listeners, "parseDocument", lambda *a: calls.append(a))
+        settings = ProtocolSettings(name="xml-messages")
+        config = ListenerConfig(name="docs", port=0, msgtype="xml", topic_in="in",
+                                protocol=ProtocolConfig("xml-messages", settings, settings))
+        broker = Broker()
+        received = []
+        broker.subscribe("in", received.append)
+        factory = ListenerFactory(config, broker)
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport())
+        protocol.dataReceived(b"<a/><b>x</b>")
+        self.assertEqual([m.body for m in received], [b"<a/>", b"<b>x</b>"])
+        self.assertEqual(calls, [])
+        protocol.connectionLost(Failure(ConnectionDone()))
+
+    @defer.inlineCallbacks
+    def test_oneFailingConnectionDoesNotStopTheOthers(self):
+        port = self.startListener()
+        first = yield self.connect(port)
+        second = yield self.connect(port)
+        while len(self.factory.connections) < 2:
+            yield settle(0.01)
+
+        def broken(message):
+            raise RuntimeError("cannot write")
+
+        self.factory.connections["lines.1"].send = broken
+        self.broker.publish("out", b"still sent")
+        self.assertEqual((yield second.waitLines(1)), [b"still sent"])
+        self.assertEqual(self.factory.errors, 1)
+        self.assertEqual(first.lines, [])
 
     @defer.inlineCallbacks
     def test_xmlMessagesMustBeWellFormed(self):

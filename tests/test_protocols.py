@@ -355,6 +355,24 @@ class AsymmetricTests(TestCase):
         self.assertEqual(self.receiver.messages, [b"<a/>", b"line two"])
         self.assertEqual(self.transport.value(), b"<reply/>\x01")
 
+    def test_sendMessagesUsesOutbound(self):
+        """Several messages at once are written with the outbound protocol too."""
+        self.framer.sendMessages([b"<a/>", b"<b/>"])
+        self.assertEqual(self.transport.value(), b"<a/>\x01<b/>\x01")
+
+    def test_sendMessagesOfOwnWriter(self):
+        """A protocol that writes its own way is not bypassed by sendMessages."""
+        class Shouting(TextMessagesProtocol):
+            def sendMessage(self, message, attributes=None):
+                self.transport.write(message.upper() + b"!")
+
+        transport = StringTransport()
+        settings = ProtocolSettings("text-messages", delimiter=b"\n")
+        framer = Shouting(settings, Recorder())
+        framer.makeConnection(transport)
+        framer.sendMessages([b"a", b"b"])
+        self.assertEqual(transport.value(), b"A!B!")
+
     def test_oneConnection(self):
         """The receiver sees one framer, connected and disconnected once."""
         self.framer.dataReceived(b"x\n")

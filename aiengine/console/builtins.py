@@ -223,10 +223,6 @@ class Topics(ConsoleClass):
                          messages=topic.published, dropped=topic.dropped)
                 for topic in call.engine.broker.topics()]
 
-    def subscriptionsOf(self, connection):
-        """The topic names ``connection`` is subscribed to."""
-        return sorted(self._subscriptions.get(connection, ()))
-
     def _connectionClosed(self, connection):
         for subscription in self._subscriptions.pop(connection, {}).values():
             subscription.cancel()

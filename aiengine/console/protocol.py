@@ -343,14 +343,10 @@ class ConsoleProtocol(Protocol):
                 elif isinstance(item, Malformed):
                     self._malformed(item)
             except Exception:
-                self.factory.errors += 1
-                self.log.failure("{session}: unexpected error serving a request",
-                                 session=self.session, level=LogLevel.error)
                 requestId = name = None
                 if isinstance(item, Document):
                     requestId, name = item.root.get("requestId"), item.root.get("name")
-                self._write(resultElement("Exception", requestId, name,
-                                          "internal error serving the request"))
+                self._internalError(Failure(), requestId, name)
             if self._closeAfterAnswer:
                 self._close()
 
@@ -497,9 +493,13 @@ class ConsoleProtocol(Protocol):
         self._write(resultElement("Exception", requestId, name, message))
 
     def _internalError(self, failure, requestId, name):
+        """A bug of ours while answering: logged, and the request still gets
+        its one answer."""
         self.factory.errors += 1
         self.log.failure("{session}: could not answer {requestId}", failure,
                          session=self.session, requestId=requestId, level=LogLevel.error)
+        self._write(resultElement("Exception", requestId, name,
+                                  "internal error serving the request"))
 
     def _fail(self, requestId, name, message):
         self.factory.errors += 1

@@ -46,6 +46,10 @@ class AsymmetricProtocol(FramingProtocol):
         """Write one message with the outbound protocol."""
         return self.outbound.sendMessage(message, attributes)
 
+    def sendMessages(self, messages):
+        """Write several messages with the outbound protocol."""
+        return self.outbound.sendMessages(messages)
+
     # -- IMessageReceiver, for the inner framers --------------------------
 
     def framerConnected(self, framer):

@@ -103,8 +103,11 @@ class FramingProtocol(Protocol):
 
     def sendMessages(self, messages):
         """Write several messages (bytes) at once, in order."""
+        cls = type(self)
         if (self._showMessages or self._showPackets
-                or type(self).encode is not FramingProtocol.encode):
+                or cls.encode is not FramingProtocol.encode
+                or cls.sendMessage is not FramingProtocol.sendMessage):
+            # A protocol with its own way of writing writes each message so.
             for message in messages:
                 self.sendMessage(message)
             return

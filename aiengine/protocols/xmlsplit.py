@@ -119,10 +119,6 @@ class TooLarge(Exception):
 _WHITESPACE = b" \t\r\n"
 # What a document can start with: markup, or a UTF-8 byte order mark.
 _START = b"<\xef"
-#: bytes that may follow "<" at the start of a root element (ASCII name start
-#: characters, and any byte of a non-ASCII UTF-8 name)
-_NAME_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_:"
-                        + bytes(range(0x80, 0x100)))
 _BOM = b"\xef\xbb\xbf"
 #: Largest piece of a document fed to libxml2 at once: small enough that
 #: re-reading the rest of a piece after an error stays cheap, large enough
