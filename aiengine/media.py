@@ -16,8 +16,8 @@ from lxml import etree
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from aiengine.console.interfaces import CallError, ConsoleClass, Param, method
-from aiengine.console.results import messageElement, setBody
+from aiengine.console.interfaces import CallError, ConsoleClass, Param, method, seconds
+from aiengine.console.results import messageElement, setBody, xmlSafe
 
 __all__ = ["Media", "UnknownChannel", "MediaConsole", "TestDirectChannels",
            "TestEngineThreads", "registerMedia"]
@@ -82,16 +82,9 @@ class Media:
         return defer.maybeDeferred(lambda: self.channel(name).disconnect())
 
 
-def _timeout(value, default=None):
-    if value in (None, ""):
-        return default
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise CallError(f"timeout must be a number of seconds, not {value!r}") from None
-    if seconds < 0:
-        raise CallError("timeout must not be negative")
-    return seconds
+def _timeout(value):
+    """The optional timeout parameter: None means the channel's default."""
+    return None if value in (None, "") else seconds(value, allowZero=True)
 
 
 def _channelElement(status):
@@ -101,7 +94,8 @@ def _channelElement(status):
             continue
         if isinstance(value, bool):
             value = "true" if value else "false"
-        element.set(key, str(value))
+        # lastError quotes a peer's words: make sure XML can carry them.
+        element.set(key, xmlSafe(str(value)))
     return element
 
 

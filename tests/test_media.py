@@ -240,6 +240,22 @@ class EngineTests(unittest.TestCase):
 
 
 class MediaApiTests(unittest.TestCase):
+    def test_statusCarriesAnyError(self):
+        """A peer's words with control characters still make a valid element."""
+        from aiengine.media import _channelElement
+        element = _channelElement({"name": "c", "lastError": "bad\x00byte", "tls": False})
+        self.assertEqual(element.get("lastError"), "bad\\x00byte")
+        self.assertEqual(element.get("tls"), "false")
+
+    def test_timeoutParameter(self):
+        from aiengine.console.interfaces import CallError
+        from aiengine.media import _timeout
+        self.assertIsNone(_timeout(None))
+        self.assertEqual(_timeout("0"), 0.0)
+        self.assertEqual(_timeout("2.5"), 2.5)
+        for bad in ("nan", "inf", "-1", "soon"):
+            self.assertRaises(CallError, _timeout, bad)
+
     def test_unknownChannel(self):
         media = Media({})
         for call in (media.status("x"), media.send("x", "m"), media.receive("x"),

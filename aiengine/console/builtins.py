@@ -8,14 +8,12 @@ topics with their counters.
 
 from __future__ import annotations
 
-import math
-
 from lxml import etree
 from twisted.internet.defer import TimeoutError
 from twisted.logger import Logger
 
 import aiengine
-from aiengine.console.interfaces import CallError, ConsoleClass, Param, method
+from aiengine.console.interfaces import CallError, ConsoleClass, Param, method, seconds
 from aiengine.console.results import messageElement
 from aiengine.protocols.xmlsplit import parseDocument
 
@@ -122,17 +120,6 @@ def _topicName(call, key):
     return name
 
 
-def _seconds(value, key="timeout"):
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise CallError(f"parameter '{key}' must be a number of seconds, got {value!r}")
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise CallError(f"parameter '{key}' must be a positive number of seconds, "
-                        f"got {value!r}")
-    return seconds
-
-
 class Topics(ConsoleClass):
     """``Topics``: the topic broker seen from the console.
 
@@ -171,7 +158,7 @@ class Topics(ConsoleClass):
     def request(self, call):
         topicOut = _topicName(call, "topic-out")
         topicIn = _topicName(call, "topic-in")
-        timeout = _seconds(call.params["timeout"])
+        timeout = seconds(call.params["timeout"])
         d = call.engine.broker.request(topicOut, topicIn, call.params["message"],
                                        timeout=timeout, source=call.connection.session)
 

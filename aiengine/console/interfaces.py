@@ -9,16 +9,30 @@ convenient base: decorate methods with :func:`method`.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 from zope.interface import Attribute, Interface, implementer
 
 __all__ = ["IConsoleClass", "ConsoleClass", "ConsoleMethod", "Param", "CallError",
-           "Call", "method"]
+           "Call", "method", "seconds"]
 
 
 class CallError(Exception):
     """A call failed in an expected way; the message is the ``<exception>`` text."""
+
+
+def seconds(value, key="timeout", allowZero=False) -> float:
+    """A parameter holding a number of seconds, checked: finite, and positive
+    (or zero with ``allowZero``); raises :class:`CallError` otherwise."""
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise CallError(f"parameter '{key}' must be a number of seconds, got {value!r}")
+    if not math.isfinite(result) or result < 0 or (result == 0 and not allowZero):
+        raise CallError(f"parameter '{key}' must be a {'' if allowZero else 'positive '}"
+                        f"number of seconds, got {value!r}")
+    return result
 
 
 class Param:
