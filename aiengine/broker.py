@@ -26,6 +26,8 @@ from twisted.internet.defer import Deferred, TimeoutError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from aiengine.logs import worthLogging
+
 __all__ = ["Broker", "Message", "Subscription", "Topic", "DEFAULT_QUEUE_LIMIT"]
 
 #: Messages a busy subscriber may have waiting before new ones are dropped.
@@ -109,7 +111,7 @@ class Subscription:
         if len(self.queue) >= self._limit:
             self.dropped += 1
             self.topic.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
+            if worthLogging(self.dropped):
                 _log.warn(
                     "Topic {topic}: subscriber {name} is {n} messages behind; "
                     "dropped {dropped} so far",

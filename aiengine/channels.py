@@ -50,6 +50,7 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from aiengine.broker import Message
 from aiengine.config import ConfigError
+from aiengine.logs import worthLogging
 from aiengine.protocols.base import IMessageReceiver
 
 __all__ = [
@@ -910,7 +911,7 @@ class Channel:
             return
         if len(self._queue) >= self.config.queue_size:
             self.dropped += 1
-            if self.dropped == 1 or self.dropped % DROP_LOG_EVERY == 0:
+            if worthLogging(self.dropped, DROP_LOG_EVERY):
                 why = ("the server is not reading" if self.state == CONNECTED
                        else f"not connected ({self.state})")
                 self.log.warn(
@@ -1079,7 +1080,7 @@ class Channel:
 
     def _dropInbound(self):
         self.inboxDropped += 1
-        if self.inboxDropped == 1 or self.inboxDropped % DROP_LOG_EVERY == 0:
+        if worthLogging(self.inboxDropped, DROP_LOG_EVERY):
             self.log.warn("inbox full ({size} messages nobody received): dropped the "
                           "oldest; {dropped} dropped so far",
                           size=self.config.inbox_size, dropped=self.inboxDropped)

@@ -57,6 +57,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from aiengine.config import ConfigError
+from aiengine.logs import worthLogging
 from aiengine.protocols import buildFramer
 from aiengine.protocols.base import IMessageReceiver
 from aiengine.protocols.xmlsplit import parseDocument
@@ -76,12 +77,6 @@ def serverEndpoint(reactor, interface: str, port: int, backlog: int = LISTEN_BAC
     if ":" in interface:
         return TCP6ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
     return TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
-
-
-def _every(count, period=1000):
-    """Whether the ``count``-th occurrence of something gets a log line: the
-    first and every ``period``-th, so a flood cannot flood the log too."""
-    return count == 1 or count % period == 0
 
 
 # -- start-up helpers: secrets and certificates --------------------------------
@@ -212,7 +207,7 @@ class ListenerConnection:
         factory = self.factory
         if not factory.acceptsInput:
             factory.ignored += 1
-            if _every(factory.ignored):
+            if worthLogging(factory.ignored):
                 factory.log.warn(
                     "{connection}: this listener routes no inbound messages (direction "
                     "out, or no topic-in); ignored {n} so far", connection=self.name,
@@ -286,7 +281,7 @@ class ListenerConnection:
         factory = self.factory
         if not self.authenticated:
             factory.withheld += 1
-            if _every(factory.withheld):
+            if worthLogging(factory.withheld):
                 factory.log.info(
                     "{connection} has not authenticated: not writing it an outbound "
                     "message ({n} withheld so far on this listener)",
@@ -311,7 +306,7 @@ class ListenerConnection:
         factory = self.factory
         self.dropped += 1
         factory.dropped += 1
-        if _every(factory.dropped):
+        if worthLogging(factory.dropped):
             factory.log.warn(
                 "{connection}: peer is not reading; dropped an outbound message "
                 "({queued} queued, {mine} dropped for this connection, {n} for the "
@@ -503,7 +498,7 @@ class ListenerFactory(Factory):
         elif message.session.startswith(self._sessionPrefix):
             # A reply for one of our connections that has closed meanwhile.
             self.undeliverable += 1
-            if self.undeliverable == 1 or self.undeliverable % 100 == 0:
+            if worthLogging(self.undeliverable, 100):
                 self.log.warn("{id} is for {session}, which has disconnected: dropped "
                               "({n} so far)", id=message.id, session=message.session,
                               n=self.undeliverable)
@@ -626,7 +621,7 @@ class GuardFactory(TimeoutFactory):
         """The wrapped protocol, or ``None`` (close at once) when full."""
         if len(self.protocols) >= self.maxConnections:
             self.refused += 1
-            if _every(self.refused, period=100):
+            if worthLogging(self.refused, period=100):
                 self.log.warn(
                     "refused a connection from {peer}: {open} connections open, the "
                     "max-connections limit; {n} refused so far",
