@@ -41,8 +41,6 @@ Per connection (:class:`ListenerConnection`):
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
 from collections import deque
 
@@ -56,6 +54,7 @@ from twisted.protocols.policies import ProtocolWrapper, TimeoutFactory, TimeoutP
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from aiengine.auth import SharedSecret
 from aiengine.config import ConfigError
 from aiengine.logs import worthLogging
 from aiengine.protocols import buildFramer
@@ -258,7 +257,7 @@ class ListenerConnection:
         factory = self.factory
         # Constant time over fixed-length digests: the comparison tells an
         # attacker neither where the guess went wrong nor the secret's length.
-        if hmac.compare_digest(_digest(line.strip()), factory.secretDigest):
+        if factory.sharedSecret.matches(line):
             self.authenticated = True
             factory.authenticated += 1
             factory.log.info("{connection} authenticated", connection=self.name)
@@ -401,10 +400,6 @@ class _SecretLine(Protocol):
         self.framer.connectionLost(reason)
 
 
-def _digest(secret: bytes) -> bytes:
-    return hashlib.sha256(secret).digest()
-
-
 def _peer(transport):
     try:
         address = transport.getPeer()
@@ -443,11 +438,10 @@ class ListenerFactory(Factory):
     def __init__(self, config, broker, secret: bytes | None = None):
         self.config = config
         self.broker = broker
-        if secret is not None and not secret:
-            raise ValueError("an empty secret would let anybody in")
+        #: what a connection's first line is compared with; never logged
+        self.sharedSecret = None if secret is None else SharedSecret(secret)
         #: the shared secret (bytes) or None; never logged
         self.secret = secret
-        self.secretDigest = None if secret is None else _digest(secret)
         self.log = Logger(namespace=f"SocketServer::{config.name}")
         self.connections: dict[str, ListenerConnection] = {}
         self.acceptsInput = config.direction in ("in", "duplex") and bool(config.topic_in)

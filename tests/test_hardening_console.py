@@ -17,7 +17,7 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 
 from aiengine.broker import DEFAULT_QUEUE_LIMIT
-from aiengine.console import protocol as consoleProtocol
+from aiengine import auth
 from aiengine.console.protocol import ConsoleFactory
 from aiengine.protocols.xmlsplit import XmlSplitter
 from tests.test_console import ConsoleTestCase
@@ -337,13 +337,13 @@ class AuthTests(ConsoleCase):
     def test_constantTimeComparison(self):
         """The comparison is hmac.compare_digest's, on fixed-size digests."""
         seen = []
-        real = consoleProtocol.hmac.compare_digest
+        real = auth.hmac.compare_digest
 
         def spy(a, b):
             seen.append((type(a), len(a), len(b)))
             return real(a, b)
 
-        self.patch(consoleProtocol.hmac, "compare_digest", spy)
+        self.patch(auth.hmac, "compare_digest", spy)
         protocol = self.factory.buildProtocol(None)
         protocol.makeConnection(StringTransport())
         self.assertFalse(protocol.login("x"))

@@ -59,8 +59,6 @@ bytes while the connection is unauthenticated or when they mention
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import itertools
 import re
 from copy import deepcopy
@@ -73,6 +71,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from aiengine.auth import SharedSecret
 from aiengine.console.interfaces import Call, CallError
 from aiengine.console.results import (TERMINATOR, frame, messageElement,
                                       resultElement)
@@ -93,11 +92,6 @@ _LOG_BYTES = 2000
 _SLICE = 4096
 #: The only call an unauthenticated connection may make.
 LOGIN = ("Engine", "login")
-
-
-def _digest(secret: bytes) -> bytes:
-    # Comparing fixed-length digests hides the secret's length too.
-    return hashlib.sha256(secret).digest()
 
 
 def _rawAttribute(data: bytes, key: str):
@@ -217,9 +211,7 @@ class ConsoleProtocol(Protocol):
         factory = self.factory
         if not factory.authRequired:
             return True
-        if isinstance(secret, str):
-            secret = secret.encode("utf-8", "surrogateescape")
-        if hmac.compare_digest(_digest((secret or b"").strip()), factory.secretDigest):
+        if factory.sharedSecret.matches(secret):
             self.authenticated = True
             factory.logins += 1
             self.log.info("{session}: authenticated", session=self.session)
@@ -606,14 +598,12 @@ class ConsoleFactory(Factory):
         self.maxMalformed = maxMalformed
         if isinstance(secret, str):
             secret = secret.encode("utf-8")
-        if secret is not None and not secret.strip():
-            raise ValueError("the console secret is empty")
+        #: what logins are compared with (None: no login needed); never logged
+        self.sharedSecret = None if secret is None else SharedSecret(secret)
         #: the shared secret (bytes) or None; never logged
         self.secret = secret
         #: whether connections must log in
         self.authRequired = secret is not None
-        #: what logins are compared with
-        self.secretDigest = None if secret is None else _digest(secret.strip())
         self.log = Logger(namespace=f"SocketServer::{name}")
         self._numbers = itertools.count(1)
         self.connections = 0
