@@ -931,32 +931,22 @@ class Channel:
                                      "session": message.session})
         else:
             self.send(message.body)
-        protocol = self._protocol
-        if self.state == CONNECTED and protocol is not None and protocol.gate.paused:
-            if self._drained is None:
-                self._drained = Deferred()
-            return self._drained
-        return None
+        return self._drainedIfPaused()
 
     def _fromTopicOutBatch(self, messages):
         """Several messages from topic-out at once: one write when possible."""
         if self._replyAttributes or self._queue or not self._canWrite():
-            result = None
             for message in messages:
-                result = self._fromTopicOut(message)
-            return result
+                self._fromTopicOut(message)
+        else:
+            self._sendWith(self._framer.sendMessages, len(messages),
+                           [message.body for message in messages])
+        return self._drainedIfPaused()
+
+    def _drainedIfPaused(self) -> Optional[Deferred]:
+        """While the server does not read: a Deferred for the broker to wait on."""
         protocol = self._protocol
-        count = len(messages)
-        self.messagesOut += count
-        protocol.messagesOut += count
-        protocol.pendingError = None
-        try:
-            self._framer.sendMessages([message.body for message in messages])
-        except Exception:
-            failure = Failure()
-            self._protocolFailed(f"could not send messages: {failure.getErrorMessage()}")
-            self.log.failure("could not send {n} messages", failure, n=count)
-        if self.state == CONNECTED and protocol.gate.paused:
+        if self.state == CONNECTED and protocol is not None and protocol.gate.paused:
             if self._drained is None:
                 self._drained = Deferred()
             return self._drained
@@ -975,15 +965,22 @@ class Channel:
                 and not protocol.disconnecting)
 
     def _write(self, body, attributes):
-        self.messagesOut += 1
-        self._protocol.messagesOut += 1
-        self._protocol.pendingError = None
+        self._sendWith(self._framer.sendMessage, 1, body, attributes)
+
+    def _sendWith(self, send, count, *args):
+        """``send(*args)`` through the framer; count what went out, report failures."""
+        protocol = self._protocol
+        protocol.pendingError = None
         try:
-            self._framer.sendMessage(body, attributes)
+            send(*args)
         except Exception:
             failure = Failure()
-            self._protocolFailed(f"could not send a message: {failure.getErrorMessage()}")
-            self.log.failure("could not send a message of {n} bytes", failure, n=len(body))
+            self._protocolFailed(f"could not send {count} message(s): "
+                                 f"{failure.getErrorMessage()}")
+            self.log.failure("could not send {n} message(s)", failure, n=count)
+            return
+        self.messagesOut += count
+        protocol.messagesOut += count
 
     def _flush(self):
         while self._queue and self._canWrite():
