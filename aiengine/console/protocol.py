@@ -120,6 +120,8 @@ def parseParameters(root, method, label: str) -> dict:
     ``None``).  Raises :class:`CallError` for unknown, repeated or missing
     parameters.
     """
+    if not method.params and not len(root):
+        return {}  # the common case of a call without parameters
     given = {}
     for parameters in root.iterchildren("parameters"):
         for prop in parameters:

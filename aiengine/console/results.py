@@ -87,12 +87,14 @@ def resultElement(status: str, requestId=None, name=None, error=None):
 
     With ``error`` the result gets an ``<exception>`` child holding it.
     """
-    result = etree.Element("xmlcallresult")
+    # One attribute dict, in the order the answer shows them.
+    attributes = {}
     if requestId is not None:
-        result.set("requestId", xmlSafe(requestId))
+        attributes["requestId"] = xmlSafe(requestId)
     if name is not None:
-        result.set("name", xmlSafe(name))
-    result.set("status", status)
+        attributes["name"] = xmlSafe(name)
+    attributes["status"] = status
+    result = etree.Element("xmlcallresult", attributes)
     if error is not None:
         etree.SubElement(result, "exception").text = xmlSafe(error)
     return result
