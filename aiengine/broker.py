@@ -201,13 +201,7 @@ class Topic:
                 self.publish(message)
             return
         self.published += len(messages)
-        self._delivering = True
-        try:
-            self._deliverBatch(messages)
-            while self._pending:
-                self._deliver(self._pending.popleft())
-        finally:
-            self._delivering = False
+        self._run(self._deliverBatch, messages)
 
     def _deliverBatch(self, messages):
         session = messages[0].session
@@ -243,9 +237,13 @@ class Topic:
             # delivering the earlier message first to keep per-topic order.
             self._pending.append(message)
             return
+        self._run(self._deliver, message)
+
+    def _run(self, deliver, first):
+        """``deliver(first)``, then what subscribers published meanwhile."""
         self._delivering = True
         try:
-            self._deliver(message)
+            deliver(first)
             while self._pending:
                 self._deliver(self._pending.popleft())
         finally:

@@ -56,7 +56,7 @@ from zope.interface import implementer
 
 from aiengine.auth import SharedSecret
 from aiengine.config import ConfigError
-from aiengine.logs import worthLogging
+from aiengine.logs import describeAddress, peerOf, worthLogging
 from aiengine.protocols import buildFramer
 from aiengine.protocols.base import IMessageReceiver
 from aiengine.protocols.xmlsplit import parseDocument
@@ -194,7 +194,7 @@ class ListenerConnection:
         factory = self.factory
         factory.connections[self.name] = self
         factory.log.info("{connection} connected from {peer}", connection=self.name,
-                         peer=_peer(framer.transport))
+                         peer=peerOf(framer.transport))
         framer.transport.registerProducer(self, True)
         self._registered = True
         if factory.acceptsInput and factory.config.topic_in:
@@ -264,7 +264,7 @@ class ListenerConnection:
             return True
         factory.authFailures += 1
         factory.log.warn("{connection}: authentication failed from {peer}; closing",
-                         connection=self.name, peer=_peer(self.framer.transport))
+                         connection=self.name, peer=peerOf(self.framer.transport))
         self.close()
         return False
 
@@ -398,14 +398,6 @@ class _SecretLine(Protocol):
 
     def connectionLost(self, reason):
         self.framer.connectionLost(reason)
-
-
-def _peer(transport):
-    try:
-        address = transport.getPeer()
-        return f"{address.host}:{address.port}"
-    except Exception:
-        return "?"
 
 
 class ListenerFactory(Factory):
@@ -573,7 +565,7 @@ class GuardProtocol(TimeoutProtocol):
             getattr(protocol, "receiver", None), "name", None)
         if name:
             return name
-        return f"connection from {_peer(self.transport)}" if self.transport else "?"
+        return f"connection from {peerOf(self.transport)}" if self.transport else "?"
 
 
 class GuardFactory(TimeoutFactory):
@@ -619,7 +611,7 @@ class GuardFactory(TimeoutFactory):
                 self.log.warn(
                     "refused a connection from {peer}: {open} connections open, the "
                     "max-connections limit; {n} refused so far",
-                    peer=f"{addr.host}:{addr.port}" if hasattr(addr, "host") else addr,
+                    peer=describeAddress(addr),
                     open=len(self.protocols), n=self.refused)
             return None
         wrapped = self.wrappedFactory.buildProtocol(addr)

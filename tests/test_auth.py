@@ -27,3 +27,13 @@ class WorthLoggingTests(unittest.TestCase):
         self.assertEqual([n for n in range(1, 2501) if worthLogging(n)], [1, 1000, 2000])
         self.assertEqual([n for n in range(1, 301) if worthLogging(n, 100)],
                          [1, 100, 200, 300])
+
+
+class AddressTests(unittest.TestCase):
+    def test_describeAddress(self):
+        from twisted.internet.address import IPv4Address, IPv6Address
+        from aiengine.logs import describeAddress, peerOf
+        self.assertEqual(describeAddress(IPv4Address("TCP", "127.0.0.1", 5)), "127.0.0.1:5")
+        self.assertEqual(describeAddress(IPv6Address("TCP", "::1", 5)), "[::1]:5")
+        self.assertEqual(describeAddress(None), "None")
+        self.assertEqual(peerOf(object()), "?")

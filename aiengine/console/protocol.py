@@ -72,6 +72,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from aiengine.auth import SharedSecret
+from aiengine.logs import peerOf
 from aiengine.console.interfaces import Call, CallError
 from aiengine.console.results import (TERMINATOR, frame, messageElement,
                                       resultElement)
@@ -220,7 +221,7 @@ class ConsoleProtocol(Protocol):
             return True
         factory.authFailures += 1
         self.log.warn("{session}: authentication failed from {peer}; closing the "
-                      "connection", session=self.session, peer=self._peer())
+                      "connection", session=self.session, peer=peerOf(self.transport))
         self.authenticated = False
         self._closing = True
         self._closeAfterAnswer = True
@@ -256,7 +257,7 @@ class ConsoleProtocol(Protocol):
         self.factory.connectionOpened(self)
         self.transport.registerProducer(self, True)
         self.log.info("{session}: console connection from {peer}", session=self.session,
-                      peer=self._peer())
+                      peer=peerOf(self.transport))
 
     def dataReceived(self, data):
         # Answers made while reading one packet leave in one write.
@@ -546,14 +547,6 @@ class ConsoleProtocol(Protocol):
         except Exception:
             self.log.failure("{session}: connection cleanup {function!r} failed",
                              session=self.session, function=function)
-
-    def _peer(self):
-        try:
-            peer = self.transport.getPeer()
-            return f"{peer.host}:{peer.port}"
-        except Exception:
-            return "?"
-
 
 class ConsoleFactory(Factory):
     """Builds :class:`ConsoleProtocol` connections serving ``registry``.
