@@ -51,7 +51,7 @@ from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, TimeoutFactory, TimeoutProtocol
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from aiengine.auth import SharedSecret
@@ -519,6 +519,9 @@ class GuardProtocol(TimeoutProtocol):
 
     def timeoutFunc(self):
         """Idle too long: close, and abort if the peer does not read the close."""
+        # The fired call must go: the close itself writes (TLS's close_notify),
+        # and a write resets the timeout.
+        self.cancelTimeout()
         factory = self.factory
         factory.timedOut += 1
         factory.log.info("{connection}: idle for {timeout} s, closing",
@@ -533,7 +536,14 @@ class GuardProtocol(TimeoutProtocol):
         # back; the peer that stopped reading is the one being closed.
         if getattr(self.transport, "producer", None) is not None:
             self.transport.unregisterProducer()
-        self.loseConnection()
+        inner = self.wrappedProtocol
+        if isinstance(inner, TLSMemoryBIOProtocol):
+            # TLS closes with its own close_notify first, then the socket.
+            if getattr(inner, "_producer", None) is not None:
+                inner.unregisterProducer()
+            inner.loseConnection()
+        else:
+            self.loseConnection()
         self._abortCall = self.factory.callLater(grace, self._abort)
 
     def _abort(self):

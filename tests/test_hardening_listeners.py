@@ -13,6 +13,7 @@ import time
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import (TCP4ClientEndpoint, connectProtocol,
                                         wrapClientTLS)
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import Clock
@@ -70,6 +71,16 @@ class Closer(Protocol):
 
     def connectionLost(self, reason):
         self.closed.callback(None)
+
+
+class ReasonClient(Protocol):
+    """A client whose ``closed`` fires with the reason of its connection's end."""
+
+    def __init__(self):
+        self.closed = defer.Deferred()
+
+    def connectionLost(self, reason):
+        self.closed.callback([reason])  # a list: a Failure would errback
 
 
 class BigLineClient(LineClient):
@@ -569,6 +580,17 @@ class TLSTests(Harness, unittest.TestCase):
         self.assertEqual([m.body for m in self.received], [b"over tls"])
         self.broker.publish("out", b"answer", session=self.received[0].session)
         self.assertEqual((yield secure.waitLines(1)), [b"answer"])
+
+    @defer.inlineCallbacks
+    def test_idleTlsConnectionClosedCleanly(self):
+        """An idle TLS connection is closed with TLS's own close, not cut off."""
+        options = serverTLSOptions("lines", self.files["certificate"], self.files["key"])
+        port = self.startListener(tls=options, idleTimeout=0.2)
+        client = ReasonClient()
+        yield self.connect(port, client, ca=self.files["ca"])
+        [reason] = yield client.closed
+        self.assertTrue(reason.check(ConnectionDone), reason)
+        self.assertEqual((self.guard.timedOut, self.guard.aborted), (1, 0))
 
     def writeFile(self, name, data):
         path = os.path.join(os.path.dirname(self.files["ca"]), name)
