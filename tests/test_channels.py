@@ -7,6 +7,7 @@ details are.
 
 import dataclasses
 import random
+import socket
 
 from twisted.internet import defer, error, reactor, task
 from twisted.internet.address import IPv4Address
@@ -153,6 +154,12 @@ class LoopbackTests(LoopbackMixin, unittest.TestCase):
         self.assertEqual(status["connects"], 1)
         # With redirect-in nothing is kept for receive().
         self.assertEqual(status["inbox"], 0)
+        # A vanished server is noticed in minutes, not the system's two hours.
+        sock = ch._protocol.transport.getHandle()
+        self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+                             channels.KEEPALIVE_IDLE)
 
     @defer.inlineCallbacks
     def test_refusedThenServerStartsOnSamePort(self):
