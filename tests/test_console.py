@@ -21,9 +21,9 @@ from aiengine.console.interfaces import CallError, ConsoleClass, Param, method
 from aiengine.console.protocol import ConsoleFactory
 from aiengine.console.registry import CallRegistry
 from aiengine.console.results import TERMINATOR
-from aiengine.protocols.xmlsplit import XmlSplitter
+from aiengine.protocols.xmlsplit import Document, XmlSplitter
 
-WAIT = 3  # seconds before a test waiting for replies gives up
+WAIT = 5  # seconds before a test waiting for replies gives up
 
 
 def xmlcall(cls, meth, requestId=None, name=None, **params) -> bytes:
@@ -96,8 +96,8 @@ class Collector(Protocol):
 
     def dataReceived(self, data):
         self.raw += data
-        for item in self._splitter.feed(data):
-            self.docs.append(item.root)
+        self.docs += [item.root for item in self._splitter.feed(data)
+                      if isinstance(item, Document)]
         self._check()
 
     def connectionLost(self, reason):

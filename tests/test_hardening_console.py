@@ -7,74 +7,21 @@ import os
 import tempfile
 import time
 
-from lxml import etree
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 
-from aiengine.broker import DEFAULT_QUEUE_LIMIT
 from aiengine import auth
+from aiengine.broker import DEFAULT_QUEUE_LIMIT
 from aiengine.console.protocol import ConsoleFactory
-from aiengine.protocols.xmlsplit import XmlSplitter
-from tests.test_console import ConsoleTestCase
+from tests.test_console import Collector, ConsoleTestCase, xmlcall
 
-WAIT = 5  # seconds before a test waiting for the daemon gives up
 #: What any attack may take, answer included (measured: milliseconds).
 ATTACK_BUDGET = 2.0
 SECRET = b"correct horse battery staple 42"
-
-
-def xmlcall(cls, meth, requestId=None, **params) -> bytes:
-    """A one-line <xmlcall> document."""
-    root = etree.Element("xmlcall")
-    root.set("class", cls)
-    root.set("method", meth)
-    if requestId is not None:
-        root.set("requestId", requestId)
-    if params:
-        parameters = etree.SubElement(root, "parameters")
-        for key, value in params.items():
-            etree.SubElement(parameters, "property", name=key, value=value)
-    return etree.tostring(root)
-
-
-class Client(Protocol):
-    """Collects the console's replies; can stop reading them."""
-
-    def __init__(self):
-        self.raw = b""
-        self.docs = []
-        self._splitter = XmlSplitter(separators=b"\x01", maxSize=10 ** 8)
-        self._waiters = []
-        self.lost = Deferred()
-
-    def dataReceived(self, data):
-        self.raw += data
-        self.docs += [item.root for item in self._splitter.feed(data)
-                      if hasattr(item, "root")]
-        self._check()
-
-    def connectionLost(self, reason):
-        waiters, self._waiters = self._waiters, []
-        for _, d in waiters:
-            d.errback(reason)
-        self.lost.callback(None)
-
-    def waitDocs(self, n):
-        """A Deferred firing with the first ``n`` replies."""
-        d = Deferred()
-        self._waiters.append((n, d))
-        self._check()
-        return d.addTimeout(WAIT, reactor)
-
-    def _check(self):
-        for item in [(n, d) for n, d in self._waiters if len(self.docs) >= n]:
-            self._waiters.remove(item)
-            item[1].callback(self.docs[:item[0]])
 
 
 class LogCapture:
@@ -95,9 +42,7 @@ class LogCapture:
 
 
 class ConsoleCase(ConsoleTestCase):
-    """A console with the built-ins on a loopback port, read by :class:`Client`."""
-
-    clientClass = Client
+    """The console test harness; clients are aborted, not closed, at the end."""
 
     def _disconnect(self, client):
         if not client.lost.called:
@@ -387,7 +332,7 @@ class NoAuthTests(ConsoleCase):
         yield self.assertServes(client)
 
 
-class Stalled(Client):
+class Stalled(Collector):
     """Stops reading as soon as its subscription is confirmed."""
 
     def dataReceived(self, data):
