@@ -207,6 +207,17 @@ class RegistryTests(unittest.TestCase):
         found = self.registry.lookup("Engine", "ping")
         self.assertEqual(found.name, "ping")
 
+    def test_lookupFollowsRegistration(self):
+        """What lookup remembers goes with the class that provided it."""
+        first = Slow()
+        self.registry.register(first)
+        self.assertEqual(self.registry.lookup("Slow", "boom").function, first.boom)
+        self.registry.unregister("Slow")
+        self.assertRaises(CallError, self.registry.lookup, "Slow", "boom")
+        second = Slow()
+        self.registry.register(second)
+        self.assertEqual(self.registry.lookup("Slow", "boom").function, second.boom)
+
     def test_unknownClass(self):
         e = self.assertRaises(CallError, self.registry.lookup, "Nope", "ping")
         self.assertEqual(str(e), "Unknown class 'Nope'; known classes: Engine, Topics")
@@ -307,7 +318,8 @@ class ErrorTests(ConsoleTestCase):
 
         self.patch(consoleProtocol, "_resultChildren", broken)
         client = yield self.connect()
-        [answer] = yield self.call(client, xmlcall("Engine", "ping", "x"))
+        # Engine.help answers a list, which goes through _resultChildren.
+        [answer] = yield self.call(client, xmlcall("Engine", "help", "x"))
         self.assertEqual((answer.get("requestId"), answer.get("status")), ("x", "Exception"))
         self.assertEqual(exceptionText(answer), "internal error serving the request")
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)

@@ -160,6 +160,16 @@ class AttackTests(ConsoleCase):
         yield self.assertServes()
 
     @inlineCallbacks
+    def test_controlCharacterInRequestId(self):
+        """A malformed request's requestId is recovered from its raw bytes;
+        what XML cannot carry in it is escaped, so the answer stays XML."""
+        client, [doc], _ = yield self.attack(
+            b'<xmlcall class="Engine" method="ping" requestId="a\x02b"/>\n')
+        self.assertEqual(doc.get("requestId"), "a\\x02b")
+        self.assertIn("malformed XML", doc.findtext("exception"))
+        yield self.assertServes(client)
+
+    @inlineCallbacks
     def test_utf7HidesDoctype(self):
         """An encoding that could hide a DOCTYPE from the check is refused."""
         data = (b'<?xml version="1.0" encoding="UTF-7"?>'

@@ -57,7 +57,7 @@ class Engine(ConsoleClass):
 
     @method("Answer <pong/>: shows that the console is alive.")
     def ping(self, call):
-        return _element("pong")
+        return etree.Element("pong")
 
     @method("Describe every callable class, method and parameter.",
             Param("class", "Describe only this class.", required=False))

@@ -91,7 +91,8 @@ class IConsoleClass(Interface):
     description = Attribute("One line saying what the class is for.")
 
     def methods():
-        """A mapping of method name to :class:`ConsoleMethod`."""
+        """A mapping of method name to :class:`ConsoleMethod`; fixed once the
+        class is registered (the registry remembers what it found)."""
 
 
 def method(description: str, *params: Param, name: Optional[str] = None):

@@ -75,7 +75,7 @@ from aiengine.auth import SharedSecret
 from aiengine.logs import peerOf
 from aiengine.console.interfaces import Call, CallError
 from aiengine.console.results import (TERMINATOR, frame, messageElement,
-                                      resultElement)
+                                      resultElement, xmlSafe)
 from aiengine.protocols.xmlsplit import Document, Malformed, TooLarge, XmlSplitter
 
 __all__ = ["ConsoleProtocol", "ConsoleFactory", "TERMINATOR", "parseParameters"]
@@ -93,6 +93,8 @@ _LOG_BYTES = 2000
 _SLICE = 4096
 #: The only call an unauthenticated connection may make.
 LOGIN = ("Engine", "login")
+#: What a method returns when it answers at once (see ``_resultChildren``).
+_IMMEDIATE = (etree._Element, list, tuple, type(None))
 
 
 def _rawAttribute(data: bytes, key: str):
@@ -102,7 +104,8 @@ def _rawAttribute(data: bytes, key: str):
     match = _ATTRIBUTE[key].search(tag.group())
     if match is None:
         return None
-    return match.group(2).decode("utf-8", "replace")
+    # Raw bytes may hold what XML cannot carry (NUL, control characters).
+    return xmlSafe(match.group(2).decode("utf-8", "replace"))
 
 
 def _content(element) -> str:
@@ -121,8 +124,6 @@ def parseParameters(root, method, label: str) -> dict:
     ``None``).  Raises :class:`CallError` for unknown, repeated or missing
     parameters.
     """
-    if not method.params and not len(root):
-        return {}  # the common case of a call without parameters
     given = {}
     for parameters in root.iterchildren("parameters"):
         for prop in parameters:
@@ -411,7 +412,9 @@ class ConsoleProtocol(Protocol):
             result = method.function(call)
         except Exception:
             result = fail()
-        if not isinstance(result, Deferred):
+        # Deferred is an Awaitable, so isinstance(x, Deferred) goes through
+        # ABCMeta; the usual immediate results are recognised first.
+        if isinstance(result, _IMMEDIATE) or not isinstance(result, Deferred):
             # Most calls answer at once: no Deferred machinery for them.
             try:
                 self._succeeded(result, requestId, name, label)
@@ -442,7 +445,8 @@ class ConsoleProtocol(Protocol):
             raise CallError("<xmlcall> has no 'method' attribute")
         method = self.factory.registry.lookup(className, methodName)
         label = f"{className}.{methodName}"
-        params = parseParameters(root, method, label)
+        # Most calls have no parameters: no need to look for them.
+        params = parseParameters(root, method, label) if method.params or len(root) else {}
         call = Call(params, self, self.factory.engine, element=root, name=name,
                     requestId=requestId)
         return method, call, label
@@ -454,13 +458,16 @@ class ConsoleProtocol(Protocol):
         return result
 
     def _succeeded(self, value, requestId, name, label):
-        try:
-            children = _resultChildren(value)
-        except TypeError as e:
-            self.log.warn("{session}: {label}: {error}", session=self.session,
-                          label=label, error=e)
-            self._fail(requestId, name, f"{label}: {e}")
-            return
+        if type(value) is etree._Element:
+            children = (value,)  # the common case, checked without a call
+        else:
+            try:
+                children = _resultChildren(value)
+            except TypeError as e:
+                self.log.warn("{session}: {label}: {error}", session=self.session,
+                              label=label, error=e)
+                self._fail(requestId, name, f"{label}: {e}")
+                return
         result = resultElement("OK", requestId, name)
         for child in children:
             if child.getparent() is not None:

@@ -35,6 +35,9 @@ class CallRegistry:
 
     def __init__(self):
         self._classes: dict[str, object] = {}
+        # (class name, method name) -> ConsoleMethod, for the console's
+        # every call; cleared whenever the classes change.
+        self._found: dict[tuple, ConsoleMethod] = {}
 
     def register(self, consoleClass) -> None:
         """Add ``consoleClass`` (an :class:`IConsoleClass` provider).
@@ -55,10 +58,12 @@ class CallRegistry:
         if name in self._classes:
             raise ValueError(f"a console class named {name!r} is already registered")
         self._classes[name] = consoleClass
+        self._found.clear()
 
     def unregister(self, name: str) -> None:
         """Remove the class called ``name`` (``KeyError`` if unknown)."""
         del self._classes[name]
+        self._found.clear()
 
     def classes(self) -> list:
         """Every registered class, sorted by name."""
@@ -80,6 +85,9 @@ class CallRegistry:
         Raises :class:`CallError` naming the known classes, or the class's
         methods, and the nearest name when there is one.
         """
+        found = self._found.get((className, methodName))
+        if found is not None:
+            return found
         consoleClass = self.get(className)
         methods = consoleClass.methods()
         found = methods.get(methodName)
@@ -90,4 +98,5 @@ class CallRegistry:
             else:
                 hint = "; its methods are: " + (", ".join(sorted(methods)) or "none")
             raise CallError(f"Class '{className}' has no method '{methodName}'{hint}")
+        self._found[(className, methodName)] = found
         return found

@@ -85,16 +85,18 @@ def messageElement(tag: str, message, **extra):
 def resultElement(status: str, requestId=None, name=None, error=None):
     """An ``<xmlcallresult>`` with ``requestId`` and ``name`` when given.
 
-    With ``error`` the result gets an ``<exception>`` child holding it.
+    ``requestId`` and ``name`` must be text XML can carry, as attribute
+    values read from a parsed request are (pass others through
+    :func:`xmlSafe`).  With ``error`` the result gets an ``<exception>``
+    child holding it.
     """
-    # One attribute dict, in the order the answer shows them.
-    attributes = {}
+    # Set in the order the answer shows them.
+    result = etree.Element("xmlcallresult")
     if requestId is not None:
-        attributes["requestId"] = xmlSafe(requestId)
+        result.set("requestId", requestId)
     if name is not None:
-        attributes["name"] = xmlSafe(name)
-    attributes["status"] = status
-    result = etree.Element("xmlcallresult", attributes)
+        result.set("name", name)
+    result.set("status", status)
     if error is not None:
         etree.SubElement(result, "exception").text = xmlSafe(error)
     return result

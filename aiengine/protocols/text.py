@@ -27,7 +27,8 @@ class TextMessagesProtocol(FramingProtocol, LineOnlyReceiver):
         # LineOnlyReceiver's buffer check also sees a delimiter's first bytes
         # still waiting for the rest; the exact limit is checked per message.
         self.MAX_LENGTH = self.maxMessage + len(self.delimiter) - 1
-        self._lastByte = self.delimiter[-1:]
+        # An int: ``int in bytes`` is a plain byte search.
+        self._lastByte = self.delimiter[-1]
         # Pieces of a message that no packet has ended yet: kept as a list so
         # a peer trickling a long message costs linear, not quadratic, time.
         self._pieces = []

@@ -143,6 +143,10 @@ _ASCII_COMPATIBLE = re.compile(
 _TAG_BODY = re.compile(rb"""(?:[^"'>]+|"[^"]*"|'[^']*')*""")
 _NAME = re.compile(rb"[^ \t\r\n/>]*")
 _SPACE_GT = re.compile(rb"[ \t\r\n]*>")
+# "<!" (comment, CDATA, DOCTYPE) or "<?" (declaration, PI).  A regex rather
+# than ``b"<!" in data``: bytes' "in" first tries the operand as an int and
+# raises and clears a TypeError, which costs more than the search.
+_DECL_OR_PI = re.compile(rb"<[!?]")
 _NAME_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_:"
                         + bytes(range(0x80, 0x100)))
 
@@ -285,7 +289,7 @@ class XmlSplitter:
         if end < 0 or end - pos > self._maxSize:
             return 0
         document = data[pos:end]
-        if b"<!" in document or b"<?" in document:
+        if _DECL_OR_PI.search(document):
             # Comments, CDATA or PIs: where exactly the root ends is the
             # incremental path's to say.
             return 0
