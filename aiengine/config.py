@@ -8,6 +8,7 @@ file, line, element and property.  Nothing here opens sockets.
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import os
 import re
@@ -45,7 +46,7 @@ class ConfigError(Exception):
         return (": ".join(where) + ": " if where else "") + self.message
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProtocolSettings:
     """Settings of one framing protocol (one direction of a connection)."""
 
@@ -59,7 +60,7 @@ class ProtocolSettings:
     show_packets: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ProtocolConfig:
     """The protocol of a connection: the same settings both ways unless asymmetric."""
 
@@ -73,7 +74,7 @@ class ProtocolConfig:
         return self.name == "asymmetric"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ListenerConfig:
     """A ``<listener>``: a TCP server whose connections are framed and routed."""
 
@@ -103,7 +104,7 @@ class ListenerConfig:
         return self.tls_certificate is not None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChannelConfig:
     """A ``<channel>``: an outbound connection ("active socket")."""
 
@@ -146,7 +147,7 @@ class ChannelConfig:
         return 0.0 if self.permanent else 30.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
     """The whole file: every listener and channel, including ``run="false"`` ones."""
 
@@ -304,7 +305,9 @@ def _interface(raw):
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 
 
+@functools.lru_cache(maxsize=4096)
 def _host(raw):
+    # Cached: a large media.xml names the same few servers thousands of times.
     if not raw:
         raise ConfigError("must not be empty")
     bare = _unbracket(raw)
@@ -345,6 +348,10 @@ _SETTINGS = {
     "showpackets": (_bool, "show_packets"),
 }
 _SIDES = ("protocol-inbound", "protocol-outbound")
+#: "<prefix>.<key>" of every protocol setting -> its ProtocolSettings field
+_SETTING_FIELDS = {f"{prefix}.{key}": fieldName
+                   for prefix in ("protocol",) + _SIDES
+                   for key, (_, fieldName) in _SETTINGS.items()}
 
 
 def _protocolProperties():
@@ -412,7 +419,7 @@ def _label(kind, name):
     return f"{kind} '{name}'"
 
 
-@dataclass
+@dataclass(slots=True)
 class _Property:
     value: object
     line: Optional[int]
@@ -517,6 +524,12 @@ class _Reader:
         # relative paths in the file (auth.secret-file) are relative to it
         self.basedir = os.path.dirname(os.path.abspath(path))
         self.owners = {}  # element name -> _Element that has it
+        self._shared = {}  # each distinct ProtocolConfig, once
+
+    def shared(self, value):
+        """``value``, or an equal one made before: thousands of channels with
+        the same protocol share one object."""
+        return self._shared.setdefault(value, value)
 
     def error(self, message, line=None, element=None, prop=None):
         return ConfigError(message, path=self.path, line=line, element=element,
@@ -542,8 +555,10 @@ class _Reader:
 
     def checkEmpty(self, node, where):
         """``node`` (a ``<property>``) must hold no elements or text."""
-        for _ in self.children(node, where, ()):
-            pass
+        if len(node) or node.text:
+            # Rare: let children() say what is wrong (comments are allowed).
+            for _ in self.children(node, where, ()):
+                pass
 
     def children(self, node, where, allowed, element=None):
         """The child elements of ``node``: comments and processing
@@ -647,13 +662,13 @@ class _Reader:
                     "with protocol asymmetric, settings go under "
                     "protocol-inbound.* and protocol-outbound.*", stray)
             inbound, outbound = (self.side(element, side) for side in _SIDES)
-            return ProtocolConfig(name, inbound, outbound)
+            return self.shared(ProtocolConfig(name, inbound, outbound))
         stray = element.first(*_SIDES)
         if stray:
             raise element.error(
                 f"only used with protocol asymmetric (protocol is {name})", stray)
         settings = self.settings(element, "protocol", name)
-        return ProtocolConfig(name, settings, settings)
+        return self.shared(ProtocolConfig(name, settings, settings))
 
     def side(self, element, side):
         name = element.require(side, " (protocol asymmetric needs protocol-inbound "
@@ -665,9 +680,10 @@ class _Reader:
 
     def settings(self, element, prefix, protocol):
         values = {}
-        for key, (_, fieldName) in _SETTINGS.items():
-            if f"{prefix}.{key}" in element:
-                values[fieldName] = element.get(f"{prefix}.{key}")
+        for name in element.properties:
+            fieldName = _SETTING_FIELDS.get(name)
+            if fieldName is not None and name.startswith(prefix + "."):
+                values[fieldName] = element.get(name)
         key = f"{prefix}.delimiter"
         if key in element:
             if protocol == "http":
@@ -826,7 +842,13 @@ def parse(data: bytes, path: str = "<string>") -> ServiceConfig:
     """
     if isinstance(data, str):
         data = data.encode("utf-8")
-    return _Reader(path).service(data)
+    reader = _Reader(path)
+    try:
+        return reader.service(data)
+    finally:
+        # The elements and the reader refer to each other: without this, a
+        # large media.xml would leave its whole parse for the cyclic collector.
+        reader.owners.clear()
 
 
 def load(path: str) -> ServiceConfig:
