@@ -61,6 +61,9 @@ class Engine(MultiService):
         registerMedia(self.registry)
         self.listeners: dict[str, ListenerService] = {}
         self._starting = None  # the cooperative task starting the channels
+        #: fires (None) once start-up is over: every channel has begun
+        #: connecting, or the engine was stopped before they all had
+        self.started = defer.Deferred()
 
         listeners = [c for c in config.listeners if self._runs(c, "listener")]
         # A console declared with run="false" is switched off on purpose.
@@ -123,10 +126,19 @@ class Engine(MultiService):
         # console and the listeners still answer while they connect.
         cooperator = task.Cooperator(
             scheduler=lambda work: self.reactor.callLater(0, work))
+        began = self.reactor.seconds()
         self._starting = cooperator.cooperate(
             channel.start() for channel in list(self.channels.values()))
-        self._starting.whenDone().addErrback(lambda failure: failure.trap(
-            task.TaskStopped, task.TaskFinished))
+        done = self._starting.whenDone()
+        done.addCallback(lambda _: self.log.info(
+            "started {count} channel(s) in {seconds:.2f} s", count=len(self.channels),
+            seconds=self.reactor.seconds() - began))
+        done.addErrback(lambda failure: failure.trap(task.TaskStopped, task.TaskFinished))
+        done.addBoth(self._startupOver)
+
+    def _startupOver(self, ignored=None):
+        if not self.started.called:
+            self.started.callback(None)
 
     @defer.inlineCallbacks
     def stopService(self):

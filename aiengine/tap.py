@@ -10,6 +10,7 @@ broken file stops start-up with one plain message before anything listens
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 
@@ -44,6 +45,7 @@ class Options(usage.Options):
         sys.exit(0)
 
     def postOptions(self):
+        _pauseCollector()
         try:
             self.serviceConfig = load(self["config"])
         except ConfigError as e:
@@ -58,23 +60,42 @@ class Options(usage.Options):
             sys.exit(0)
 
 
-def _buildEngine(serviceConfig):
+def _buildEngine(serviceConfig, reactor=None):
     """The engine for ``serviceConfig``, or exit with one plain message."""
     from aiengine.engine import Engine
     try:
-        return Engine(serviceConfig)
+        return Engine(serviceConfig, reactor)
     except ConfigError as e:
         sys.stderr.write(f"aiengine: configuration error: {e}\n")
         sys.exit(1)
 
 
-def makeService(options):
+def makeService(options, reactor=None):
     """Build the :class:`~aiengine.engine.Engine` service from parsed options."""
-    from twisted.internet import reactor
+    if reactor is None:
+        from twisted.internet import reactor
 
-    engine = _buildEngine(options.serviceConfig)
+    engine = _buildEngine(options.serviceConfig, reactor)
     reactor.callWhenRunning(_stopOnSignals, reactor)
+    engine.started.addCallback(_resumeCollector)
     return engine
+
+
+def _pauseCollector():
+    # Start-up makes objects that live as long as the process (the
+    # configuration, thousands of channels and their connections).  While
+    # their number grows, the cyclic garbage collector would scan all of them
+    # again and again: with 10,000 channels that was a second of a
+    # four-second start, in pauses of up to 0.4 s.
+    gc.disable()
+
+
+def _resumeCollector(ignored=None):
+    # Once start-up is over, what it made is frozen: kept out of every later
+    # collection, so that a full collection at run time scans only what came
+    # after (no 0.4 s pauses in a daemon with 10,000 channels).
+    gc.freeze()
+    gc.enable()
 
 
 def _stopOnSignals(reactor):
