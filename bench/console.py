@@ -47,7 +47,7 @@ def run(settings) -> list:
     with Cleanup() as cleanup:
         daemon = cleanup.add(Daemon(settings, "console", *daemonConfig()))
         port = daemon.port("console")
-        for rep in range(settings.repetitions(3, 2)):
+        for rep in range(settings.repetitions(5, 2)):
             ours.append(_client(settings, port, count))
             theirs.append(_baseline(settings, count))
             settings.say(f"console {rep + 1}: aiengine {ours[-1]:,.0f} calls/s, "

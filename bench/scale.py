@@ -13,7 +13,7 @@ raw-Twisted ``ReconnectingClientFactory`` connections made by one process
   baseline: the same process before it connects), over the count.
 
 Also the console's ping round trip, while the channels connect and once they
-are all up (must stay under 100 ms).
+are all up: both must stay under 100 ms.
 """
 
 from __future__ import annotations
@@ -154,6 +154,7 @@ def run(settings) -> list:
     timeRatio, memoryRatio = seconds / baseSeconds, memory / baseMemory
     label = f"{count:,} channels"
     worstAfter = max(after)
+    worstDuring = max(during) if during else None
     return [
         Row(NAME, f"seconds to all connected ({label})", seconds, baseSeconds, "s",
             timeRatio, f"<= {TIME_TARGET:g}", timeRatio <= TIME_TARGET, note=note,
@@ -164,8 +165,9 @@ def run(settings) -> list:
         Row(NAME, "console ping, all connected (worst)", worstAfter, None, "ms", None,
             f"< {PING_TARGET_MS:g} ms", worstAfter < PING_TARGET_MS,
             note=f"median {median(after):.1f} ms"),
-        Row(NAME, "console ping while connecting (worst)", max(during) if during else None,
-            None, "ms", None, "info", None,
+        Row(NAME, "console ping while connecting (worst)", worstDuring, None, "ms", None,
+            f"< {PING_TARGET_MS:g} ms",
+            None if worstDuring is None else worstDuring < PING_TARGET_MS,
             note=(f"{len(during)} ping(s), median {median(during):.1f} ms" if during
                   else "all connected before the first ping")),
     ]
