@@ -18,7 +18,7 @@ from twisted.trial.unittest import TestCase
 
 from aiengine.config import parse
 from aiengine.console.results import frame, resultElement
-from bench import console, relay, scale, storm, web
+from bench import console, instructions, relay, scale, storm, web
 from bench.__main__ import formatValue, profileReport, table
 from bench.harness import Row, best, daemonXml, mediaXml
 from bench.peers import httpserver, sink, source, xmlloop
@@ -107,6 +107,15 @@ class PeerTests(TestCase):
         expected = resultElement("OK", "REQ-7")
         etree.SubElement(expected, "pong")
         self.assertEqual(xmlloop.answer(request(7)), frame(expected))
+
+    def test_instructionWorkloads(self):
+        """What bench.instructions counts: the console answers every request,
+        and the baseline runs; a console that answered fewer would stop it."""
+        instructions.runConsole(50)
+        instructions.runBaseline(50)
+        from bench.peers import consoleclient
+        self.patch(consoleclient, "request", lambda n: b"<nope/>")
+        self.assertRaises(SystemExit, instructions.runConsole, 5)
 
     def test_httpServerPipelined(self):
         factory = httpserver.PageFactory(pages=2, size=50)
