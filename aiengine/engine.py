@@ -141,8 +141,7 @@ class Engine(MultiService):
             scheduler=lambda work: self.reactor.callLater(0, work),
             terminationPredicateFactory=_slice)
         began = self.reactor.seconds()
-        self._starting = cooperator.cooperate(
-            channel.start() for channel in list(self.channels.values()))
+        self._starting = cooperator.cooperate(self._startChannels())
         done = self._starting.whenDone()
         done.addCallback(lambda _: self.log.info(
             "started {count} channel(s) in {seconds:.2f} s", count=len(self.channels),
@@ -150,9 +149,19 @@ class Engine(MultiService):
         done.addErrback(lambda failure: failure.trap(task.TaskStopped, task.TaskFinished))
         done.addBoth(self._startupOver)
 
-    def _startupOver(self, ignored=None):
+    def _startChannels(self):
+        for channel in list(self.channels.values()):
+            try:
+                channel.start()
+            except Exception:
+                # A bug in one channel must not keep the others down.
+                self.log.failure("channel {name} could not start", name=channel.name)
+            yield None
+
+    def _startupOver(self, result):
         if not self.started.called:
             self.started.callback(None)
+        return result  # an unexpected failure stays unhandled, so it is logged
 
     @defer.inlineCallbacks
     def stopService(self):

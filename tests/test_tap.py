@@ -72,6 +72,27 @@ class StartUpTests(unittest.TestCase):
         self.assertEqual(len(clock.tcpClients), 3)
         self.assertEqual(collector.calls, ["disable", "freeze", "enable"])
 
+    def test_brokenChannelDoesNotStopTheOthers(self):
+        """A channel whose start raises is logged; the rest still start and
+        start-up still ends."""
+        collector = FakeCollector()
+        self.patch(tap, "gc", collector)
+        clock = MemoryReactorClock()
+        engine = tap.makeService(self.options(channels=3), reactor=clock)
+
+        def broken():
+            raise RuntimeError("bug")
+
+        engine.channels["c1"].start = broken
+        engine.startService()
+        self.addCleanup(engine.stopService)
+        for _ in range(10):
+            clock.advance(0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.assertEqual(sorted(port for _, port, *_ in clock.tcpClients), [10000, 10002])
+        self.assertTrue(engine.started.called)
+        self.assertEqual(collector.calls, ["disable", "freeze", "enable"])
+
     def test_collectorResumedWhenStoppedEarly(self):
         """A stop before every channel has started also ends start-up."""
         collector = FakeCollector()
