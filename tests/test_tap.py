@@ -36,13 +36,23 @@ class FakeCollector:
         self.calls = []
 
     def __getattr__(self, name):
-        if name in ("disable", "enable", "freeze", "collect"):
+        if name in ("disable", "enable", "freeze"):
             return lambda *args: self.calls.append(name)
         raise AttributeError(name)
 
 
 class StartUpTests(unittest.TestCase):
     """Start-up keeps the cyclic collector out of the way, then freezes what it made."""
+
+    def setUp(self):
+        self.collector = FakeCollector()
+        self.patch(tap, "gc", self.collector)
+
+    @staticmethod
+    def runSlices(clock, turns=10):
+        """Let the cooperator starting the channels take its turns."""
+        for _ in range(turns):
+            clock.advance(0)
 
     def options(self, channels=3):
         path = os.path.abspath(self.mktemp())
@@ -54,29 +64,24 @@ class StartUpTests(unittest.TestCase):
         return options
 
     def test_collectorPausedUntilChannelsStarted(self):
-        collector = FakeCollector()
-        self.patch(tap, "gc", collector)
         options = self.options(channels=3)
-        self.assertEqual(collector.calls, ["disable"])
+        self.assertEqual(self.collector.calls, ["disable"])
 
         clock = MemoryReactorClock()
         engine = tap.makeService(options, reactor=clock)
         engine.startService()
         self.addCleanup(engine.stopService)
-        self.assertEqual(collector.calls, ["disable"])
+        self.assertEqual(self.collector.calls, ["disable"])
         self.assertFalse(engine.started.called)
 
-        for _ in range(10):
-            clock.advance(0)  # the cooperator's slices
+        self.runSlices(clock)
         self.assertTrue(engine.started.called)
         self.assertEqual(len(clock.tcpClients), 3)
-        self.assertEqual(collector.calls, ["disable", "freeze", "enable"])
+        self.assertEqual(self.collector.calls, ["disable", "freeze", "enable"])
 
     def test_brokenChannelDoesNotStopTheOthers(self):
         """A channel whose start raises is logged; the rest still start and
         start-up still ends."""
-        collector = FakeCollector()
-        self.patch(tap, "gc", collector)
         clock = MemoryReactorClock()
         engine = tap.makeService(self.options(channels=3), reactor=clock)
 
@@ -86,19 +91,16 @@ class StartUpTests(unittest.TestCase):
         engine.channels["c1"].start = broken
         engine.startService()
         self.addCleanup(engine.stopService)
-        for _ in range(10):
-            clock.advance(0)
+        self.runSlices(clock)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
         self.assertEqual(sorted(port for _, port, *_ in clock.tcpClients), [10000, 10002])
         self.assertTrue(engine.started.called)
-        self.assertEqual(collector.calls, ["disable", "freeze", "enable"])
+        self.assertEqual(self.collector.calls, ["disable", "freeze", "enable"])
 
     def test_collectorResumedWhenStoppedEarly(self):
         """A stop before every channel has started also ends start-up."""
-        collector = FakeCollector()
-        self.patch(tap, "gc", collector)
         engine = tap.makeService(self.options(channels=3), reactor=MemoryReactorClock())
         engine.startService()
         engine.stopService()
         self.assertTrue(engine.started.called)
-        self.assertEqual(collector.calls, ["disable", "freeze", "enable"])
+        self.assertEqual(self.collector.calls, ["disable", "freeze", "enable"])
