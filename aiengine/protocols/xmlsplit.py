@@ -553,7 +553,11 @@ class XmlSplitter:
             try:
                 parser.close()
             except etree.XMLSyntaxError:
-                pass  # an unfinished or malformed document: already dealt with
+                # An unfinished or malformed document, already dealt with.
+                # libxml2 2.14 (lxml 6.2) keeps such a document's elements
+                # after close() and reports their ends during the next
+                # document: only a new parser is clean.
+                self._parser = _pullParser()
 
     def _feedPiece(self, piece, complete):
         """Parse one piece of the current document.
