@@ -2,9 +2,19 @@
 
 Topics exist when first used.  Each publish is delivered to every current
 subscriber of the topic, in publish order per topic, with an id
-``<topic>-<n>``.  Sessions restrict delivery: a message published with session
-S reaches subscribers without a session and subscribers of session S; a
-message without a session reaches every subscriber.
+``<topic>-<n>``.
+
+Sessions mean "reply to": a message that answers a request (it carries
+``in-reply-to``, the request's id) and has session S reaches subscribers
+without a session and subscribers of session S only.  Every other message
+reaches every subscriber, whatever its session, so what one listener
+connection publishes reaches the connections of another listener (a hub).
+
+Request/reply (:meth:`Broker.request`): each reply is consumed by exactly
+one waiting request, the one whose id it names in ``in-reply-to``; replies
+that name none go to the waiting requests first come, first served, one
+each.  A request whose caller gives up (timeout, cancel) is *withdrawn*: a
+channel that has not written it yet drops it instead.
 
 A subscriber is a callable taking a :class:`Message`.  One that raises is logged
 and counted and does not disturb the others.  One that returns a Deferred is
@@ -12,23 +22,28 @@ and counted and does not disturb the others.  One that returns a Deferred is
 order), and while any subscriber of a topic is busy the topic pauses the
 producers registered with it (``IPushProducer``, usually the transport of the
 connection that publishes there), so a slow subscriber slows its publisher
-down instead of making the daemon buffer without bound.  What a full queue
-must drop is counted and logged.
+down instead of making the daemon buffer without bound.
+
+Nothing is lost in silence: per topic, messages that reached no subscriber
+and no request are counted (``unrouted``) and logged, as are messages a full
+queue drops (``dropped``) and messages whose ``ttl`` ran out while queued
+(``expired``).
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from types import MappingProxyType
 from typing import Any, Callable, Optional
 
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from aiengine.logs import worthLogging
 
-__all__ = ["Broker", "Message", "Subscription", "Topic", "DEFAULT_QUEUE_LIMIT"]
+__all__ = ["Broker", "Message", "Subscription", "Topic", "NoSubscriber",
+           "DEFAULT_QUEUE_LIMIT"]
 
 #: Messages a busy subscriber may have waiting before new ones are dropped.
 DEFAULT_QUEUE_LIMIT = 10000
@@ -40,17 +55,25 @@ _log = Logger(namespace="Broker")
 _NO_ATTRIBUTES = MappingProxyType({})
 
 
+class NoSubscriber(Exception):
+    """A request reached no subscriber of its topic, so no reply can come."""
+
+
 class Message:
     """One message on a topic.
 
     ``body`` is bytes (any byte is data); ``text`` decodes it as UTF-8.
     ``attributes`` carries protocol metadata, for example an HTTP response's
-    status and headers, or ``in-reply-to`` naming the request message's id.
-    ``id`` is ``<topic>-<n>``, built when first read (most never are).
+    status and headers, or ``in-reply-to`` naming the request message's id
+    (also in ``inReplyTo``: a message that has it is a reply, and its
+    ``session`` says whom it is for).  ``id`` is ``<topic>-<n>``, built when
+    first read (most never are).  ``expires`` (reactor seconds) is when a
+    message that is still queued is dropped; ``withdrawn`` is set when the
+    request it is has been given up by its caller.
     """
 
     __slots__ = ("topic", "_id", "_seq", "body", "msgtype", "source", "session",
-                 "attributes")
+                 "attributes", "inReplyTo", "expires", "withdrawn")
 
     def __init__(self, topic, id, body, msgtype="text", source=None, session=None,
                  attributes=None, seq=None):
@@ -61,7 +84,14 @@ class Message:
         self.msgtype = msgtype
         self.source = source
         self.session = session
-        self.attributes = _NO_ATTRIBUTES if attributes is None else attributes
+        if attributes is None:
+            self.attributes = _NO_ATTRIBUTES
+            self.inReplyTo = None
+        else:
+            self.attributes = attributes
+            self.inReplyTo = attributes.get("in-reply-to")
+        self.expires = None
+        self.withdrawn = False
 
     @property
     def id(self) -> str:
@@ -75,16 +105,28 @@ class Message:
         """The body decoded as UTF-8 (undecodable bytes replaced)."""
         return self.body.decode("utf-8", "replace")
 
+    def isStale(self, now) -> bool:
+        """Whether this message should no longer be sent: its caller gave it
+        up, or its ``expires`` time has come."""
+        return self.withdrawn or (self.expires is not None and now >= self.expires)
+
     def __repr__(self):
         return (f"<Message {self.id} type={self.msgtype} source={self.source!r} "
                 f"session={self.session!r} {len(self.body)} bytes>")
 
 
 class Subscription:
-    """A subscriber's registration on a topic; :meth:`cancel` ends it."""
+    """A subscriber's registration on a topic; :meth:`cancel` ends it.
+
+    Counters: ``delivered`` (messages handed to the callback), ``dropped``
+    (its queue was full), ``expired`` (their ``ttl`` ran out in its queue),
+    ``failed`` (the callback raised or its Deferred failed); ``queued`` is
+    what waits in its queue now.
+    """
 
     __slots__ = ("topic", "callback", "batchCallback", "session", "name", "queue",
-                 "busy", "delivered", "dropped", "failed", "active", "_limit")
+                 "busy", "delivered", "dropped", "expired", "failed", "active",
+                 "_limit")
 
     def __init__(self, topic, callback, session, name, limit, batchCallback=None):
         self.topic = topic
@@ -96,12 +138,19 @@ class Subscription:
         self.busy = False
         self.delivered = 0
         self.dropped = 0
+        self.expired = 0
         self.failed = 0
         self.active = True
         self._limit = limit
 
+    @property
+    def queued(self) -> int:
+        """Messages waiting for this busy subscriber."""
+        return len(self.queue)
+
     def cancel(self):
-        """Stop receiving messages; anything still queued is discarded."""
+        """Stop receiving messages; anything still queued is discarded (and counted
+        as dropped)."""
         if self.active:
             self.active = False
             self.topic._remove(self)
@@ -145,32 +194,87 @@ class Subscription:
     def _done(self, _):
         if not self.active:
             # Cancelled while busy: the topic has already accounted for it.
-            self.queue.clear()
             return
         self.busy = False
-        while self.active and self.queue and not self.busy:
-            self._call(self.queue.popleft())
+        queue = self.queue
+        now = None
+        while self.active and queue and not self.busy:
+            message = queue.popleft()
+            if message.expires is not None or message.withdrawn:
+                if now is None:
+                    now = self.topic.clock.seconds()
+                if message.isStale(now):
+                    self._expire(message)
+                    continue
+            self._call(message)
         # Balance the count taken when this subscriber became busy only now,
         # so that draining into another busy spell does not resume producers.
         self.topic._busyChanged(-1)
 
+    def _expire(self, message):
+        self.expired += 1
+        self.topic.expired += 1
+        if worthLogging(self.expired):
+            _log.info("Topic {topic}: {id} expired in the queue of {name} ({n} so far)",
+                      topic=self.topic.name, id=message.id, name=self.name,
+                      n=self.expired)
+
+
+class _ReplyWait:
+    """A request waiting for its reply on a topic (see :meth:`Topic.waitReply`)."""
+
+    __slots__ = ("request", "deferred", "timer")
+
+    def __init__(self, request):
+        self.request = request
+        self.deferred = None
+        self.timer = None
+
 
 class Topic:
-    """A named topic: its subscribers, counters and registered producers."""
+    """A named topic: its subscribers, waiting requests, counters and producers.
 
-    def __init__(self, name, queueLimit=DEFAULT_QUEUE_LIMIT):
+    Counters: ``published``, ``unrouted`` (reached no subscriber and no
+    request), ``dropped`` and ``expired`` (in subscribers' queues),
+    ``replies`` (taken by waiting requests); :attr:`delivered` adds up what
+    every subscriber, past and present, was handed.
+    """
+
+    def __init__(self, name, queueLimit=DEFAULT_QUEUE_LIMIT, clock=None):
         self.name = name
+        self.clock = clock
         # A tuple, replaced on (un)subscribe, so delivery iterates it without
         # copying while subscribers may (un)subscribe from their callbacks.
         self.subscriptions: tuple = ()
         self.published = 0
         self.dropped = 0
+        self.expired = 0
+        self.unrouted = 0
+        self.replies = 0
+        # What subscribers that have gone were handed (see delivered).
+        self._delivered = 0
         self._pending: deque = deque()
         self._delivering = False
         self._busy = 0
         self._producers: list = []
         self._paused = False
         self._queueLimit = queueLimit
+        # Waiting requests, oldest first (OrderedDict: O(1) removal anywhere
+        # and at the front), and the same by request id.
+        self._waiting: OrderedDict = OrderedDict()
+        self._waitingById: dict = {}
+
+    @property
+    def delivered(self) -> int:
+        """Messages handed to subscribers (each subscriber counts), and replies
+        taken by requests."""
+        return (self._delivered + self.replies
+                + sum(sub.delivered for sub in self.subscriptions))
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for their reply on this topic."""
+        return len(self._waiting)
 
     def message(self, body, msgtype="text", source=None, session=None,
                 attributes=None) -> Message:
@@ -180,16 +284,18 @@ class Topic:
         return Message(self.name, None, body, msgtype, source, session, attributes,
                        self.published + 1)
 
-    def messages(self, bodies, msgtype="text", source=None, session=None,
-                 attributes=None) -> list:
-        """Messages for ``bodies`` (bytes), with consecutive ids, not yet published."""
+    def messages(self, bodies, msgtype="text", source=None, session=None) -> list:
+        """Messages for ``bodies`` (bytes), with consecutive ids, not yet published.
+
+        They are no replies (no attributes): what a connection reads.
+        """
         name = self.name
         first = self.published + 1
-        return [Message(name, None, body, msgtype, source, session, attributes, seq)
+        return [Message(name, None, body, msgtype, source, session, None, seq)
                 for seq, body in enumerate(bodies, first)]
 
     def publishBatch(self, messages) -> None:
-        """Publish ``messages`` (from :meth:`messages`, all of one session) in order.
+        """Publish ``messages`` (from :meth:`messages`: no replies) in order.
 
         A subscriber with a ``batchCallback`` gets them in one call; the
         others one by one, exactly as :meth:`publish` would.
@@ -204,12 +310,11 @@ class Topic:
         self._run(self._deliverBatch, messages)
 
     def _deliverBatch(self, messages):
-        session = messages[0].session
+        routed = False
         for sub in self.subscriptions:
             if not sub.active:
                 continue
-            if session is not None and sub.session is not None and sub.session != session:
-                continue
+            routed = True
             batch = sub.batchCallback
             if batch is None or sub.busy:
                 for message in messages:
@@ -228,35 +333,48 @@ class Topic:
                 continue
             if result is not None and isinstance(result, Deferred):
                 sub._wait(result, messages[-1])
+        if routed and not self._waiting:
+            return
+        for message in messages:
+            if not (self._waiting and self._reply(message)) and not routed:
+                self._unrouted(message)
 
-    def publish(self, message: Message) -> None:
-        """Deliver ``message`` to every current subscriber, in order."""
+    def publish(self, message: Message) -> bool:
+        """Deliver ``message`` to every current subscriber, in order.
+
+        Returns False when it reached no subscriber and no request (it is
+        then counted in ``unrouted``), True otherwise (also when it waits
+        behind a message being delivered).
+        """
         self.published += 1
         if self._delivering:
             # A subscriber published here while being called: finish
             # delivering the earlier message first to keep per-topic order.
             self._pending.append(message)
-            return
-        self._run(self._deliver, message)
+            return True
+        return self._run(self._deliver, message)
 
     def _run(self, deliver, first):
         """``deliver(first)``, then what subscribers published meanwhile."""
         self._delivering = True
         try:
-            deliver(first)
+            routed = deliver(first)
             while self._pending:
                 self._deliver(self._pending.popleft())
         finally:
             self._delivering = False
+        return routed
 
     def _deliver(self, message):
         # The hot path: Subscription._call inlined.
-        session = message.session
+        session = message.session if message.inReplyTo is not None else None
+        routed = False
         for sub in self.subscriptions:
             if not sub.active:
                 continue
             if session is not None and sub.session is not None and sub.session != session:
                 continue
+            routed = True
             if sub.busy:
                 sub._enqueue(message)
                 continue
@@ -268,6 +386,81 @@ class Topic:
                 continue
             if result is not None and isinstance(result, Deferred):
                 sub._wait(result, message)
+        if self._waiting and self._reply(message):
+            return True
+        if not routed:
+            self._unrouted(message)
+        return routed
+
+    def _unrouted(self, message):
+        self.unrouted += 1
+        if worthLogging(self.unrouted):
+            _log.warn("Topic {topic}: {id} reached no subscriber; {n} unrouted so far",
+                      topic=self.name, id=message.id, n=self.unrouted)
+
+    # -- request/reply -----------------------------------------------------------
+
+    def waitReply(self, request: Message, timeout: Optional[float] = None) -> Deferred:
+        """A Deferred firing with the reply to ``request`` published here.
+
+        The reply is the first message naming ``request``'s id in
+        ``in-reply-to``, or, failing that, a message naming no request that
+        comes while this is the oldest request waiting.  With ``timeout``
+        seconds it fails with ``TimeoutError``.  A timeout or a cancel
+        withdraws ``request`` (see :attr:`Message.withdrawn`).
+        """
+        wait = _ReplyWait(request)
+
+        def cancel(d):
+            self._giveUp(wait)
+
+        wait.deferred = Deferred(cancel)
+        self._waiting[wait] = None
+        self._waitingById[request.id] = wait
+        if timeout is not None:
+            wait.timer = self.clock.callLater(timeout, self._timedOut, wait, timeout)
+        return wait.deferred
+
+    def _reply(self, message) -> bool:
+        """Hand ``message`` to the request it answers, if one waits."""
+        if message.inReplyTo is not None:
+            wait = self._waitingById.pop(message.inReplyTo, None)
+            if wait is None:
+                return False  # a reply to someone else's request
+            del self._waiting[wait]
+        else:
+            wait = next(iter(self._waiting))
+            if wait.request is message:
+                return False  # a request published where its reply comes
+            del self._waiting[wait]
+            del self._waitingById[wait.request.id]
+        self.replies += 1
+        if wait.timer is not None:
+            wait.timer.cancel()
+            wait.timer = None
+        wait.deferred.callback(message)
+        return True
+
+    def _forget(self, wait) -> bool:
+        if self._waiting.pop(wait, False) is not False:
+            del self._waitingById[wait.request.id]
+            wait.request.withdrawn = True
+            if wait.timer is not None and wait.timer.active():
+                wait.timer.cancel()
+            wait.timer = None
+            return True
+        return False
+
+    def _giveUp(self, wait):
+        self._forget(wait)
+
+    def _timedOut(self, wait, timeout):
+        wait.timer = None
+        if self._forget(wait):
+            wait.deferred.errback(Failure(TimeoutError(
+                f"no reply on {self.name} within {timeout:g} s")))
+
+    # -- subscribers -------------------------------------------------------------
 
     def subscribe(self, callback, session=None, name=None,
                   batchCallback=None) -> Subscription:
@@ -279,6 +472,12 @@ class Topic:
 
     def _remove(self, sub):
         self.subscriptions = tuple(s for s in self.subscriptions if s is not sub)
+        self._delivered += sub.delivered
+        if sub.queue:
+            # What it will never get is dropped: counted, not lost in silence.
+            self.dropped += len(sub.queue)
+            sub.dropped += len(sub.queue)
+            sub.queue.clear()
         if sub.busy:
             sub.busy = False
             self._busyChanged(-1)
@@ -314,8 +513,8 @@ class Topic:
 class Broker:
     """Topics by name, created on first use.
 
-    :param clock: an ``IReactorTime`` for timeouts (the reactor, or a ``Clock``
-        in tests).
+    :param clock: an ``IReactorTime`` for timeouts and ``ttl`` (the reactor,
+        or a ``Clock`` in tests).
     """
 
     def __init__(self, clock=None, queueLimit=DEFAULT_QUEUE_LIMIT):
@@ -331,7 +530,7 @@ class Broker:
         if topic is None:
             if not name:
                 raise ValueError("a topic needs a name")
-            topic = self._topics[name] = Topic(name, self.queueLimit)
+            topic = self._topics[name] = Topic(name, self.queueLimit, self.clock)
         return topic
 
     def topics(self) -> list[Topic]:
@@ -339,14 +538,18 @@ class Broker:
         return [self._topics[name] for name in sorted(self._topics)]
 
     def publish(self, topic: str, body, msgtype: str = "text", source=None,
-                session=None, attributes=None) -> Message:
+                session=None, attributes=None, ttl: Optional[float] = None) -> Message:
         """Publish ``body`` (bytes, or str encoded as UTF-8) on ``topic``.
 
         Returns the :class:`Message`, already delivered to every subscriber
-        that was not busy.
+        that was not busy.  With ``ttl`` seconds, a copy still queued (for a
+        busy subscriber, or in a channel that is not connected) after that
+        long is dropped and counted as ``expired``.
         """
         t = self._topics.get(topic) or self.topic(topic)
         message = t.message(body, msgtype, source, session, attributes)
+        if ttl is not None:
+            message.expires = self.clock.seconds() + ttl
         t.publish(message)
         return message
 
@@ -355,7 +558,8 @@ class Broker:
                   batchCallback: Optional[Callable[[list], Any]] = None) -> Subscription:
         """Call ``callback(message)`` for each message published on ``topic``.
 
-        With ``session`` set, messages of other sessions are not delivered.
+        With ``session`` set, replies for other sessions are not delivered
+        (every message that is not a reply is).
         ``batchCallback(messages)``, when given, takes the messages of a
         :meth:`Topic.publishBatch` in one call (a relay writes them in one
         go); it may return a Deferred like ``callback``.
@@ -367,9 +571,11 @@ class Broker:
                     session=None) -> Deferred:
         """A Deferred firing with the next message on ``topic``.
 
-        ``match`` picks which message counts (default: any).  With ``timeout``
-        seconds the Deferred fails with ``TimeoutError`` when none came.
-        Cancelling the Deferred ends the wait.
+        It only looks: every subscriber still gets the message (use
+        :meth:`request` to consume a reply).  ``match`` picks which message
+        counts (default: any).  With ``timeout`` seconds the Deferred fails
+        with ``TimeoutError`` when none came.  Cancelling the Deferred ends
+        the wait.
         """
         sub = None
         delayed = None
@@ -404,17 +610,34 @@ class Broker:
         return d
 
     def request(self, topicOut: str, topicIn: str, body, timeout: Optional[float] = None,
-                match: Optional[Callable[[Message], bool]] = None, msgtype: str = "text",
-                source=None, session=None) -> Deferred:
-        """Publish ``body`` on ``topicOut`` and wait for the reply on ``topicIn``.
+                msgtype: str = "text", source=None, session=None,
+                ttl: Optional[float] = None) -> Deferred:
+        """Publish ``body`` on ``topicOut`` and wait for its reply on ``topicIn``.
 
-        ``match`` is called with ``(request, reply)`` and picks the reply
-        (default: the next message on ``topicIn``).  The wait starts before
-        the publish, so a synchronous reply is not missed.
+        The reply is consumed by this request alone (see
+        :meth:`Topic.waitReply`): the one naming the request in
+        ``in-reply-to``, else the next reply naming no request while this
+        is the oldest request waiting.  The wait starts before the publish,
+        so a synchronous reply is not missed.  Fails at once with
+        :class:`NoSubscriber` when nothing subscribes to ``topicOut``, and
+        with ``TimeoutError`` after ``timeout`` seconds; either way, and on
+        cancel, the request is withdrawn from channel queues it still waits
+        in.  ``ttl`` defaults to ``timeout``.
         """
         t = self.topic(topicOut)
         request = t.message(body, msgtype, source, session)
-        picker = None if match is None else (lambda reply: match(request, reply))
-        d = self.nextMessage(topicIn, timeout=timeout, match=picker)
-        t.publish(request)
+        if ttl is None:
+            ttl = timeout
+        if ttl is not None:
+            request.expires = self.clock.seconds() + ttl
+        d = self.topic(topicIn).waitReply(request, timeout)
+        if not t.publish(request) and not d.called:
+
+            def noSubscriber(failure):
+                failure.trap(CancelledError)
+                raise NoSubscriber(f"nothing subscribes to {topicOut}: the request "
+                                   f"reached no one")
+
+            d.addErrback(noSubscriber)
+            d.cancel()
         return d

@@ -16,6 +16,7 @@ from lxml import etree
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from aiengine.broker import NoSubscriber
 from aiengine.console.interfaces import CallError, ConsoleClass, Param, method, seconds
 from aiengine.console.results import messageElement, setBody, xmlSafe
 
@@ -174,12 +175,8 @@ class TestDirectChannels(ConsoleClass):
             "response on http.response (5 s).", Param("page", "Address of the page."))
     def testRequestPage(self, call):
         page = call.params["page"]
-
-        def isReply(request, reply):
-            return reply.attributes.get("in-reply-to") == request.id
-
         d = call.engine.broker.request(self.requestTopic, self.responseTopic, page,
-                                       timeout=self.timeout, match=isReply,
+                                       timeout=self.timeout,
                                        source=call.connection.session)
 
         def answer(reply):
@@ -190,6 +187,9 @@ class TestDirectChannels(ConsoleClass):
             return [textElement("page", page), body]
 
         def noAnswer(failure):
+            if failure.check(NoSubscriber):
+                raise CallError(f"No response from google page={page}: "
+                                f"{failure.getErrorMessage()}")
             failure.trap(defer.TimeoutError)
             raise CallError(f"No response from google page={page}")
 

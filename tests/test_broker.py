@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from aiengine.broker import Broker
+from aiengine.broker import Broker, NoSubscriber
 
 
 class Producer:
@@ -65,15 +67,45 @@ class BrokerTests(unittest.TestCase):
         self.assertEqual(seen, [("a", b"1"), ("b", b"1"), ("a", b"2"), ("b", b"2")])
 
     def test_sessions(self):
+        """A session restricts a reply to its own subscribers; a message that is
+        not a reply reaches everyone, whatever its session."""
         everyone, s1, s2 = [], [], []
         self.broker.subscribe("t", lambda m: everyone.append(m.body))
         self.broker.subscribe("t", lambda m: s1.append(m.body), session="s1")
         self.broker.subscribe("t", lambda m: s2.append(m.body), session="s2")
         self.broker.publish("t", b"all")
-        self.broker.publish("t", b"one", session="s1")
-        self.assertEqual(everyone, [b"all", b"one"])
-        self.assertEqual(s1, [b"all", b"one"])
-        self.assertEqual(s2, [b"all"])
+        self.broker.publish("t", b"said by s1", session="s1")
+        self.broker.publish("t", b"reply to s1", session="s1",
+                            attributes={"in-reply-to": "q-1"})
+        self.assertEqual(everyone, [b"all", b"said by s1", b"reply to s1"])
+        self.assertEqual(s1, [b"all", b"said by s1", b"reply to s1"])
+        self.assertEqual(s2, [b"all", b"said by s1"])
+
+    def test_unroutedCountedAndLogged(self):
+        """A message that reaches no subscriber is counted and logged, also one
+        whose only subscriber is another session's."""
+        events = []
+        from twisted.logger import globalLogPublisher
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.broker.publish("t", b"nobody")
+        self.broker.subscribe("t", lambda m: None, session="s2")
+        self.broker.publish("t", b"not for s2", session="s1",
+                            attributes={"in-reply-to": "q-1"})
+        self.broker.publish("t", b"for s2", session="s2",
+                            attributes={"in-reply-to": "q-2"})
+        topic = self.broker.topic("t")
+        self.assertEqual((topic.published, topic.unrouted, topic.delivered), (3, 2, 1))
+        logged = [e for e in events if "reached no subscriber" in e.get("log_format", "")]
+        self.assertEqual([e["id"] for e in logged], ["t-1"])  # the first, then every 1000th
+
+    def test_deliveredCountsGoneSubscribers(self):
+        sub = self.broker.subscribe("t", lambda m: None)
+        self.broker.subscribe("t", lambda m: None)
+        self.broker.publish("t", b"1")
+        sub.cancel()
+        self.broker.publish("t", b"2")
+        self.assertEqual(self.broker.topic("t").delivered, 3)
 
     def test_failingSubscriberIsolated(self):
         seen = []
@@ -157,24 +189,109 @@ class WaitTests(unittest.TestCase):
         self.assertEqual(self.successResultOf(d).body, b"HI")
 
     def test_requestCorrelates(self):
+        """Replies naming their request in in-reply-to go to that request, in
+        whatever order they come."""
         pending = []
         self.broker.subscribe("q", pending.append)
-
-        def isReply(request, reply):
-            return reply.attributes.get("in-reply-to") == request.id
-
-        d1 = self.broker.request("q", "r", b"one", timeout=1, match=isReply)
-        d2 = self.broker.request("q", "r", b"two", timeout=1, match=isReply)
+        d1 = self.broker.request("q", "r", b"one", timeout=1)
+        d2 = self.broker.request("q", "r", b"two", timeout=1)
         for request in reversed(pending):
             self.broker.publish("r", request.body + b"!",
                                 attributes={"in-reply-to": request.id})
         self.assertEqual(self.successResultOf(d1).body, b"one!")
         self.assertEqual(self.successResultOf(d2).body, b"two!")
+        self.assertEqual(self.broker.topic("r").replies, 2)
+        self.assertEqual(self.broker.topic("r").waiting, 0)
+
+    def test_unstampedRepliesOneEach(self):
+        """Replies that name no request go to the waiting requests first come,
+        first served, one each: never the same reply twice."""
+        self.broker.subscribe("q", lambda m: None)
+        waits = [self.broker.request("q", "r", b"%d" % i, timeout=1) for i in range(3)]
+        for i in range(3):
+            self.broker.publish("r", b"reply %d" % i)
+        self.assertEqual([self.successResultOf(d).body for d in waits],
+                         [b"reply 0", b"reply 1", b"reply 2"])
+        # A fourth reply finds no request: nobody else subscribes, so it is unrouted.
+        self.broker.publish("r", b"late")
+        self.assertEqual(self.broker.topic("r").unrouted, 1)
+
+    def test_replyToAnotherRequestNotTaken(self):
+        """A reply naming a request that does not wait here is not handed to
+        a request waiting for something else."""
+        self.broker.subscribe("q", lambda m: None)
+        d = self.broker.request("q", "r", b"mine", timeout=1)
+        seen = []
+        self.broker.subscribe("r", seen.append)
+        self.broker.publish("r", b"yours", attributes={"in-reply-to": "q-99"})
+        self.assertNoResult(d)
+        self.assertEqual([m.body for m in seen], [b"yours"])
+        d.cancel()
+        self.failureResultOf(d)
 
     def test_requestTimeout(self):
+        requests = []
+        self.broker.subscribe("q", requests.append)
         d = self.broker.request("q", "r", b"x", timeout=2)
+        self.assertFalse(requests[0].withdrawn)
         self.clock.advance(2)
         self.failureResultOf(d, TimeoutError)
+        # Given up: a channel that has not written it yet will not.
+        self.assertTrue(requests[0].withdrawn)
+        self.assertEqual(self.broker.topic("r").waiting, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_requestCancelWithdraws(self):
+        requests = []
+        self.broker.subscribe("q", requests.append)
+        d = self.broker.request("q", "r", b"x", timeout=2)
+        d.cancel()
+        self.failureResultOf(d)
+        self.assertTrue(requests[0].withdrawn)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        # Its reply, should it come, is nobody's.
+        self.broker.publish("r", b"late", attributes={"in-reply-to": requests[0].id})
+        self.assertEqual(self.broker.topic("r").unrouted, 1)
+
+    def test_requestTtlDefaultsToTimeout(self):
+        requests = []
+        self.broker.subscribe("q", requests.append)
+        self.broker.request("q", "r", b"x", timeout=2).addErrback(lambda f: None)
+        self.broker.request("q", "r", b"y", timeout=2, ttl=7).addErrback(lambda f: None)
+        self.assertEqual([m.expires for m in requests], [2, 7])
+        self.clock.advance(2)
+
+    def test_requestNoSubscriber(self):
+        """A request nobody can receive fails at once instead of timing out."""
+        d = self.broker.request("q", "r", b"x", timeout=2)
+        failure = self.failureResultOf(d, NoSubscriber)
+        self.assertIn("nothing subscribes to q", str(failure.value))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.broker.topic("r").waiting, 0)
+
+    def test_requestOnItsReplyTopic(self):
+        """A request published where its reply comes is not its own reply."""
+        seen = []
+        self.broker.subscribe("t", seen.append)
+        d = self.broker.request("t", "t", b"ask", timeout=1)
+        self.assertNoResult(d)
+        self.broker.publish("t", b"answer")
+        self.assertEqual(self.successResultOf(d).body, b"answer")
+
+    def test_manyWaitersCheap(self):
+        """Requests waiting on one topic are found and removed in constant time."""
+        self.broker.subscribe("q", lambda m: None)
+        # No timeout: Clock's own timers are a sorted list, the reactor's a heap.
+        waits = [self.broker.request("q", "r", b"x") for _ in range(20000)]
+        for d in waits[::2]:
+            d.cancel()
+            self.failureResultOf(d)
+        self.broker.publish("r", b"first")
+        self.assertEqual(self.successResultOf(waits[1]).body, b"first")
+        self.assertEqual(self.broker.topic("r").waiting, 9999)
+        for d in waits[3::2]:
+            d.cancel()
+            self.failureResultOf(d)
 
 
 class BackpressureTests(unittest.TestCase):
@@ -273,14 +390,24 @@ class BatchTests(unittest.TestCase):
         self.assertEqual(batches, [[b"a", b"b", b"c"]])
         self.assertEqual(singles, [b"a", b"b", b"c"])
 
-    def test_sessionFilter(self):
+    def test_sessionDoesNotFilterBatches(self):
+        """What a connection reads is not a reply: its session filters nothing."""
         other, mine = [], []
         self.broker.subscribe("t", other.append, session="s2")
         self.broker.subscribe("t", mine.append, session="s1",
                               batchCallback=lambda ms: mine.extend(ms))
         self.publish(b"a", b"b", session="s1")
-        self.assertEqual(other, [])
+        self.assertEqual([m.body for m in other], [b"a", b"b"])
         self.assertEqual([m.body for m in mine], [b"a", b"b"])
+
+    def test_batchUnroutedAndReplies(self):
+        """A batch reaching no subscriber is counted unrouted, except what a
+        waiting request takes."""
+        self.broker.subscribe("q", lambda m: None)
+        d = self.broker.request("q", "t", b"ask", timeout=1)
+        self.publish(b"a", b"b")
+        self.assertEqual(self.successResultOf(d).body, b"a")
+        self.assertEqual((self.topic.unrouted, self.topic.replies), (1, 1))
 
     def test_busyMidBatchQueuesTheRest(self):
         gate = Deferred()
@@ -333,3 +460,85 @@ class BatchTests(unittest.TestCase):
         self.broker.subscribe("t", echo)
         self.publish(b"a", b"b")
         self.assertEqual(seen, [b"a", b"b", b"x", b"y"])
+
+
+# -- a model of the broker, checked against random interleavings -----------------
+
+_operations = st.lists(st.one_of(
+    st.tuples(st.just("subscribe"), st.sampled_from(["plain", "slow", "batch"])),
+    st.tuples(st.just("cancel"), st.integers(0, 7)),
+    st.tuples(st.just("publish"), st.integers(1, 4)),
+    st.tuples(st.just("batch"), st.integers(1, 4)),
+    st.tuples(st.just("release"), st.integers(0, 7)),
+), max_size=60)
+
+
+class BrokerModelTests(unittest.TestCase):
+    """Random publish/subscribe/cancel/busy interleavings: every message a
+    subscriber was subscribed for is delivered to it once, in publish order,
+    or counted as dropped; every message nobody was subscribed for is counted
+    as unrouted."""
+
+    @settings(max_examples=300, deadline=None)
+    @given(_operations)
+    def test_deliveredOnceInOrderOrCounted(self, operations):
+        broker = Broker(clock=Clock(), queueLimit=3)
+        topic = broker.topic("t")
+        subs = []  # [subscription, received ids, expected ids, pending Deferreds]
+
+        def callback(record, slow):
+            def receive(message):
+                record[1].append(message._seq)
+                if slow:
+                    d = Deferred()
+                    record[3].append(d)
+                    return d
+            return receive
+
+        seq = 0
+        unrouted = 0
+        for op, arg in operations:
+            if op == "subscribe":
+                record = [None, [], [], []]
+                single = callback(record, arg == "slow")
+                batch = None
+                if arg == "batch":
+                    def batch(messages, record=record):
+                        record[1].extend(m._seq for m in messages)
+                record[0] = topic.subscribe(single, name=f"s{len(subs)}",
+                                            batchCallback=batch)
+                subs.append(record)
+            elif op == "cancel" and arg < len(subs):
+                subs[arg][0].cancel()
+            elif op == "release" and arg < len(subs) and subs[arg][3]:
+                subs[arg][3].pop(0).callback(None)
+            elif op in ("publish", "batch"):
+                bodies = [b"m"] * arg
+                active = [r for r in subs if r[0].active]
+                ids = list(range(seq + 1, seq + arg + 1))
+                seq += arg
+                for record in active:
+                    record[2].extend(ids)
+                if not active:
+                    unrouted += arg
+                if op == "publish":
+                    for body in bodies:
+                        broker.publish("t", body)
+                else:
+                    topic.publishBatch(topic.messages(bodies))
+        # Let every slow subscriber catch up.
+        for record in subs:
+            while record[3]:
+                record[3].pop(0).callback(None)
+        for record in subs:
+            sub, received, expected, _ = record
+            self.assertEqual(received, sorted(set(received)), "twice or out of order")
+            self.assertTrue(set(received) <= set(expected), "not subscribed for it")
+            self.assertEqual(len(received) + sub.dropped, len(expected),
+                             f"{sub.name}: neither delivered nor counted")
+            self.assertEqual(sub.queued, 0)
+        self.assertEqual(topic.unrouted, unrouted)
+        self.assertEqual(topic.published, seq)
+        self.assertEqual(topic.dropped, sum(r[0].dropped for r in subs))
+        self.assertEqual(topic.delivered, sum(len(r[1]) for r in subs))
+        self.assertEqual(topic._busy, 0)

@@ -363,13 +363,10 @@ class LoopbackTests(LoopbackMixin, unittest.TestCase):
         ch.start()
         yield self.waitFor(lambda: ch.state == CONNECTED, what="connected")
 
-        def isReply(request, reply):
-            return reply.attributes.get("in-reply-to") == request.id
-
         first = broker.request("http.request", "http.response", "/a", timeout=1.5,
-                               match=isReply, session="S1")
+                               session="S1")
         second = broker.request("http.request", "http.response", "/b", timeout=1.5,
-                                match=isReply, session="S2")
+                                session="S2")
         replyA, replyB = yield defer.gatherResults([first, second])
         self.assertEqual((replyA.body, replyA.session), (b"page /a", "S1"))
         self.assertEqual((replyB.body, replyB.session), (b"page /b", "S2"))
@@ -397,14 +394,14 @@ class FakeTransport(StringTransport):
 
 
 class RecordingFramer(FramingProtocol):
-    """Each packet is a message carrying a session; records what is sent."""
+    """Each packet is a reply to ``out-1`` for session S1; records what is sent."""
 
     def __init__(self, settings, receiver, log=None):
         FramingProtocol.__init__(self, settings, receiver, log)
         self.sent = []
 
     def framedDataReceived(self, data):
-        self.deliver(data, {"session": "S1", "status": 200})
+        self.deliver(data, {"in-reply-to": "out-1", "session": "S1", "status": 200})
 
     def sendMessage(self, message, attributes=None):
         self.sent.append((message, attributes))

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 from lxml import etree
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
@@ -691,12 +691,50 @@ class TopicsTests(ConsoleTestCase):
 
     @inlineCallbacks
     def test_requestTimeout(self):
+        requests = []
+        self.broker.subscribe("q", requests.append)
         client = yield self.connect()
         [doc] = yield self.call(client, xmlcall("Topics", "request", "r", topic_out="q",
                                                 topic_in="silence", message="hello?",
                                                 timeout="0.05"))
         self.assertEqual(exceptionText(doc), "no reply on silence within 0.05 s")
-        self.assertEqual(self.broker.topic("silence").subscriptions, ())
+        self.assertEqual(self.broker.topic("silence").waiting, 0)
+        self.assertTrue(requests[0].withdrawn)
+
+    @inlineCallbacks
+    def test_requestNoSubscriber(self):
+        """A request nothing can receive is answered at once, not after the timeout."""
+        client = yield self.connect()
+        [doc] = yield self.call(client, xmlcall("Topics", "request", "r", topic_out="void",
+                                                topic_in="silence", message="hello?"))
+        self.assertEqual(exceptionText(doc),
+                         "nothing subscribes to void: the request reached no one")
+        self.assertEqual(self.broker.topic("silence").waiting, 0)
+
+    @inlineCallbacks
+    def test_concurrentRequestsEachTheirOwnReply(self):
+        """Many requests at once on many connections through one responder that
+        answers in its own order: each caller gets the reply to its request."""
+        pending = []
+        self.broker.subscribe("questions", pending.append)
+        clients = []
+        for _ in range(5):
+            clients.append((yield self.connect()))
+        calls = []
+        for c, client in enumerate(clients):
+            for i in range(10):
+                calls.append(self.call(client, xmlcall(
+                    "Topics", "request", f"{c}-{i}", topic_out="questions",
+                    topic_in="answers", message=f"q {c}-{i}")))
+        while len(pending) < 50:
+            yield deferLater(reactor, 0.01, lambda: None)
+        for request in reversed(pending):
+            self.broker.publish("answers", b"re: " + request.body,
+                                attributes={"in-reply-to": request.id})
+        answers = yield gatherResults(calls)
+        for [doc] in answers:
+            self.assertEqual(doc.get("status"), "OK")
+            self.assertEqual(doc.find("message").text, "re: q " + doc.get("requestId"))
 
     @inlineCallbacks
     def test_requestBadTimeout(self):

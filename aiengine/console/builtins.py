@@ -13,6 +13,7 @@ from twisted.internet.defer import TimeoutError
 from twisted.logger import Logger
 
 import aiengine
+from aiengine.broker import NoSubscriber
 from aiengine.console.interfaces import CallError, ConsoleClass, Param, method, seconds
 from aiengine.console.results import messageElement
 from aiengine.protocols.xmlsplit import parseDocument
@@ -163,6 +164,8 @@ class Topics(ConsoleClass):
                                        timeout=timeout, source=call.connection.session)
 
         def noReply(failure):
+            if failure.check(NoSubscriber):
+                raise CallError(failure.getErrorMessage())
             failure.trap(TimeoutError)
             raise CallError(f"no reply on {topicIn} within {timeout:g} s")
 
