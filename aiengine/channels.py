@@ -30,6 +30,16 @@ before a whole message is another failed attempt, not a flood of reconnects.
 
 :meth:`Channel.stop` gives queued messages up to ``flush-timeout`` seconds to
 be sent, then reports how many were not.
+
+Requests and replies: an http channel's framer pairs each response with its
+request.  With ``replies=ordered`` (a text server that answers every
+message, in order) the channel pairs them itself: each inbound message is
+stamped with ``in-reply-to`` and the session of the oldest message it wrote
+that has no reply yet, so that the broker hands it to the request that is
+waiting for it (and a listener to the connection that asked).  At most
+``max-in-flight`` messages are written and unanswered; the rest wait in the
+queue.  A queued message whose caller gave up (a withdrawn request) or whose
+``ttl`` ran out is dropped when its turn comes, and counted.
 """
 
 from __future__ import annotations
@@ -307,6 +317,9 @@ class _Connection(ProtocolWrapper, TimeoutMixin):
         self.pendingError: Optional[str] = None
         #: the protocol error the framer closed this connection for
         self.protocolFailure: Optional[str] = None
+        #: replies=ordered: the attributes of each message written and not yet
+        #: answered (in-reply-to, session), oldest first
+        self.awaiting: deque = deque()
         #: why it failed, when we know better than the connection-lost reason
         self.failReason: Optional[str] = None
         self.verifyResult = None
@@ -561,6 +574,16 @@ class _ChannelFactory(ReconnectingClientFactory):
         return None
 
 
+class _Deadline:
+    """When a message sent without a broker message (the media API) goes stale."""
+
+    __slots__ = ("expires", "withdrawn")
+
+    def __init__(self, expires):
+        self.expires = expires
+        self.withdrawn = False
+
+
 class _StopFlush:
     """A stop() in progress that is still trying to send queued messages."""
 
@@ -617,6 +640,9 @@ class Channel:
         self.dropped = 0
         self.inboxDropped = 0
         self.unsent = 0
+        self.expired = 0
+        self.withdrawn = 0
+        self.unanswered = 0
         self.errors = 0
         self.receiveTimeouts = 0
         self.lastError: Optional[str] = None
@@ -649,9 +675,14 @@ class Channel:
         self._streakReason = None
         self._lastNotice = None
         self._stopping: Optional[_StopFlush] = None
-        # Only the http framer uses a message's attributes (to correlate the
-        # response): other channels skip building them for every message.
-        self._replyAttributes = config.protocol.outbound.name == "http"
+        # Only the http framer (to correlate each response) and an ordered
+        # channel (to stamp replies) use a message's attributes: other
+        # channels skip building them for every message.
+        self._ordered = config.replies == "ordered"
+        self._replyAttributes = self._ordered or config.protocol.outbound.name == "http"
+        # Media.request calls waiting for their reply, by request id.
+        self._replyWaiters: dict = {}
+        self._requestSeq = 0
         # Fired when a server that stopped reading reads again: returned to
         # the broker meanwhile, so topic-out's publishers are paused rather
         # than this channel's queue overflowing.
@@ -687,7 +718,10 @@ class Channel:
         ``failedInRow`` the current streak of them, ``drops`` working
         connections that ended without our asking, ``resets`` connections lost
         uncleanly, ``errors`` protocol errors, ``unsent`` messages still queued
-        when the channel stopped.
+        when the channel stopped, ``expired`` and ``withdrawn`` queued
+        messages dropped because their ``ttl`` ran out or their caller gave
+        up, ``inFlight`` (replies=ordered) messages written and not yet
+        answered, ``unanswered`` such messages whose connection ended first.
         """
         return {
             "name": self.name,
@@ -708,7 +742,12 @@ class Channel:
             "bytesIn": self.bytesIn,
             "bytesOut": self.bytesOut,
             "queued": self.queued,
+            "inFlight": (len(self._protocol.awaiting)
+                         if self._ordered and self._protocol is not None else 0),
             "dropped": self.dropped,
+            "expired": self.expired,
+            "withdrawn": self.withdrawn,
+            "unanswered": self.unanswered,
             "unsent": self.unsent,
             "inbox": len(self._inbox),
             "inboxDropped": self.inboxDropped,
@@ -758,6 +797,9 @@ class Channel:
         for waiter in waiters:
             self._endWaiter(waiter)
             waiter.deferred.errback(ChannelStopped(f"channel {self.name} stopped"))
+        for d in list(self._replyWaiters.values()):
+            d.errback(ChannelStopped(f"channel {self.name} stopped"))
+        self._purgeStale()
         if self._queue and self._mayFlushOnStop():
             return self._beginStopFlush()
         d = self._shutDown("stopped", grace=max(0.0, self.config.flush_timeout))
@@ -924,20 +966,27 @@ class Channel:
 
     # -- outbound ----------------------------------------------------------
 
-    def send(self, body, attributes=None) -> None:
+    def send(self, body, attributes=None, ticket=None, ttl=None) -> None:
         """Write ``body`` (bytes, or str as UTF-8) now, or queue it.
 
         It waits in the queue while the channel is not connected or the
         server does not read fast enough.  ``attributes`` go to the framer's
         ``sendMessage``.  A full queue drops the message (counted in
         ``dropped`` and logged).  An on-demand channel that is not connected
-        starts connecting.
+        starts connecting.  A queued message is dropped when its turn comes
+        if ``ticket`` (the broker message it carries) has been withdrawn or
+        has expired, or ``ttl`` seconds have passed (counted in
+        ``withdrawn`` and ``expired``).
         """
         if body.__class__ is not bytes:
             body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
         if not self._queue and self._canWrite():
             self._write(body, attributes)
             return
+        if ttl is not None:
+            ticket = _Deadline(self.reactor.seconds() + ttl)
+        if len(self._queue) >= self.config.queue_size:
+            self._purgeStale()
         if len(self._queue) >= self.config.queue_size:
             self.dropped += 1
             if worthLogging(self.dropped, DROP_LOG_EVERY):
@@ -948,18 +997,86 @@ class Channel:
                     "{dropped} dropped so far",
                     why=why, n=len(self._queue), dropped=self.dropped)
         else:
-            self._deque("_queue").append((body, attributes))
+            self._deque("_queue").append((body, attributes, ticket))
         if self._canWrite():
             self._flush()
         elif not self.config.permanent and self.state == IDLE:
             self._beginConnecting()
 
+    def request(self, body, timeout: Optional[float] = None) -> Deferred:
+        """Send ``body`` and fire with its reply (a broker ``Message``).
+
+        Only for channels that pair replies with requests (http, or
+        ``replies=ordered``).  Fails with ``TimeoutError`` after ``timeout``
+        seconds (default ``protocol.wait-time-sec``), when the request is
+        also withdrawn from the queue if it was not written yet.
+        """
+        if not self._replyAttributes:
+            return fail(ValueError(
+                f"channel {self.name} does not pair replies with requests (it needs "
+                f"protocol http or replies=ordered)"))
+        if timeout is None:
+            timeout = self.config.protocol.inbound.wait_time_sec
+        self._requestSeq += 1
+        requestId = f"{self.name}-request-{self._requestSeq}"
+        ticket = _Deadline(self.reactor.seconds() + timeout)
+        d = Deferred()  # cancelled: CancelledError, and _replied cleans up
+        self._replyWaiters[requestId] = d
+        timer = self.reactor.callLater(timeout, self._requestTimedOut, requestId, timeout)
+        d.addBoth(self._replied, requestId, ticket, timer)
+        self.send(body, {"in-reply-to": requestId, "session": None}, ticket)
+        return d
+
+    def _requestTimedOut(self, requestId, timeout):
+        d = self._replyWaiters.get(requestId)
+        if d is not None:
+            self.receiveTimeouts += 1
+            d.errback(TimeoutError(f"no reply from channel {self.name} within "
+                                   f"{timeout:g} s"))
+
+    def _replied(self, result, requestId, ticket, timer):
+        del self._replyWaiters[requestId]
+        if isinstance(result, Failure):
+            ticket.withdrawn = True  # not sent if it still waits in the queue
+        if timer.active():
+            timer.cancel()
+        return result
+
+    def _purgeStale(self):
+        """Drop queued messages that are withdrawn or expired (counted)."""
+        queue = self._queue
+        if not queue:
+            return
+        now = self.reactor.seconds()
+        kept = [entry for entry in queue
+                if entry[2] is None or not self._stale(entry[2], now)]
+        if len(kept) != len(queue):
+            queue.clear()
+            queue.extend(kept)
+
+    def _stale(self, ticket, now) -> bool:
+        """Whether a queued message must not be sent any more; counts it."""
+        if ticket.withdrawn:
+            self.withdrawn += 1
+            if worthLogging(self.withdrawn, DROP_LOG_EVERY):
+                self.log.info("dropped a queued request its caller gave up on; {n} so "
+                              "far", n=self.withdrawn)
+            return True
+        if ticket.expires is not None and now >= ticket.expires:
+            self.expired += 1
+            if worthLogging(self.expired, DROP_LOG_EVERY):
+                self.log.info("dropped a queued message whose ttl ran out; {n} so far",
+                              n=self.expired)
+            return True
+        return False
+
     def _fromTopicOut(self, message):
+        ticket = message if message.expires is not None or message.withdrawn else None
         if self._replyAttributes:
             self.send(message.body, {"in-reply-to": message.id,
-                                     "session": message.session})
+                                     "session": message.session}, ticket)
         else:
-            self.send(message.body)
+            self.send(message.body, None, ticket)
         return self._drainedIfPaused()
 
     def _fromTopicOutBatch(self, messages):
@@ -973,9 +1090,11 @@ class Channel:
         return self._drainedIfPaused()
 
     def _drainedIfPaused(self) -> Optional[Deferred]:
-        """While the server does not read: a Deferred for the broker to wait on."""
+        """While the server does not read (or does not answer, with
+        max-in-flight reached): a Deferred for the broker to wait on."""
         protocol = self._protocol
-        if self.state == CONNECTED and protocol is not None and protocol.gate.paused:
+        if self.state == CONNECTED and protocol is not None and (
+                protocol.gate.paused or self._inFlightFull(protocol)):
             if self._drained is None:
                 self._drained = Deferred()
             return self._drained
@@ -991,10 +1110,14 @@ class Channel:
             return False
         protocol = self._protocol
         return (protocol is not None and not protocol.gate.paused
-                and not protocol.disconnecting)
+                and not protocol.disconnecting and not self._inFlightFull(protocol))
+
+    def _inFlightFull(self, protocol) -> bool:
+        return self._ordered and len(protocol.awaiting) >= self.config.max_in_flight
 
     def _write(self, body, attributes):
-        self._sendWith(self._framer.sendMessage, 1, body, attributes)
+        if self._sendWith(self._framer.sendMessage, 1, body, attributes) and self._ordered:
+            self._protocol.awaiting.append(attributes)
 
     def _sendWith(self, send, count, *args):
         """``send(*args)`` through the framer; count what went out, report failures."""
@@ -1007,19 +1130,29 @@ class Channel:
             self._protocolFailed(f"could not send {count} message(s): "
                                  f"{failure.getErrorMessage()}")
             self.log.failure("could not send {n} message(s)", failure, n=count)
-            return
+            return False
         self.messagesOut += count
         protocol.messagesOut += count
+        return True
 
     def _flush(self):
-        while self._queue and self._canWrite():
-            body, attributes = self._queue.popleft()
+        queue = self._queue
+        now = None
+        while queue and self._canWrite():
+            body, attributes, ticket = queue.popleft()
+            if ticket is not None:
+                if now is None:
+                    now = self.reactor.seconds()
+                if self._stale(ticket, now):
+                    continue
             self._write(body, attributes)
 
     def _writable(self):
-        """The server reads again: send what waited for it."""
+        """The server reads (or answers) again: send what waited for it."""
         self._flush()
-        if self._protocol is not None and not self._protocol.gate.paused:
+        protocol = self._protocol
+        if protocol is not None and not protocol.gate.paused and not \
+                self._inFlightFull(protocol):
             self._releasePublishers()
         self._stopFlushProgress()
 
@@ -1056,7 +1189,7 @@ class Channel:
         """Several messages from one packet: published together when redirected in."""
         connection = self._protocol
         topic = self._topicIn
-        if topic is None or self._waiters or connection is None:
+        if topic is None or self._waiters or connection is None or self._ordered:
             for message in messages:
                 self.messageReceived(message, None)
             return
@@ -1077,6 +1210,17 @@ class Channel:
             connection.pendingError = None
             if not connection.proven and connection.protocolFailure is None:
                 self._connectionProven(connection)
+            if self._ordered and connection.awaiting:
+                attributes = self._pairReply(connection, attributes)
+        if attributes and self._replyWaiters:
+            waiter = self._replyWaiters.get(attributes.get("in-reply-to"))
+            if waiter is not None:
+                self._inboxSeq += 1
+                waiter.callback(Message(self.name, f"{self.name}-{self._inboxSeq}",
+                                        message, self.config.msgtype, self.name, None,
+                                        attributes))
+                if self._topicIn is None:
+                    return
         session = attributes.get("session") if attributes else None
         config = self.config
         topic = self._topicIn
@@ -1103,6 +1247,17 @@ class Channel:
             self._dropInbound()
         self._deque("_inbox").append(kept)
         self._serve()
+
+    def _pairReply(self, connection, attributes):
+        """replies=ordered: ``attributes`` with ``in-reply-to`` and ``session``
+        of the oldest message written on ``connection`` and not yet answered."""
+        wasFull = self._inFlightFull(connection)
+        request = connection.awaiting.popleft()
+        if request:
+            attributes = dict(attributes or (), **request)
+        if wasFull:
+            self._writable()
+        return attributes
 
     def _dropInbound(self):
         self.inboxDropped += 1
@@ -1146,6 +1301,14 @@ class Channel:
     def _connectionClosed(self, connection, reason):
         """Classify how ``connection`` ended, for :meth:`_decideAfterLoss`."""
         self._framer = None
+        if connection.awaiting:
+            # A reply on the next connection cannot answer what was written
+            # on this one.
+            n = len(connection.awaiting)
+            self.unanswered += n
+            connection.awaiting.clear()
+            self.log.warn("connection ended with {n} message(s) not answered; {total} "
+                          "so far", n=n, total=self.unanswered)
         # Not connected, messages wait in the bounded queue (or are dropped):
         # publishers must not stay paused on a connection that is gone.
         self._releasePublishers()

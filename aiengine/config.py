@@ -95,6 +95,11 @@ class ListenerConfig:
     #: PEM files: with both, the listener speaks TLS
     tls_certificate: Optional[str] = None
     tls_key: Optional[str] = None
+    #: when a connection's outbound queue is full: "pause" the topic's
+    #: publishers (and disconnect a connection full for slow_consumer_timeout
+    #: seconds) or "drop" the message for that connection
+    overflow: str = "pause"
+    slow_consumer_timeout: float = 30.0
     run: bool = True
     line: Optional[int] = None
 
@@ -136,6 +141,11 @@ class ChannelConfig:
     tls_verify: bool = True
     #: seconds a stopping daemon spends trying to send queued messages
     flush_timeout: float = 5.0
+    #: "ordered": the server answers every message, in order, and the channel
+    #: pairs each reply with its request; "none": replies are not paired
+    replies: str = "none"
+    #: replies=ordered: messages written and not yet answered, at most
+    max_in_flight: int = 1000
     run: bool = True
     line: Optional[int] = None
 
@@ -386,6 +396,8 @@ _CHANNEL_PROPERTIES = {
     "tls.hostname": _text,
     "tls.verify": _bool,
     "flush-timeout": _seconds(positive=False),
+    "replies": _choice("none", "ordered"),
+    "max-in-flight": _integer(1),
 }
 
 _LISTENER_PROPERTIES = {
@@ -403,6 +415,8 @@ _LISTENER_PROPERTIES = {
     "idle-timeout": _seconds(positive=False),
     "tls.certificate": _text,
     "tls.key": _text,
+    "overflow": _choice("pause", "drop"),
+    "slow-consumer-timeout": _seconds(positive=True),
 }
 
 _KINDS = {"listener": _LISTENER_PROPERTIES, "channel": _CHANNEL_PROPERTIES}
@@ -736,6 +750,14 @@ class _Reader:
                 raise element.error("not used with direction out", "topic-in")
         elif topicIn is None and topicOut is None:
             raise element.error("direction duplex needs topic-in, topic-out or both")
+        if topicOut is None or msgtype == "xmlcall":
+            stray = element.first("overflow", "slow-consumer-timeout")
+            if stray:
+                raise element.error("only used by a listener that writes topic-out's "
+                                    "messages to its connections", stray)
+        overflow = element.get("overflow", "pause")
+        if overflow == "drop" and "slow-consumer-timeout" in element:
+            raise element.error("only used with overflow pause", "slow-consumer-timeout")
         auth = element.get("auth", False)
         secretFile = element.get("auth.secret-file")
         if secretFile is not None:
@@ -763,7 +785,8 @@ class _Reader:
             auth_secret_file=secretFile,
             max_connections=element.get("max-connections", 1000),
             idle_timeout=element.get("idle-timeout", 3600.0),
-            tls_certificate=certificate, tls_key=key,
+            tls_certificate=certificate, tls_key=key, overflow=overflow,
+            slow_consumer_timeout=element.get("slow-consumer-timeout", 30.0),
             run=element.run, line=element.line)
 
     def path_(self, element, prop):
@@ -797,6 +820,17 @@ class _Reader:
             stray = element.first("tls.")
             if stray:
                 raise element.error("only used with tls=true", stray)
+        replies = element.get("replies", "none")
+        if replies == "ordered":
+            if protocol.inbound.name == "http" or protocol.outbound.name == "http":
+                raise element.error("http pairs each response with its request "
+                                    "itself: leave replies out", "replies")
+            if protocol.inbound.name in _STREAMS:
+                raise element.error(
+                    f"protocol {protocol.inbound.name} delivers arbitrary chunks, not "
+                    "one reply per message", "replies")
+        elif "max-in-flight" in element:
+            raise element.error("only used with replies=ordered", "max-in-flight")
         return ChannelConfig(
             name=element.name, host=host, port=port, protocol=protocol,
             msgtype=msgtype, permanent=element.get("permanent", True),
@@ -814,6 +848,7 @@ class _Reader:
             tls_hostname=element.get("tls.hostname"),
             tls_verify=element.get("tls.verify", True),
             flush_timeout=element.get("flush-timeout", 5.0),
+            replies=replies, max_in_flight=element.get("max-in-flight", 1000),
             run=element.run, line=element.line)
 
     def checkPorts(self, listeners):

@@ -2,9 +2,11 @@
 
 Each accepted connection is named ``<listener>.<n>`` and is its own session.
 With direction ``in`` or ``duplex`` its inbound messages are published on
-``topic-in`` with that session.  With ``out`` or ``duplex`` the messages on
-``topic-out`` are written to the connections: a message with a session goes to
-the connection of that session only, an unsessioned one to every connection.
+``topic-in`` with that session (so that a reply can find its way back).  With
+``out`` or ``duplex`` the messages on ``topic-out`` are written to the
+connections: a reply (a message with ``in-reply-to``) for a session goes to
+the connection of that session only; every other message goes to every
+connection, so an ``in`` listener feeding an ``out`` listener is a hub.
 
 Hardening, shared by plain listeners and the console
 (:class:`ListenerService` wraps any factory in a :class:`GuardFactory`):
@@ -26,10 +28,20 @@ Per connection (:class:`ListenerConnection`):
   from ``topic-out`` wait in a per-connection queue bounded by
   :attr:`ListenerFactory.maxQueuedMessages` (1000) messages and
   :attr:`ListenerFactory.maxQueuedBytes` (1 MiB) of message bodies (one
-  message is always accepted into an empty queue).  Beyond that they are
-  dropped, counted (``dropped``, per connection and listener) and logged (the
-  first, then every 1000th).  A slow peer never slows the other connections:
-  the ``topic-out`` subscriber is never busy.
+  message is always accepted into an empty queue).  What happens when a
+  queue is full is the listener's ``overflow`` policy:
+
+  - ``pause`` (the default): nothing is dropped for connections that read.
+    The ``topic-out`` subscriber is busy while any queue is full, so the
+    broker pauses the topic's publishers; a connection whose queue stays
+    full for ``slow-consumer-timeout`` seconds is a *slow consumer*: it is
+    disconnected (aborted), counted (``slowConsumers``) and logged, and its
+    queue is counted as dropped.  (As Redis's client-output-buffer-limit and
+    NATS's slow-consumer rule do.)
+  - ``drop``: the message is dropped for that connection, counted
+    (``dropped``, per connection and listener) and logged (the first, then
+    every 1000th); a slow peer never slows the others (for feeds where
+    freshness beats completeness).
 * Authentication: with a shared ``secret`` the first line a connection
   sends (up to ``\n``, before any framing, so it works the same for every
   protocol) must be that secret (surrounding whitespace ignored; compared in
@@ -186,6 +198,8 @@ class ListenerConnection:
         self._queue: deque = deque()
         self._queuedBytes = 0
         self._gone = False
+        #: the slow-consumer timer, while the queue is full (overflow pause)
+        self._slowCall = None
 
     # -- IMessageReceiver ----------------------------------------------------
 
@@ -238,12 +252,7 @@ class ListenerConnection:
         if self._producerTopic is not None:
             self._producerTopic.unregisterProducer(self.framer.transport)
             self._producerTopic = None
-        lost = len(self._queue)
-        self._queue.clear()
-        self._queuedBytes = 0
-        if lost:
-            self.dropped += lost
-            factory.dropped += lost
+        lost = self._dropQueue()
         factory.log.info("{connection} disconnected: {reason}{lost}",
                          connection=self.name, reason=reason.getErrorMessage(),
                          lost=f"; {lost} queued outbound message(s) dropped" if lost
@@ -274,8 +283,11 @@ class ListenerConnection:
         """Write one message (bytes) to this connection, or queue or drop it.
 
         Written at once unless the peer is behind (the transport paused us);
-        then queued within the factory's bounds, or dropped and counted.
-        Nothing is written before the peer has authenticated.
+        then queued.  With ``overflow`` drop, a message that does not fit
+        the queue's bounds is dropped and counted; with pause it is kept,
+        and a queue that reaches its bounds makes the connection *full* (see
+        :meth:`ListenerFactory._outbound`).  Nothing is written before the
+        peer has authenticated.
         """
         factory = self.factory
         if not self.authenticated:
@@ -287,6 +299,12 @@ class ListenerConnection:
                     connection=self.name, n=factory.withheld)
             return
         if self._writePaused or self._queue:
+            if factory.pausing:
+                self._queue.append(message)
+                self._queuedBytes += len(message)
+                if self._slowCall is None and self.full:
+                    factory._becameFull(self)
+                return
             if self._queue and (len(self._queue) >= factory.maxQueuedMessages or
                                 self._queuedBytes + len(message) > factory.maxQueuedBytes):
                 self._drop()
@@ -295,6 +313,44 @@ class ListenerConnection:
             self._queuedBytes += len(message)
             return
         self._write(message)
+
+    @property
+    def full(self) -> bool:
+        """Whether the queue has reached its bounds (messages or bytes)."""
+        factory = self.factory
+        return (len(self._queue) >= factory.maxQueuedMessages
+                or self._queuedBytes >= factory.maxQueuedBytes)
+
+    def _dropQueue(self) -> int:
+        """Empty the queue, counting it as dropped; returns how many."""
+        lost = len(self._queue)
+        self._queue.clear()
+        self._queuedBytes = 0
+        if lost:
+            self.dropped += lost
+            self.factory.dropped += lost
+        self.factory._notFull(self)
+        return lost
+
+    def _slowConsumer(self):
+        """The queue stayed full for slow-consumer-timeout: disconnect the peer."""
+        self._slowCall = None
+        factory = self.factory
+        factory.slowConsumers += 1
+        # Out of the routing first: what the drained topic delivers next must
+        # not queue up for a connection that is being cut off.
+        factory.connections.pop(self.name, None)
+        lost = self._dropQueue()
+        factory.log.warn(
+            "{connection}: its queue has stayed full for {timeout:g} s (the peer reads "
+            "too slowly): disconnecting it as a slow consumer; {lost} queued message(s) "
+            "dropped ({n} slow consumer(s) so far)", connection=self.name,
+            timeout=factory.slowConsumerTimeout, lost=lost, n=factory.slowConsumers)
+        self._unregister()
+        transport = self.framer.transport if self.framer is not None else None
+        if transport is not None:
+            # It does not read: a close would wait for it forever.
+            transport.abortConnection()
 
     def _write(self, message):
         self.messagesOut += 1
@@ -338,6 +394,8 @@ class ListenerConnection:
             message = self._queue.popleft()
             self._queuedBytes -= len(message)
             self._write(message)
+        if self._slowCall is not None and not self.full:
+            self.factory._notFull(self)
 
     def stopProducing(self):
         """The transport is going away; :meth:`framerDisconnected` cleans up."""
@@ -412,7 +470,10 @@ class ListenerFactory(Factory):
     ``errors``, ``ignored`` (inbound on an ``out`` listener), ``dropped``
     (outbound, peer not reading), ``withheld`` (outbound, peer not
     authenticated), ``authenticated``, ``authFailures``, ``rejected``
-    (inbound after a wrong secret, before the close).
+    (inbound after a wrong secret, before the close), ``undeliverable``
+    (replies for connections that had closed), ``unrouted`` (messages for
+    every connection while none was open), ``slowConsumers`` (connections
+    disconnected by the overflow pause policy).
     """
 
     # SocketServer::<name> logs its own start and stop lines.
@@ -430,6 +491,9 @@ class ListenerFactory(Factory):
     def __init__(self, config, broker, secret: bytes | None = None):
         self.config = config
         self.broker = broker
+        #: overflow policy pause (True) or drop (False); see the module's docstring
+        self.pausing = config.overflow == "pause"
+        self.slowConsumerTimeout = config.slow_consumer_timeout
         #: what a connection's first line is compared with; never logged
         self.sharedSecret = None if secret is None else SharedSecret(secret)
         #: the shared secret (bytes) or None; never logged
@@ -448,10 +512,18 @@ class ListenerFactory(Factory):
         self.messagesIn = self.messagesOut = self.errors = self.ignored = 0
         self.dropped = self.withheld = 0
         self.authenticated = self.authFailures = self.rejected = 0
-        #: sessioned messages for connections of ours that had closed
+        #: replies for connections of ours that had closed
         self.undeliverable = 0
+        #: messages for every connection when none was open
+        self.unrouted = 0
+        #: connections disconnected because their queue stayed full
+        self.slowConsumers = 0
         self._sessionPrefix = config.name + "."
         self._subscription = None
+        # overflow pause: the connections whose queue is full, and the
+        # Deferred the topic-out subscription waits on meanwhile
+        self._full: set = set()
+        self._drained = None
 
     def startFactory(self):
         if self.acceptsOutput and self._subscription is None:
@@ -462,6 +534,8 @@ class ListenerFactory(Factory):
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
+        for connection in tuple(self._full):
+            self._notFull(connection)
 
     def buildProtocol(self, addr):
         self.count += 1
@@ -472,22 +546,58 @@ class ListenerFactory(Factory):
         return _SecretLine(framer, connection)
 
     def _outbound(self, message):
-        # Never returns a Deferred: one slow peer must not pause the topic
-        # for the others; each connection bounds its own backlog instead.
-        if message.session is None:
-            for connection in tuple(self.connections.values()):
+        """The topic-out subscriber: a reply to its connection, anything else
+        to every connection.
+
+        Returns a Deferred while a connection's queue is full (overflow
+        pause), so that the broker pauses the topic's publishers; with
+        overflow drop, never: each connection bounds its own backlog.
+        """
+        session = message.session
+        if message.inReplyTo is None or session is None:
+            connections = self.connections
+            if connections:
+                for connection in tuple(connections.values()):
+                    self._sendTo(connection, message.body)
+            else:
+                self.unrouted += 1
+                if worthLogging(self.unrouted):
+                    self.log.warn("no connection is open: {id} dropped ({n} so far)",
+                                  id=message.id, n=self.unrouted)
+        else:
+            connection = self.connections.get(session)
+            if connection is not None:
                 self._sendTo(connection, message.body)
-            return
-        connection = self.connections.get(message.session)
-        if connection is not None:
-            self._sendTo(connection, message.body)
-        elif message.session.startswith(self._sessionPrefix):
-            # A reply for one of our connections that has closed meanwhile.
-            self.undeliverable += 1
-            if worthLogging(self.undeliverable, 100):
-                self.log.warn("{id} is for {session}, which has disconnected: dropped "
-                              "({n} so far)", id=message.id, session=message.session,
-                              n=self.undeliverable)
+            elif session.startswith(self._sessionPrefix):
+                # A reply for one of our connections that has closed meanwhile.
+                self.undeliverable += 1
+                if worthLogging(self.undeliverable, 100):
+                    self.log.warn("{id} is for {session}, which has disconnected: "
+                                  "dropped ({n} so far)", id=message.id, session=session,
+                                  n=self.undeliverable)
+            # else: a reply for a session of another listener or the console.
+        if self._full:
+            if self._drained is None:
+                self._drained = defer.Deferred()
+            return self._drained
+        return None
+
+    def _becameFull(self, connection):
+        """``connection``'s queue reached its bounds: publishers wait for it,
+        for ``slowConsumerTimeout`` seconds at most."""
+        self._full.add(connection)
+        connection._slowCall = self.broker.clock.callLater(
+            self.slowConsumerTimeout, connection._slowConsumer)
+
+    def _notFull(self, connection):
+        """``connection`` has room again, or is gone: publishers may go on."""
+        call, connection._slowCall = connection._slowCall, None
+        if call is not None and call.active():
+            call.cancel()
+        self._full.discard(connection)
+        if not self._full and self._drained is not None:
+            drained, self._drained = self._drained, None
+            drained.callback(None)
 
     @staticmethod
     def _sendTo(connection, body):
@@ -506,7 +616,7 @@ class ListenerFactory(Factory):
         return {key: getattr(self, key) for key in (
             "count", "messagesIn", "messagesOut", "errors", "ignored", "dropped",
             "withheld", "authenticated", "authFailures", "rejected",
-            "undeliverable")} | {
+            "undeliverable", "unrouted", "slowConsumers")} | {
             "openConnections": len(self.connections)}
 
 

@@ -60,11 +60,22 @@ class Media:
         """Deferred status dict of one channel."""
         return defer.maybeDeferred(lambda: self.channel(name).status())
 
-    def send(self, name, message):
-        """Send ``message`` (bytes or str) to the channel; queued if not connected."""
+    def send(self, name, message, ttl=None):
+        """Send ``message`` (bytes or str) to the channel; queued if not connected.
+
+        With ``ttl`` seconds, a message still queued after that long is
+        dropped (counted in the channel's ``expired``).
+        """
         if isinstance(message, str):
             message = message.encode("utf-8")
-        return defer.maybeDeferred(lambda: self.channel(name).send(message))
+        return defer.maybeDeferred(lambda: self.channel(name).send(message, ttl=ttl))
+
+    def request(self, name, message, timeout=None):
+        """Deferred of the reply to ``message`` from the channel (http, or
+        ``replies=ordered``): each concurrent request gets its own reply."""
+        if isinstance(message, str):
+            message = message.encode("utf-8")
+        return defer.maybeDeferred(lambda: self.channel(name).request(message, timeout))
 
     def receive(self, name, timeout=None):
         """Deferred of the oldest inbound message not yet received."""
@@ -127,9 +138,27 @@ class MediaConsole(ConsoleClass):
         return call.engine.media.status(call.params["channel"]).addCallback(_channelElement)
 
     @method("Send a message to the channel (queued while it is not connected).",
-            channel, Param("message", "The message text."))
+            channel, Param("message", "The message text."),
+            Param("ttl", "Seconds after which the message, if still queued, is "
+                  "dropped (counted as expired).", required=False))
     def send(self, call):
-        return call.engine.media.send(call.params["channel"], call.params["message"])
+        ttl = call.params.get("ttl")
+        return call.engine.media.send(call.params["channel"], call.params["message"],
+                                      None if ttl in (None, "") else seconds(ttl, "ttl"))
+
+    @method("Send a message to the channel and answer its reply as <message>: for "
+            "http channels and channels with replies=ordered, whose replies are "
+            "paired with their requests.",
+            channel, Param("message", "The request text."), timeout)
+    def request(self, call):
+        d = call.engine.media.request(call.params["channel"], call.params["message"],
+                                      _timeout(call.params.get("timeout")))
+
+        def failed(failure):
+            failure.trap(ValueError, defer.TimeoutError)
+            raise CallError(failure.getErrorMessage())
+
+        return d.addCallbacks(lambda message: messageElement("message", message), failed)
 
     @method("The oldest inbound message of the channel not yet received.",
             channel, timeout)

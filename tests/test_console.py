@@ -666,14 +666,29 @@ class TopicsTests(ConsoleTestCase):
 
     @inlineCallbacks
     def test_list(self):
+        """Every topic's counters, and each subscriber's: what was published,
+        delivered, reached nobody, dropped or is still queued."""
         self.broker.publish("b", "1")
         self.broker.publish("b", "2")
-        self.broker.subscribe("a", lambda m: None)
+        self.broker.subscribe("a", lambda m: None, name="quick")
+        gate = Deferred()
+        self.broker.subscribe("a", lambda m: gate, name="stuck")
+        self.broker.publish("a", "x")
+        self.broker.publish("a", "y")
         client = yield self.connect()
         [doc] = yield self.call(client, xmlcall("Topics", "list"))
+        zero = dict(dropped="0", expired="0", replies="0", waiting="0")
         self.assertEqual([dict(t.attrib) for t in doc.findall("topic")], [
-            {"name": "a", "subscribers": "1", "messages": "0", "dropped": "0"},
-            {"name": "b", "subscribers": "0", "messages": "2", "dropped": "0"}])
+            dict(name="a", subscribers="2", published="2", delivered="3", unrouted="0",
+                 **zero),
+            dict(name="b", subscribers="0", published="2", delivered="0", unrouted="2",
+                 **zero)])
+        self.assertEqual([dict(s.attrib) for s in doc.find("topic").findall("subscriber")], [
+            dict(name="quick", delivered="2", queued="0", dropped="0", expired="0",
+                 failed="0"),
+            dict(name="stuck", delivered="1", queued="1", dropped="0", expired="0",
+                 failed="0")])
+        gate.callback(None)
 
     @inlineCallbacks
     def test_request(self):

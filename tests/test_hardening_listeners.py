@@ -185,7 +185,8 @@ class ConnectionLimitTests(Harness, unittest.TestCase):
         client = yield self.connect(port)
         client.sendLine(b"hello")
         yield waitFor(lambda: self.received, what="publish")
-        self.broker.publish("out", b"reply", session=self.received[0].session)
+        self.broker.publish("out", b"reply", session=self.received[0].session,
+                            attributes={"in-reply-to": self.received[0].id})
         self.assertEqual((yield client.waitLines(1)), [b"reply"])
         self.assertLess(time.monotonic() - started, 1.0)
         self.assertEqual(self.received[0].session, "lines.301")
@@ -324,9 +325,14 @@ class PausingTransport(StringTransport):
 
 
 class FlowControlUnitTests(Harness, unittest.TestCase):
+    """overflow drop: a full queue drops, counted, and never slows the topic."""
+
+    overflow = "drop"
+
     def connection(self, transport=None, **bounds):
         config = ListenerConfig(name="lines", port=0, protocol=textProtocol(),
-                                topic_in="in", topic_out="out")
+                                topic_in="in", topic_out="out", overflow=self.overflow,
+                                slow_consumer_timeout=5.0)
         self.broker = Broker()
         factory = ListenerFactory(config, self.broker)
         for key, value in bounds.items():
@@ -410,7 +416,7 @@ class FlowControlSocketTests(Harness, unittest.TestCase):
     def slowAndFast(self, count, size=8000, batch=10, receiveBuffer=1 << 16):
         """Publish ``count`` broadcast messages to a peer that reads and one
         that does not; returns the two clients."""
-        port = self.startListener()
+        port = self.startListener(overflow="drop")
         self.factory.maxQueuedMessages = 20
         slow = yield self.connect(port, BigLineClient())
         yield waitFor(lambda: "lines.1" in self.factory.connections, what="slow")
@@ -505,14 +511,16 @@ class AuthenticationTests(Harness, unittest.TestCase):
         member.sendLine(SECRET)
         yield waitFor(lambda: self.factory.authenticated == 1, what="authentication")
         self.broker.publish("out", b"news")
-        self.broker.publish("out", b"private", session="lines.1")
+        self.broker.publish("out", b"private", session="lines.1",
+                            attributes={"in-reply-to": "in-1"})
         self.assertEqual((yield member.waitLines(1)), [b"news"])
         yield settle()
         self.assertEqual(outsider.lines, [])
         self.assertEqual(self.factory.withheld, 2)
         outsider.sendLine(SECRET)
         yield waitFor(lambda: self.factory.authenticated == 2, what="authentication")
-        self.broker.publish("out", b"later", session="lines.1")
+        self.broker.publish("out", b"later", session="lines.1",
+                            attributes={"in-reply-to": "in-2"})
         self.assertEqual((yield outsider.waitLines(1)), [b"later"])
 
     def test_noSecondGuessInTheSamePacket(self):
@@ -578,7 +586,8 @@ class TLSTests(Harness, unittest.TestCase):
         secure.sendLine(b"over tls")
         yield waitFor(lambda: self.received, what="publish")
         self.assertEqual([m.body for m in self.received], [b"over tls"])
-        self.broker.publish("out", b"answer", session=self.received[0].session)
+        self.broker.publish("out", b"answer", session=self.received[0].session,
+                            attributes={"in-reply-to": self.received[0].id})
         self.assertEqual((yield secure.waitLines(1)), [b"answer"])
 
     @defer.inlineCallbacks

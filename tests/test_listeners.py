@@ -94,25 +94,31 @@ class ListenerTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_outboundRouting(self):
-        """Unsessioned messages reach every connection, sessioned ones only theirs."""
+        """A reply reaches the connection of its session only; every other
+        message, whatever its session, reaches every connection."""
         port = self.startListener()
         first = yield self.connect(port)
         second = yield self.connect(port)
         while len(self.factory.connections) < 2:
             yield settle(0.01)
         self.broker.publish("out", b"everyone")
-        self.broker.publish("out", b"only two", session="lines.2")
-        self.broker.publish("out", b"nobody", session="elsewhere.1")
+        self.broker.publish("out", b"only two", session="lines.2",
+                            attributes={"in-reply-to": "in-1"})
+        self.broker.publish("out", b"nobody here", session="elsewhere.1",
+                            attributes={"in-reply-to": "in-2"})
+        self.broker.publish("out", b"said by two", session="lines.2")
         self.broker.publish("out", b"everyone again")
-        lines = yield second.waitLines(3)
-        self.assertEqual(lines, [b"everyone", b"only two", b"everyone again"])
-        lines = yield first.waitLines(2)
+        lines = yield second.waitLines(4)
+        self.assertEqual(lines, [b"everyone", b"only two", b"said by two",
+                                 b"everyone again"])
+        lines = yield first.waitLines(3)
         yield settle()
-        self.assertEqual(first.lines, [b"everyone", b"everyone again"])
+        self.assertEqual(first.lines, [b"everyone", b"said by two", b"everyone again"])
 
     @defer.inlineCallbacks
     def test_replyForClosedConnectionCounted(self):
-        """A message for a session of ours that has gone is counted, not lost silently."""
+        """A reply for a session of ours that has gone is counted, not lost
+        silently; so is a message for everyone while nobody is connected."""
         port = self.startListener()
         client = yield self.connect(port)
         while not self.factory.connections:
@@ -121,9 +127,13 @@ class ListenerTests(unittest.TestCase):
         yield client.closed
         while self.factory.connections:
             yield settle(0.01)
-        self.broker.publish("out", b"too late", session="lines.1")
-        self.broker.publish("out", b"not ours", session="other.1")
-        self.assertEqual(self.factory.undeliverable, 1)
+        self.broker.publish("out", b"too late", session="lines.1",
+                            attributes={"in-reply-to": "in-1"})
+        self.broker.publish("out", b"not ours", session="other.1",
+                            attributes={"in-reply-to": "in-2"})
+        self.broker.publish("out", b"for everyone")
+        self.assertEqual((self.factory.undeliverable, self.factory.unrouted), (1, 1))
+        self.assertEqual(self.factory.stats()["unrouted"], 1)
 
     @defer.inlineCallbacks
     def test_directionOutIgnoresInput(self):

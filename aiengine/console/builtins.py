@@ -15,7 +15,7 @@ from twisted.logger import Logger
 import aiengine
 from aiengine.broker import NoSubscriber
 from aiengine.console.interfaces import CallError, ConsoleClass, Param, method, seconds
-from aiengine.console.results import messageElement
+from aiengine.console.results import messageElement, xmlSafe
 from aiengine.protocols.xmlsplit import parseDocument
 
 __all__ = ["Engine", "Topics", "registerBuiltins", "MESSAGE_TYPES"]
@@ -142,16 +142,22 @@ class Topics(ConsoleClass):
     @method("Publish a message on a topic; answers <messageId>.",
             Param("topic", "Topic to publish on."),
             Param("message", "The message text (XML may be written inline)."),
-            Param("type", "Message type: text, xml or xmlcall.", default="text"))
+            Param("type", "Message type: text, xml or xmlcall.", default="text"),
+            Param("ttl", "Seconds after which the message, where it still waits in a "
+                  "queue, is dropped (counted as expired).", required=False))
     def publish(self, call):
         topic = _topicName(call, "topic")
         msgtype = self._messageType(call)
-        message = call.engine.broker.publish(topic, call.params["message"], msgtype=msgtype,
-                                             source=call.connection.session, session=None)
+        ttl = call.params.get("ttl")
+        message = call.engine.broker.publish(
+            topic, call.params["message"], msgtype=msgtype,
+            source=call.connection.session, session=None,
+            ttl=None if ttl in (None, "") else seconds(ttl, "ttl"))
         return _element("messageId", message.id)
 
-    @method("Publish a message on topic-out and answer the next message on topic-in "
-            "as <message id topic>.",
+    @method("Publish a message on topic-out and answer its reply on topic-in as "
+            "<message id topic>: the message naming the request in in-reply-to, or "
+            "else the next one naming no request, each reply to one request only.",
             Param("topic-out", "Topic to publish the request on."),
             Param("topic-in", "Topic the reply comes on."),
             Param("message", "The request text."),
@@ -207,11 +213,25 @@ class Topics(ConsoleClass):
                   topic=topic)
         return _element("unsubscribed", topic=topic)
 
-    @method("List the topics with their subscriber, message and dropped counts.")
+    @method("List the topics with their counters (published, delivered, unrouted: "
+            "reached no subscriber, dropped, expired, replies taken by requests, "
+            "requests waiting) and each subscriber's (delivered, queued, dropped).")
     def list(self, call):
-        return [_element("topic", name=topic.name, subscribers=len(topic.subscriptions),
-                         messages=topic.published, dropped=topic.dropped)
-                for topic in call.engine.broker.topics()]
+        result = []
+        for topic in call.engine.broker.topics():
+            element = _element("topic", name=topic.name,
+                               subscribers=len(topic.subscriptions),
+                               published=topic.published, delivered=topic.delivered,
+                               unrouted=topic.unrouted, dropped=topic.dropped,
+                               expired=topic.expired, replies=topic.replies,
+                               waiting=topic.waiting)
+            for sub in topic.subscriptions:
+                element.append(_element("subscriber", name=xmlSafe(str(sub.name)),
+                                        delivered=sub.delivered, queued=sub.queued,
+                                        dropped=sub.dropped, expired=sub.expired,
+                                        failed=sub.failed))
+            result.append(element)
+        return result
 
     def _connectionClosed(self, connection):
         for subscription in self._subscriptions.pop(connection, {}).values():

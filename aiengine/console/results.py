@@ -76,6 +76,8 @@ def messageElement(tag: str, message, **extra):
         element.set("type", message.msgtype)
     if message.source is not None:
         element.set("source", xmlSafe(str(message.source)))
+    if message.inReplyTo is not None:
+        element.set("in-reply-to", xmlSafe(str(message.inReplyTo)))
     for key, value in extra.items():
         element.set(key, xmlSafe(str(value)))
     setBody(element, message.body)
