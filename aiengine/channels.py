@@ -1071,12 +1071,11 @@ class Channel:
         return False
 
     def _fromTopicOut(self, message):
-        ticket = message if message.expires is not None or message.withdrawn else None
         if self._replyAttributes:
             self.send(message.body, {"in-reply-to": message.id,
-                                     "session": message.session}, ticket)
+                                     "session": message.session}, message)
         else:
-            self.send(message.body, None, ticket)
+            self.send(message.body, None, message)
         return self._drainedIfPaused()
 
     def _fromTopicOutBatch(self, messages):

@@ -29,6 +29,7 @@ from aiengine.channels import (
 )
 from aiengine.config import ChannelConfig, ProtocolConfig, ProtocolSettings
 from aiengine.protocols.base import FramingProtocol
+from tests.test_broker import Producer
 
 
 def makeConfig(port=4000, host="127.0.0.1", name="test", delimiter=b"\n",
@@ -419,8 +420,8 @@ def stopInMemory(ch):
     return d
 
 
-class MemoryTests(unittest.TestCase):
-    """Channel behaviour on a MemoryReactorClock."""
+class MemoryHarness:
+    """Channels on a MemoryReactorClock, with helpers to drive their attempts."""
 
     timeout = 10
 
@@ -466,6 +467,11 @@ class MemoryTests(unittest.TestCase):
         connector.connect = lambda: (counter.append(1),
                                      ch._factory.startedConnecting(connector))
         return counter
+
+
+
+class MemoryTests(MemoryHarness, unittest.TestCase):
+    """Channel behaviour on a MemoryReactorClock."""
 
     def test_stateTransitionsInStatus(self):
         ch = self.make(reconnection_timeout=2.0, connect_timeout=7.0)
@@ -956,6 +962,77 @@ class MemoryTests(unittest.TestCase):
         self.successResultOf(second)
         self.assertEqual(transport.value(), b"a\n")
         self.successResultOf(ch.stop())  # and later ones fire at once
+
+
+class OrderedRepliesTests(MemoryHarness, unittest.TestCase):
+    """replies=ordered: inbound messages paired with the oldest unanswered one;
+    stale queued messages dropped and counted."""
+
+    def connected(self, **kw):
+        ch = self.make(redirect_in=True, redirect_out=True, topic_in="in",
+                       topic_out="out", **kw)
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        replies = []
+        self.broker.subscribe("in", replies.append)
+        return ch, protocol, transport, replies
+
+    def test_repliesStampedInOrder(self):
+        ch, protocol, transport, replies = self.connected(replies="ordered",
+                                                          max_in_flight=2)
+        first = self.broker.publish("out", b"a", session="S1")
+        second = self.broker.publish("out", b"b", session="S2")
+        self.broker.publish("out", b"c")
+        # Two in flight at most: c waits for the channel, which pauses topic-out.
+        self.assertEqual(transport.value(), b"a\nb\n")
+        self.assertEqual(ch.status()["inFlight"], 2)
+        [subscription] = self.broker.topic("out").subscriptions
+        self.assertEqual(subscription.queued, 1)
+        protocol.dataReceived(b"A\n")
+        self.assertEqual(transport.value(), b"a\nb\nc\n")
+        protocol.dataReceived(b"B\nC\nunasked\n")
+        self.assertEqual([(m.body, m.inReplyTo, m.session) for m in replies], [
+            (b"A", first.id, "S1"), (b"B", second.id, "S2"), (b"C", "out-3", None),
+            (b"unasked", None, None)])
+        self.assertEqual(ch.status()["inFlight"], 0)
+
+    def test_inFlightFullPausesPublishers(self):
+        ch, protocol, transport, replies = self.connected(replies="ordered",
+                                                          max_in_flight=1)
+        producer = Producer()
+        self.broker.topic("out").registerProducer(producer)
+        self.broker.publish("out", b"a")
+        self.assertTrue(producer.paused)
+        protocol.dataReceived(b"A\n")
+        self.assertFalse(producer.paused)
+
+    def test_unansweredCountedWhenTheConnectionGoes(self):
+        ch, protocol, transport, replies = self.connected(replies="ordered")
+        self.broker.publish("out", b"a")
+        self.broker.publish("out", b"b")
+        protocol.dataReceived(b"A\n")
+        self.drop(ch, protocol)
+        self.assertEqual((ch.status()["unanswered"], ch.status()["inFlight"]), (1, 0))
+        # The next connection starts over: its first message pairs with nothing old.
+        self.reactor.advance(2)
+        protocol, transport = self.succeed(ch)
+        protocol.dataReceived(b"late B\n")
+        self.assertEqual(replies[-1].inReplyTo, None)
+
+    def test_staleQueuedMessagesDropped(self):
+        ch = self.make(redirect_out=True, topic_out="out", queue_size=3)
+        ch.start()
+        self.broker.publish("out", b"expires", ttl=1)
+        ch.send(b"also expires", ttl=1)
+        kept = self.broker.publish("out", b"kept")
+        self.reactor.advance(1)
+        # A full queue first makes room by dropping what went stale.
+        ch.send(b"fits")
+        self.assertEqual((ch.queued, ch.dropped, ch.expired), (2, 0, 2))
+        kept.withdrawn = True
+        protocol, transport = self.succeed(ch)
+        self.assertEqual(transport.value(), b"fits\n")
+        self.assertEqual((ch.expired, ch.withdrawn, ch.queued), (2, 1, 0))
 
 
 class AttributeTests(unittest.TestCase):

@@ -716,3 +716,56 @@ class SecurityPropertyTests(Helpers, TestCase):
     def test_loopbackConsoleWithoutAuth(self):
         console = [("port", "0"), ("msgtype", "xmlcall"), ("interface", "::1")]
         self.assertFalse(parse(listenerDoc(console)).listeners[0].auth)
+
+
+class RoutingPropertyTests(Helpers, TestCase):
+    """Slow consumers on listeners; paired replies on channels."""
+
+    def test_overflowDefaults(self):
+        listener = parse(listenerDoc(LISTENER)).listeners[0]
+        self.assertEqual((listener.overflow, listener.slow_consumer_timeout),
+                         ("pause", 30.0))
+        listener = parse(listenerDoc(edit(LISTENER, overflow="drop"))).listeners[0]
+        self.assertEqual(listener.overflow, "drop")
+        listener = parse(listenerDoc(edit(LISTENER, slow_consumer_timeout="2.5"))
+                         ).listeners[0]
+        self.assertEqual(listener.slow_consumer_timeout, 2.5)
+
+    def test_overflowErrors(self):
+        self.assertIn("'overflow'", str(self.parseError(
+            listenerDoc(edit(LISTENER, overflow="block")))))
+        self.assertIn("'slow-consumer-timeout'", str(self.parseError(
+            listenerDoc(edit(LISTENER, slow_consumer_timeout="0")))))
+        self.assertPropertyError(
+            listenerDoc(edit(LISTENER, overflow="drop", slow_consumer_timeout="5")),
+            "listener 'l'", "slow-consumer-timeout", "only used with overflow pause")
+        inOnly = edit(LISTENER, drop=("topic-out",), direction="in", overflow="drop")
+        self.assertPropertyError(
+            listenerDoc(inOnly), "listener 'l'", "overflow",
+            "only used by a listener that writes topic-out's messages to its connections")
+        console = [("port", "0"), ("msgtype", "xmlcall"), ("slow-consumer-timeout", "5")]
+        self.assertPropertyError(
+            listenerDoc(console), "listener 'l'", "slow-consumer-timeout",
+            "only used by a listener that writes topic-out's messages to its connections")
+
+    def test_replies(self):
+        channel = parse(channelDoc(CHANNEL)).channels[0]
+        self.assertEqual((channel.replies, channel.max_in_flight), ("none", 1000))
+        channel = parse(channelDoc(edit(CHANNEL, replies="ordered", max_in_flight="5"))
+                        ).channels[0]
+        self.assertEqual((channel.replies, channel.max_in_flight), ("ordered", 5))
+
+    def test_repliesErrors(self):
+        self.assertPropertyError(
+            channelDoc(edit(CHANNEL, max_in_flight="5")), "channel 'c'", "max-in-flight",
+            "only used with replies=ordered")
+        self.assertPropertyError(
+            channelDoc(edit(CHANNEL, protocol="http", replies="ordered")), "channel 'c'",
+            "replies", "http pairs each response with its request itself: leave "
+            "replies out")
+        self.assertPropertyError(
+            channelDoc(edit(CHANNEL, protocol="text-stream", replies="ordered")),
+            "channel 'c'", "replies",
+            "protocol text-stream delivers arbitrary chunks, not one reply per message")
+        self.assertIn("'max-in-flight'", str(self.parseError(
+            channelDoc(edit(CHANNEL, replies="ordered", max_in_flight="0")))))

@@ -31,6 +31,7 @@ from aiengine.engine import Engine
 from aiengine.listeners import (GuardFactory, ListenerConnection, ListenerFactory,
                                 ListenerService, readSecret, serverTLSOptions)
 from tests.certs import makeCertificates
+from tests.test_broker import Producer
 from tests.test_listeners import LineClient, settle, textProtocol
 
 
@@ -409,6 +410,81 @@ class FlowControlUnitTests(Harness, unittest.TestCase):
         transport.loseConnection()
         connection.resumeProducing()
         self.assertIsNone(transport.producer)
+
+
+class FlowControlPauseTests(unittest.TestCase):
+    """overflow pause: a full queue pauses the topic's publishers instead of
+    dropping; a connection full for slow-consumer-timeout is cut off."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.broker = Broker(clock=self.clock)
+        config = ListenerConfig(name="lines", port=0, protocol=textProtocol(),
+                                topic_in="in", topic_out="out", slow_consumer_timeout=5.0)
+        self.factory = ListenerFactory(config, self.broker)
+        self.factory.maxQueuedMessages = 3
+        self.factory.doStart()
+        self.addCleanup(self.factory.doStop)
+        self.transports = []
+        for _ in range(2):
+            transport = StringTransport()
+            self.factory.buildProtocol(None).makeConnection(transport)
+            self.transports.append(transport)
+        self.slow, self.quick = (self.factory.connections[f"lines.{n}"] for n in (1, 2))
+        self.producer = Producer()
+        self.broker.topic("out").registerProducer(self.producer)
+
+    def lines(self, transport):
+        return transport.value().split(b"\n")[:-1]
+
+    def test_fullQueuePausesPublishersDropsNothing(self):
+        self.slow.pauseProducing()
+        for i in range(6):
+            self.broker.publish("out", b"%d" % i)
+        self.assertTrue(self.producer.paused)
+        # The quick one waits too: the topic is paused as a whole.
+        self.assertEqual(self.lines(self.transports[1]), [b"0", b"1", b"2"])
+        self.assertEqual((self.slow.queued, self.factory.dropped), (3, 0))
+        self.slow.resumeProducing()
+        self.assertFalse(self.producer.paused)
+        for transport in self.transports:
+            self.assertEqual(self.lines(transport), [b"%d" % i for i in range(6)])
+        self.assertEqual((self.factory.dropped, self.factory.slowConsumers), (0, 0))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_slowConsumerCutOff(self):
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        self.slow.pauseProducing()
+        for i in range(5):
+            self.broker.publish("out", b"%d" % i)
+        self.clock.advance(4.9)
+        self.assertTrue(self.producer.paused)
+        self.assertFalse(self.transports[0].disconnecting)
+        self.clock.advance(0.1)
+        self.assertEqual(self.factory.slowConsumers, 1)
+        self.assertEqual((self.slow.dropped, self.factory.dropped), (3, 3))
+        self.assertFalse(self.producer.paused)
+        # The others got everything, the cut-off one is out of the routing.
+        self.assertEqual(self.lines(self.transports[1]), [b"%d" % i for i in range(5)])
+        self.assertEqual(list(self.factory.connections), ["lines.2"])
+        self.broker.publish("out", b"after")
+        self.assertEqual(self.slow.queued, 0)
+        logged = [formatEvent(e) for e in events if "slow consumer" in e.get("log_format", "")]
+        self.assertEqual(len(logged), 1)
+        self.assertIn("lines.1", logged[0])
+
+    def test_closedWhileFullReleasesPublishers(self):
+        self.slow.pauseProducing()
+        for i in range(4):
+            self.broker.publish("out", b"%d" % i)
+        self.assertTrue(self.producer.paused)
+        self.slow.framer.connectionLost(Failure(ConnectionDone()))
+        self.assertFalse(self.producer.paused)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.lines(self.transports[1]), [b"0", b"1", b"2", b"3"])
+        self.assertEqual(self.factory.dropped, 3)
 
 
 class FlowControlSocketTests(Harness, unittest.TestCase):
