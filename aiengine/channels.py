@@ -319,7 +319,7 @@ class _Connection(ProtocolWrapper, TimeoutMixin):
         self.protocolFailure: Optional[str] = None
         #: replies=ordered: the attributes of each message written and not yet
         #: answered (in-reply-to, session), oldest first
-        self.awaiting: deque = deque()
+        self.awaiting = deque() if channel._ordered else ()
         #: why it failed, when we know better than the connection-lost reason
         self.failReason: Optional[str] = None
         self.verifyResult = None
@@ -640,9 +640,6 @@ class Channel:
         self.dropped = 0
         self.inboxDropped = 0
         self.unsent = 0
-        self.expired = 0
-        self.withdrawn = 0
-        self.unanswered = 0
         self.errors = 0
         self.receiveTimeouts = 0
         self.lastError: Optional[str] = None
@@ -680,9 +677,6 @@ class Channel:
         # channels skip building them for every message.
         self._ordered = config.replies == "ordered"
         self._replyAttributes = self._ordered or config.protocol.outbound.name == "http"
-        # Media.request calls waiting for their reply, by request id.
-        self._replyWaiters: dict = {}
-        self._requestSeq = 0
         # Fired when a server that stopped reading reads again: returned to
         # the broker meanwhile, so topic-out's publishers are paused rather
         # than this channel's queue overflowing.
@@ -693,6 +687,12 @@ class Channel:
     # Empty until used: a deque costs about 600 bytes, and a daemon may run
     # tens of thousands of channels.
     _queue = _inbox = _waiters = ()
+    #: Media.request calls waiting for their reply, by request id (a dict
+    #: once the first is made)
+    _replyWaiters = None
+    _requestSeq = 0
+    # Counters that most channels never move: on the class until they do.
+    expired = withdrawn = unanswered = 0
 
     def _deque(self, name) -> deque:
         """The deque called ``name``, made when first needed."""
@@ -797,7 +797,7 @@ class Channel:
         for waiter in waiters:
             self._endWaiter(waiter)
             waiter.deferred.errback(ChannelStopped(f"channel {self.name} stopped"))
-        for d in list(self._replyWaiters.values()):
+        for d in list(self._replyWaiters.values()) if self._replyWaiters else ():
             d.errback(ChannelStopped(f"channel {self.name} stopped"))
         self._purgeStale()
         if self._queue and self._mayFlushOnStop():
@@ -1021,6 +1021,8 @@ class Channel:
         requestId = f"{self.name}-request-{self._requestSeq}"
         ticket = _Deadline(self.reactor.seconds() + timeout)
         d = Deferred()  # cancelled: CancelledError, and _replied cleans up
+        if self._replyWaiters is None:
+            self._replyWaiters = {}
         self._replyWaiters[requestId] = d
         timer = self.reactor.callLater(timeout, self._requestTimedOut, requestId, timeout)
         d.addBoth(self._replied, requestId, ticket, timer)
@@ -1214,12 +1216,12 @@ class Channel:
         if attributes and self._replyWaiters:
             waiter = self._replyWaiters.get(attributes.get("in-reply-to"))
             if waiter is not None:
+                # The caller's alone: neither published nor kept in the inbox.
                 self._inboxSeq += 1
                 waiter.callback(Message(self.name, f"{self.name}-{self._inboxSeq}",
                                         message, self.config.msgtype, self.name, None,
                                         attributes))
-                if self._topicIn is None:
-                    return
+                return
         session = attributes.get("session") if attributes else None
         config = self.config
         topic = self._topicIn
@@ -1253,7 +1255,7 @@ class Channel:
         wasFull = self._inFlightFull(connection)
         request = connection.awaiting.popleft()
         if request:
-            attributes = dict(attributes or (), **request)
+            attributes = {**attributes, **request} if attributes else request
         if wasFull:
             self._writable()
         return attributes

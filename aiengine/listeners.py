@@ -303,7 +303,7 @@ class ListenerConnection:
                 self._queue.append(message)
                 self._queuedBytes += len(message)
                 if self._slowCall is None and self.full:
-                    factory._becameFull(self)
+                    factory.queueFull(self)
                 return
             if self._queue and (len(self._queue) >= factory.maxQueuedMessages or
                                 self._queuedBytes + len(message) > factory.maxQueuedBytes):
@@ -329,10 +329,10 @@ class ListenerConnection:
         if lost:
             self.dropped += lost
             self.factory.dropped += lost
-        self.factory._notFull(self)
+        self.factory.queueHasRoom(self)
         return lost
 
-    def _slowConsumer(self):
+    def cutOffAsSlow(self):
         """The queue stayed full for slow-consumer-timeout: disconnect the peer."""
         self._slowCall = None
         factory = self.factory
@@ -395,7 +395,7 @@ class ListenerConnection:
             self._queuedBytes -= len(message)
             self._write(message)
         if self._slowCall is not None and not self.full:
-            self.factory._notFull(self)
+            self.factory.queueHasRoom(self)
 
     def stopProducing(self):
         """The transport is going away; :meth:`framerDisconnected` cleans up."""
@@ -535,7 +535,7 @@ class ListenerFactory(Factory):
             self._subscription.cancel()
             self._subscription = None
         for connection in tuple(self._full):
-            self._notFull(connection)
+            self.queueHasRoom(connection)
 
     def buildProtocol(self, addr):
         self.count += 1
@@ -582,14 +582,14 @@ class ListenerFactory(Factory):
             return self._drained
         return None
 
-    def _becameFull(self, connection):
+    def queueFull(self, connection):
         """``connection``'s queue reached its bounds: publishers wait for it,
         for ``slowConsumerTimeout`` seconds at most."""
         self._full.add(connection)
         connection._slowCall = self.broker.clock.callLater(
-            self.slowConsumerTimeout, connection._slowConsumer)
+            self.slowConsumerTimeout, connection.cutOffAsSlow)
 
-    def _notFull(self, connection):
+    def queueHasRoom(self, connection):
         """``connection`` has room again, or is gone: publishers may go on."""
         call, connection._slowCall = connection._slowCall, None
         if call is not None and call.active():
