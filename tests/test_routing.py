@@ -515,3 +515,29 @@ class ExpiryTests(RoutingTestCase):
         self.assertEqual(answer.findtext("body"), "page /new")
         self.assertEqual(pages.requested, [b"/new"])
         self.assertEqual(self.engine.channels["google"].status()["withdrawn"], 1)
+
+    @defer.inlineCallbacks
+    def test_callerGoneWithdraws(self):
+        """A console connection that closes while its request waits in the
+        queue: the request is withdrawn, not sent when the server comes back."""
+        sock = self.reservedPort()
+        echo = Factory.forProtocol(InOrderEcho)
+        echo.received = []
+        yield self.startEngine(channels=channel("echo", sock.getsockname()[1],
+                                                topicIn="echo.in", topicOut="echo.out"))
+        client = yield self.console()
+        client.transport.write(xmlcall("Topics", "request", requestId="gone",
+                                       topic_out="echo.out", topic_in="echo.in",
+                                       message="nobody waits", timeout="30"))
+        yield waitFor(lambda: self.engine.broker.topic("echo.in").waiting == 1,
+                      what="the request waiting")
+        client.transport.loseConnection()
+        yield client.lost
+        yield waitFor(lambda: self.engine.broker.topic("echo.in").waiting == 0,
+                      what="the request given up")
+        self.engine.media.send("echo", "after")
+        self.comeBack(sock, echo)
+        yield waitFor(lambda: echo.received, what="the later message")
+        yield settle(0.1)
+        self.assertEqual(echo.received, [b"after"])
+        self.assertEqual(self.engine.channels["echo"].status()["withdrawn"], 1)
