@@ -501,12 +501,13 @@ class BrokerModelTests(unittest.TestCase):
             if op == "subscribe":
                 record = [None, [], [], []]
                 single = callback(record, arg == "slow")
-                batch = None
-                if arg == "batch":
-                    def batch(messages, record=record):
-                        record[1].extend(m._seq for m in messages)
-                record[0] = topic.subscribe(single, name=f"s{len(subs)}",
-                                            batchCallback=batch)
+
+                def batch(messages, record=record):
+                    record[1].extend(m._seq for m in messages)
+
+                record[0] = topic.subscribe(
+                    single, name=f"s{len(subs)}",
+                    batchCallback=batch if arg == "batch" else None)
                 subs.append(record)
             elif op == "cancel" and arg < len(subs):
                 subs[arg][0].cancel()

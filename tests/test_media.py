@@ -93,7 +93,29 @@ def settle(seconds=0.02):
     return deferLater(reactor, seconds, lambda: None)
 
 
-class EngineTests(unittest.TestCase):
+class ConsoleClientMixin:
+    """Console clients of ``self.engine``'s ``debug`` listener, cleaned up."""
+
+    @defer.inlineCallbacks
+    def console(self):
+        port = self.engine.listeners["debug"].address[1]
+        client = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+                                       Collector())
+        self.addCleanup(lambda: client.transport.loseConnection() or client.lost)
+        return client
+
+    @defer.inlineCallbacks
+    def call(self, client, data, requestIds):
+        """Write ``data``; the answers to ``requestIds``, in that order."""
+        client.transport.write(data)
+        while True:
+            results = {r.get("requestId"): r for r in client.results()}
+            if all(i in results for i in requestIds):
+                return [results[i] for i in requestIds]
+            yield client.waitDocs(len(client.docs) + 1)
+
+
+class EngineTests(ConsoleClientMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def setUp(self):
         site = server.Site(Pages())
@@ -110,23 +132,6 @@ class EngineTests(unittest.TestCase):
         self.addCleanup(self.engine.stopService)
         while any(c.state != "connected" for c in self.engine.channels.values()):
             yield settle()
-
-    @defer.inlineCallbacks
-    def console(self):
-        port = self.engine.listeners["debug"].address[1]
-        client = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port),
-                                       Collector())
-        self.addCleanup(lambda: client.transport.loseConnection() or client.lost)
-        return client
-
-    @defer.inlineCallbacks
-    def call(self, client, data, requestIds):
-        client.transport.write(data)
-        while True:
-            results = {r.get("requestId"): r for r in client.results()}
-            if all(i in results for i in requestIds):
-                return [results[i] for i in requestIds]
-            yield client.waitDocs(len(client.docs) + 1)
 
     @defer.inlineCallbacks
     def test_seedRequestPage(self):

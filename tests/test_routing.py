@@ -23,21 +23,14 @@ from twisted.web import resource, server
 
 from aiengine.config import parse
 from aiengine.engine import Engine
-from tests.test_console import Collector, xmlcall
+from tests.test_console import xmlcall
+from tests.test_hardening_listeners import waitFor
 from tests.test_listeners import LineClient
+from tests.test_media import ConsoleClientMixin
 
 
 def settle(seconds=0.02):
     return deferLater(reactor, seconds, lambda: None)
-
-
-@defer.inlineCallbacks
-def waitFor(predicate, timeout=10.0, what="condition"):
-    deadline = reactor.seconds() + timeout
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        yield settle(0.01)
 
 
 class InOrderEcho(LineOnlyReceiver):
@@ -120,7 +113,7 @@ def listener(name, **properties):
     return "\n".join(lines + ["</listener>"])
 
 
-class RoutingTestCase(unittest.TestCase):
+class RoutingTestCase(ConsoleClientMixin, unittest.TestCase):
     """An engine from media.xml text, its console, and clean-up."""
 
     timeout = 60
@@ -145,29 +138,12 @@ class RoutingTestCase(unittest.TestCase):
         return self.engine.listeners[name].address[1]
 
     @defer.inlineCallbacks
-    def console(self):
-        client = yield connectProtocol(
-            TCP4ClientEndpoint(reactor, "127.0.0.1", self.port("debug")), Collector())
-        self.addCleanup(lambda: client.transport.loseConnection() or client.lost)
-        return client
-
-    @defer.inlineCallbacks
     def lineClient(self, listenerName):
         client = yield connectProtocol(
             TCP4ClientEndpoint(reactor, "127.0.0.1", self.port(listenerName)),
             LineClient())
         self.addCleanup(lambda: client.transport.loseConnection() or client.closed)
         return client
-
-    @defer.inlineCallbacks
-    def call(self, client, data, requestIds):
-        """Write ``data``; the answers to ``requestIds``, in that order."""
-        client.transport.write(data)
-        while True:
-            results = {r.get("requestId"): r for r in client.results()}
-            if all(i in results for i in requestIds):
-                return [results[i] for i in requestIds]
-            yield client.waitDocs(len(client.docs) + 1)
 
     @defer.inlineCallbacks
     def concurrentRequests(self, clients, perClient, make):
