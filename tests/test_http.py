@@ -355,6 +355,21 @@ class ResponseTests(unittest.SynchronousTestCase):
         self.assertEqual(len(rec.errors), 1)
         self.assertEqual(rec.messages, [])
 
+    def test_extraResponseInTheSamePacketFails(self):
+        """A second response in the packet of the only one asked for is bytes
+        with no request in flight: logged, counted, closed (it used to raise
+        IndexError from the reactor)."""
+        proto, rec, transport = connected()
+        proto.sendMessage(b"/")
+        proto.dataReceived(OK + NOTFOUND)
+        self.assertEqual(rec.bodies, [b"hello"])
+        self.assertEqual(rec.errors, [f"{len(NOTFOUND)} bytes from the server with no "
+                                      f"request in flight"])
+        self.assertTrue(transport.disconnecting)
+        proto.sendMessage(b"/later")
+        peerClosed(proto)
+        self.assertEqual([a["status"] for _, a in rec.messages], [200, 0])
+
     def test_closeDelimited(self):
         proto, rec, transport = connected()
         proto.sendMessage(b"/c")

@@ -218,6 +218,14 @@ class HttpClientProtocol(FramingProtocol):
 
     def _processEvents(self, eof=False):
         while not self._closing:
+            if not self._fed:
+                # No request expects a response: what is left of the packet
+                # was not asked for (h11 would parse it anyway).
+                leftover = len(self._parser.trailing_data[0])
+                if leftover:
+                    self.fail(f"{leftover} bytes from the server with no request in "
+                              f"flight")
+                return
             try:
                 event = self._parser.next_event()
             except h11.RemoteProtocolError as e:
