@@ -59,7 +59,7 @@ from collections import deque
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, TimeoutFactory, TimeoutProtocol
@@ -622,10 +622,31 @@ class ListenerFactory(Factory):
 
 # -- limits common to every listener ----------------------------------------------
 
+@implementer(IHalfCloseableProtocol)
 class GuardProtocol(TimeoutProtocol):
-    """Wraps one accepted connection: closes it after ``idle-timeout``."""
+    """Wraps one accepted connection: closes it after ``idle-timeout``.
+
+    A peer that shuts down its sending side (half-close, as scripts do) is
+    not cut off: an inner protocol that handles half-closes (the console,
+    which answers what it has read first) decides when to close; any other
+    is closed in order, so what was written to it still reaches the peer.
+    """
 
     _abortCall = None
+
+    def readConnectionLost(self):
+        """The peer sent everything it will send."""
+        inner = IHalfCloseableProtocol(self.wrappedProtocol, None)
+        if inner is not None:
+            inner.readConnectionLost()
+        else:
+            self.close(self.factory.closeGrace)
+
+    def writeConnectionLost(self):
+        """Our sending side is shut down."""
+        inner = IHalfCloseableProtocol(self.wrappedProtocol, None)
+        if inner is not None:
+            inner.writeConnectionLost()
 
     def timeoutFunc(self):
         """Idle too long: close, and abort if the peer does not read the close."""

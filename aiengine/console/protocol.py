@@ -65,7 +65,7 @@ from copy import deepcopy
 
 from lxml import etree
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
@@ -170,7 +170,7 @@ def _resultChildren(value) -> list:
     return items
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IHalfCloseableProtocol)
 class ConsoleProtocol(Protocol):
     """One console connection.
 
@@ -179,7 +179,9 @@ class ConsoleProtocol(Protocol):
         when the factory has no secret, else after ``Engine.login``.
 
     As an ``IPushProducer`` registered with its own transport it learns when
-    the peer stops reading our writes, and stops reading its requests.
+    the peer stops reading our writes, and stops reading its requests.  A
+    peer that shuts down its sending side (a script that wrote its requests)
+    gets every call it sent answered before the connection is closed.
     """
 
     def __init__(self, factory: "ConsoleFactory", session: str):
@@ -196,6 +198,7 @@ class ConsoleProtocol(Protocol):
         self._drainWaiters: list[Deferred] = []
         self._closing = False
         self._gone = False
+        self._peerDone = False  # the peer half-closed: close once all is answered
         self._outbox = None  # answers waiting for the end of the packet being read
 
     # -- connection API for console methods (see interfaces.Call) -----------
@@ -291,6 +294,24 @@ class ConsoleProtocol(Protocol):
         cleanups, self._cleanups = self._cleanups, []
         for function in cleanups:
             self._runCleanup(function)
+
+    # -- IHalfCloseableProtocol ------------------------------------------------
+
+    def readConnectionLost(self):
+        """The peer sent all it will: answer the calls still running, then close."""
+        self._peerDone = True
+        if not self._pending:
+            self._close()
+
+    def writeConnectionLost(self):
+        """Our sending side is shut down: nothing more to do."""
+
+    def _answered(self, result):
+        # After a call's answer is written: the last one closes a half-closed
+        # connection.
+        if self._peerDone and not self._pending:
+            self._close()
+        return result
 
     # -- IPushProducer: the transport tells us whether the peer reads ---------
 
@@ -431,6 +452,7 @@ class ConsoleProtocol(Protocol):
                        callbackArgs=(requestId, name, label),
                        errbackArgs=(requestId, name, label))
         d.addErrback(self._internalError, requestId, name)
+        d.addBoth(self._answered)
 
     def _prepare(self, root, requestId, name):
         if root.tag != "xmlcall":
