@@ -497,19 +497,40 @@ class ConcurrencyTests(ConsoleTestCase):
         return docs[1:]
 
     @inlineCallbacks
-    def test_pendingCancelledOnDisconnect(self):
+    def waitingCall(self, tag):
         client = yield self.connect()
-        client.transport.write(xmlcall("Slow", "wait", "1", tag="B"))
+        client.transport.write(xmlcall("Slow", "wait", "1", tag=tag))
         for _ in range(100):
-            if "B" in self.slow.waiting:
+            if tag in self.slow.waiting:
                 break
             yield deferLater(reactor, 0.01, lambda: None)
-        client.transport.loseConnection()
+        return client
+
+    @inlineCallbacks
+    def test_pendingCancelledOnDisconnect(self):
+        """A peer that is gone (reset) has its running calls cancelled at once."""
+        client = yield self.waitingCall("B")
+        client.transport.abortConnection()
         yield client.lost
         yield self._serverClosed()
         d = self.slow.waiting["B"]
         self.assertTrue(d.called)
         self.assertEqual(self.factory.undelivered, 0)
+
+    @inlineCallbacks
+    def test_pendingAfterCloseCancelledAfterHalfCloseTimeout(self):
+        """A peer that closed (it may have half-closed, to read its answers)
+        keeps its running calls for halfCloseTimeout, then they are cancelled."""
+        self.factory.halfCloseTimeout = 0.2
+        client = yield self.waitingCall("C")
+        client.transport.loseWriteConnection()
+        yield deferLater(reactor, 0.1, lambda: None)
+        self.assertFalse(self.slow.waiting["C"].called)
+        yield client.lost
+        self.assertTrue(self.slow.waiting["C"].called)
+        [answer] = client.results()
+        self.assertEqual(answer.findtext("exception"),
+                         "cancelled: the connection was closed by the peer 0.2 s earlier")
 
     def test_maxPendingPausesReading(self):
         self.factory.maxPending = 2

@@ -507,7 +507,7 @@ class ExpiryTests(RoutingTestCase):
                                        message="nobody waits", timeout="30"))
         yield waitFor(lambda: self.engine.broker.topic("echo.in").waiting == 1,
                       what="the request waiting")
-        client.transport.loseConnection()
+        client.transport.abortConnection()
         yield client.lost
         yield waitFor(lambda: self.engine.broker.topic("echo.in").waiting == 0,
                       what="the request given up")

@@ -199,6 +199,7 @@ class ConsoleProtocol(Protocol):
         self._closing = False
         self._gone = False
         self._peerDone = False  # the peer half-closed: close once all is answered
+        self._halfCloseCall = None
         self._outbox = None  # answers waiting for the end of the packet being read
 
     # -- connection API for console methods (see interfaces.Call) -----------
@@ -288,6 +289,9 @@ class ConsoleProtocol(Protocol):
         self.factory.connectionClosed(self)
         self.log.info("{session}: console connection closed ({pending} calls "
                       "unfinished)", session=self.session, pending=len(self._pending))
+        if self._halfCloseCall is not None:
+            self._halfCloseCall.cancel()
+            self._halfCloseCall = None
         for d in list(self._pending):
             d.cancel()
         self._fireDrainWaiters()
@@ -298,10 +302,25 @@ class ConsoleProtocol(Protocol):
     # -- IHalfCloseableProtocol ------------------------------------------------
 
     def readConnectionLost(self):
-        """The peer sent all it will: answer the calls still running, then close."""
+        """The peer sent all it will: answer the calls still running, then close.
+
+        A peer that closed entirely looks the same until we write to it, so
+        calls still running after ``halfCloseTimeout`` seconds are cancelled.
+        """
         self._peerDone = True
         if not self._pending:
             self._close()
+            return
+        self._halfCloseCall = self.factory.clock.callLater(
+            self.factory.halfCloseTimeout, self._halfCloseExpired)
+
+    def _halfCloseExpired(self):
+        self._halfCloseCall = None
+        self.log.info("{session}: the peer closed its side {timeout:g} s ago: cancelling "
+                      "{n} call(s) still running", session=self.session,
+                      timeout=self.factory.halfCloseTimeout, n=len(self._pending))
+        for d in list(self._pending):
+            d.cancel()
 
     def writeConnectionLost(self):
         """Our sending side is shut down: nothing more to do."""
@@ -503,7 +522,10 @@ class ConsoleProtocol(Protocol):
             self.log.debug("{session}: {label} {requestId} cancelled: connection gone",
                            session=self.session, label=label, requestId=requestId)
             return
-        if failure.check(CallError):
+        if failure.check(CancelledError) and self._peerDone:
+            message = (f"cancelled: the connection was closed by the peer "
+                       f"{self.factory.halfCloseTimeout:g} s earlier")
+        elif failure.check(CallError):
             message = str(failure.value)
             self.log.warn("{session}: {label} {requestId} failed: {message}",
                           session=self.session, label=label, requestId=requestId,
@@ -609,10 +631,19 @@ class ConsoleFactory(Factory):
 
     protocol = ConsoleProtocol
 
+    #: seconds a connection whose peer closed its sending side keeps its
+    #: running calls, to answer them, before they are cancelled
+    halfCloseTimeout = 30.0
+
     def __init__(self, registry, engine, name: str = "console", maxSize: int = 1000000,
                  maxPending: int = 100, secret: bytes | None = None,
                  maxMalformed: int = 100, showMessages: bool = False):
         self.registry = registry
+        #: for timers: the engine's reactor (the global one when it has none)
+        self.clock = getattr(engine, "reactor", None)
+        if self.clock is None:
+            from twisted.internet import reactor as clock
+            self.clock = clock
         #: log every request and answer (the listener's protocol.showmessages)
         self.showMessages = showMessages
         self.engine = engine
