@@ -1455,7 +1455,9 @@ class Channel:
         """Exactly ``size`` bytes of the inbound stream, across messages.
 
         What is left of the last message stays for the next receive; on
-        timeout the bytes taken so far are put back.
+        timeout the bytes taken so far are put back.  ``size`` is at most
+        the channel's ``protocol.max-packet-size``: a larger read would
+        gather bytes beyond the inbox's bound.
         """
         try:
             size = int(size)
@@ -1465,6 +1467,11 @@ class Channel:
             return fail(ValueError(f"size must not be negative ({size})"))
         if size == 0:
             return succeed(b"")
+        limit = self.config.protocol.inbound.max_packet_size
+        if size > limit:
+            # The bytes gathered for it are held outside the bounded inbox.
+            return fail(ValueError(f"size must be at most {limit} bytes (the channel's "
+                                   f"protocol.max-packet-size), not {size}"))
         return self._wait(_Waiter(size), timeout)
 
     def _wait(self, waiter, timeout):

@@ -178,7 +178,12 @@ class MediaConsole(ConsoleClass):
             raise CallError("size must be positive")
         d = call.engine.media.receiveFixed(call.params["channel"], size,
                                            _timeout(call.params.get("timeout")))
-        return d.addCallback(lambda data: textElement("data", data))
+
+        def refused(failure):
+            failure.trap(ValueError)
+            raise CallError(failure.getErrorMessage())
+
+        return d.addCallbacks(lambda data: textElement("data", data), refused)
 
     @method("Connect the channel (after disconnect, or an on-demand channel now).", channel)
     def connect(self, call):

@@ -664,6 +664,19 @@ class MemoryTests(MemoryHarness, unittest.TestCase):
         self.failureResultOf(ch.receiveFixed(-1), ValueError)
         self.assertEqual(self.successResultOf(ch.receiveFixed(0)), b"")
 
+    def test_receiveFixedBoundedByMaxPacketSize(self):
+        """A fixed read gathers its bytes outside the inbox's bound: it may not
+        ask for more than one message may hold (size=10**12 took +600 MB)."""
+        ch = self.make(delimiter=b";", maxPacket=100)
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        failure = self.failureResultOf(ch.receiveFixed(10 ** 12), ValueError)
+        self.assertEqual(str(failure.value), "size must be at most 100 bytes (the "
+                         "channel's protocol.max-packet-size), not 1000000000000")
+        d = ch.receiveFixed(100, timeout=1)
+        protocol.dataReceived(b"x" * 60 + b";" + b"y" * 60 + b";")
+        self.assertEqual(self.successResultOf(d), b"x" * 60 + b"y" * 40)
+
     def test_redirectInKeepsOnlyWhatAFixedReadLeft(self):
         ch = self.make(redirect_in=True, topic_in="in")
         published = []
