@@ -113,6 +113,27 @@ class TextMessagesTests(TestCase):
         self.assertEqual(receiver.messages, messages)
         self.assertEqual(receiver.errors, [])
 
+    def test_multiByteDelimiterLooksOnlyAtNewBytes(self):
+        """With a multi-byte delimiter, a packet holding its last byte but not
+        the whole delimiter does not re-read what is buffered: 900 KB waiting
+        and a flood of 1-byte packets cost the packets, not the buffer."""
+        framer, transport, receiver = connect(config("text-messages", delimiter=b"\r\n"))
+        joins = []
+        original = framer._takePieces
+        framer._takePieces = lambda: (joins.append(1), original())
+        framer.dataReceived(b"x" * 900000)
+        for _ in range(1000):
+            framer.dataReceived(b"\n")
+        self.assertEqual(joins, [])
+        framer.dataReceived(b"\r")
+        framer.dataReceived(b"\n")
+        self.assertEqual(joins, [1])
+        self.assertEqual(receiver.messages, [b"x" * 900000 + b"\n" * 1000])
+        # A delimiter split across packets is still found.
+        framer.dataReceived(b"ab\r")
+        framer.dataReceived(b"\ncd\r\n")
+        self.assertEqual(receiver.messages[1:], [b"ab", b"cd"])
+
     def test_batchNotUsedForTooLarge(self):
         """A packet holding a message over the limit is handled one by one:
         the messages before it arrive, then the connection closes."""

@@ -29,6 +29,11 @@ class TextMessagesProtocol(FramingProtocol, LineOnlyReceiver):
         self.MAX_LENGTH = self.maxMessage + len(self.delimiter) - 1
         # An int: ``int in bytes`` is a plain byte search.
         self._lastByte = self.delimiter[-1]
+        # A multi-byte delimiter may start in bytes already held: its first
+        # len - 1 bytes' worth of them, kept so that a packet is searched
+        # with them only, never with the whole buffer.
+        self._overlap = len(self.delimiter) - 1
+        self._tail = b""
         # Pieces of a message that no packet has ended yet: kept as a list so
         # a peer trickling a long message costs linear, not quadratic, time.
         self._pieces = []
@@ -37,10 +42,15 @@ class TextMessagesProtocol(FramingProtocol, LineOnlyReceiver):
     def framedDataReceived(self, data):
         if self.transport.disconnecting:
             return  # closing (a failure or the receiver's choice): no more messages
-        if self._lastByte not in data:
-            # No delimiter can end in this packet.
+        overlap = self._overlap
+        if self._lastByte not in data or (
+                overlap and (self._tail + data).find(self.delimiter) < 0):
+            # No delimiter ends in this packet: keep it without re-reading
+            # what came before.
             self._pieces.append(data)
             self._piecesSize += len(data)
+            if overlap:
+                self._tail = (self._tail + data)[-overlap:]
             if len(self._buffer) + self._piecesSize > self.MAX_LENGTH:
                 self._takePieces()
                 self.lineLengthExceeded(self._buffer)
@@ -52,6 +62,8 @@ class TextMessagesProtocol(FramingProtocol, LineOnlyReceiver):
         transport = self.transport
         messages = (self._buffer + data).split(self.delimiter)
         self._buffer = messages.pop()
+        if overlap:
+            self._tail = self._buffer[-overlap:]
         maxMessage = self.maxMessage
         if (self._batch is not None and len(messages) > 1
                 and max(map(len, messages)) <= maxMessage):
@@ -81,6 +93,6 @@ class TextMessagesProtocol(FramingProtocol, LineOnlyReceiver):
 
     def lineLengthExceeded(self, line):
         unfinished = " so far" if line is self._buffer else ""
-        self._buffer = b""
+        self._buffer = self._tail = b""
         self.fail(f"message longer than max-packet-size {self.maxMessage} bytes "
                   f"({len(line)} bytes{unfinished}), dropped")
