@@ -532,18 +532,39 @@ class ConcurrencyTests(ConsoleTestCase):
         self.assertEqual(answer.findtext("exception"),
                          "cancelled: the connection was closed by the peer 0.2 s earlier")
 
-    def test_maxPendingPausesReading(self):
+    def test_maxPendingHoldsFurtherRequests(self):
+        """With maxPending calls running, further requests wait (also those of
+        the same packet), and reading goes on, so a close is always seen."""
         self.factory.maxPending = 2
         protocol = self.factory.buildProtocol(None)
         transport = StringTransport()
         protocol.makeConnection(transport)
-        protocol.dataReceived(xmlcall("Slow", "wait", "1", tag="p1"))
+        protocol.dataReceived(b"".join(xmlcall("Slow", "wait", str(i), tag=f"p{i}")
+                                       for i in range(1, 4)))
+        self.assertEqual(sorted(self.slow.waiting), ["p1", "p2"])
+        protocol.dataReceived(xmlcall("Slow", "wait", "4", tag="p4"))
+        self.assertEqual(sorted(self.slow.waiting), ["p1", "p2"])
         self.assertEqual(transport.producerState, "producing")
-        protocol.dataReceived(xmlcall("Slow", "wait", "2", tag="p2"))
-        self.assertEqual(transport.producerState, "paused")
         self.slow.waiting["p1"].callback(None)
-        self.assertEqual(transport.producerState, "producing")
         self.assertIn(b'requestId="1"', transport.value())
+        self.assertEqual(sorted(self.slow.waiting), ["p1", "p2", "p3"])
+        self.slow.waiting["p2"].callback(None)
+        self.assertEqual(sorted(self.slow.waiting), ["p1", "p2", "p3", "p4"])
+        protocol.connectionLost(None)
+
+    def test_heldRequestsBounded(self):
+        """What waits for a free slot is bounded by the request size limit."""
+        self.factory.maxPending = 1
+        self.factory.maxSize = 1000
+        protocol = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(xmlcall("Slow", "wait", "1", tag="p1"))
+        for i in range(20):
+            protocol.dataReceived(xmlcall("Engine", "ping", f"x{i}"))
+        self.assertTrue(transport.disconnecting)
+        self.assertIn(b"more than 1000 bytes of requests waiting while 1 calls run",
+                      transport.value())
         protocol.connectionLost(None)
 
     def test_eventBackpressure(self):

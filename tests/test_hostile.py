@@ -7,7 +7,8 @@ from __future__ import annotations
 from twisted.internet import defer, reactor
 
 from tests.test_console import xmlcall
-from tests.test_routing import RoutingTestCase
+from tests.test_hardening_listeners import waitFor
+from tests.test_routing import RoutingTestCase, settle
 
 
 class HalfCloseTests(RoutingTestCase):
@@ -48,3 +49,53 @@ class HalfCloseTests(RoutingTestCase):
         client.transport.loseWriteConnection()
         yield client.closed
         self.assertEqual(client.lines, [b"echo me"])
+
+
+class CallLimitTests(RoutingTestCase):
+    """At most 100 calls run per connection, and the peer's close is always
+    seen (at the limit the console used to stop reading)."""
+
+    @defer.inlineCallbacks
+    def startWithSlowCalls(self):
+        from tests.test_console import Slow
+        yield self.startEngine()
+        self.slow = Slow()
+        self.engine.registry.register(self.slow)
+        client = yield self.console()
+        client.transport.write(b"".join(xmlcall("Slow", "wait", requestId=str(i),
+                                                tag=str(i)) + b"\x01"
+                                        for i in range(1000)))
+        yield waitFor(lambda: len(self.slow.waiting) == 100, what="100 calls running")
+        return client
+
+    def consoleFactory(self):
+        return self.engine.listeners["debug"].factory
+
+    @defer.inlineCallbacks
+    def test_thousandCallsInOnePacket(self):
+        """1,000 waiting calls in one packet: 100 run, the others wait their turn."""
+        client = yield self.startWithSlowCalls()
+        yield settle(0.1)
+        self.assertEqual(len(self.slow.waiting), 100)
+        for tag in list(self.slow.waiting)[:10]:
+            self.slow.waiting[tag].callback(None)
+        yield client.waitDocs(10)
+        self.assertEqual(len(self.slow.waiting), 110)
+        self.assertEqual(sum(not d.called for d in self.slow.waiting.values()), 100)
+
+    @defer.inlineCallbacks
+    def test_resetAtTheLimitSeen(self):
+        client = yield self.startWithSlowCalls()
+        client.transport.abortConnection()
+        yield waitFor(lambda: self.consoleFactory().openConnections == 0,
+                      what="the connection closed")
+        self.assertTrue(all(d.called for d in self.slow.waiting.values()))
+
+    @defer.inlineCallbacks
+    def test_closeAtTheLimitSeen(self):
+        client = yield self.startWithSlowCalls()
+        self.consoleFactory().halfCloseTimeout = 0.2
+        client.transport.loseConnection()
+        yield waitFor(lambda: self.consoleFactory().openConnections == 0,
+                      what="the connection closed")
+        self.assertTrue(all(d.called for d in self.slow.waiting.values()))

@@ -35,7 +35,9 @@ it fires, so answers may come out of request order; one that returns at once
 is answered at once.  Requests and answers are logged only with the
 listener's ``protocol.showmessages``.
 Memory stays bounded: while a connection has ``maxPending`` calls running,
-or while its peer does not read our writes (the transport's write buffer is
+further requests wait (at most ``maxSize`` bytes of them; more closes the
+connection) and reading goes on, so that the peer's close is always seen;
+while its peer does not read our writes (the transport's write buffer is
 full), the console stops reading from it.  Requests are parsed with the
 rules of :mod:`aiengine.protocols.xmlsplit` (no DOCTYPE, no entities, size
 and depth limits).  A connection that sends ``maxMalformed`` malformed
@@ -61,6 +63,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections import deque
 from copy import deepcopy
 
 from lxml import etree
@@ -200,6 +203,10 @@ class ConsoleProtocol(Protocol):
         self._gone = False
         self._peerDone = False  # the peer half-closed: close once all is answered
         self._halfCloseCall = None
+        # Requests read while maxPending calls run: parsed ones, and bytes.
+        self._heldItems: deque = deque()
+        self._heldData: list = []
+        self._heldSize = 0
         self._outbox = None  # answers waiting for the end of the packet being read
 
     # -- connection API for console methods (see interfaces.Call) -----------
@@ -292,6 +299,7 @@ class ConsoleProtocol(Protocol):
         if self._halfCloseCall is not None:
             self._halfCloseCall.cancel()
             self._halfCloseCall = None
+        self._dropHeld()
         for d in list(self._pending):
             d.cancel()
         self._fireDrainWaiters()
@@ -308,7 +316,7 @@ class ConsoleProtocol(Protocol):
         calls still running after ``halfCloseTimeout`` seconds are cancelled.
         """
         self._peerDone = True
-        if not self._pending:
+        if not self._pending and not self._heldItems and not self._heldData:
             self._close()
             return
         self._halfCloseCall = self.factory.clock.callLater(
@@ -316,19 +324,35 @@ class ConsoleProtocol(Protocol):
 
     def _halfCloseExpired(self):
         self._halfCloseCall = None
+        held = self._dropHeld()
         self.log.info("{session}: the peer closed its side {timeout:g} s ago: cancelling "
-                      "{n} call(s) still running", session=self.session,
-                      timeout=self.factory.halfCloseTimeout, n=len(self._pending))
+                      "{n} call(s) still running{held}", session=self.session,
+                      timeout=self.factory.halfCloseTimeout, n=len(self._pending),
+                      held=f", {held} request(s) not run" if held else "")
+        self._closing = True  # nothing more is served
         for d in list(self._pending):
             d.cancel()
+
+    def _dropHeld(self) -> int:
+        """Forget the requests waiting for a free slot; returns how many were
+        parsed (their bytes, and unparsed ones, count as discarded)."""
+        items = len(self._heldItems)
+        self.factory.discardedBytes += (sum(len(item.data) for item in self._heldItems)
+                                        + self._heldSize)
+        self._heldItems.clear()
+        self._heldData, self._heldSize = [], 0
+        return items
 
     def writeConnectionLost(self):
         """Our sending side is shut down: nothing more to do."""
 
     def _answered(self, result):
-        # After a call's answer is written: the last one closes a half-closed
-        # connection.
-        if self._peerDone and not self._pending:
+        # After a call's answer is written: serve what waited for a free slot;
+        # the last answer closes a half-closed connection.
+        if (self._heldItems or self._heldData) and not self._gone:
+            self._serveHeld()
+        if self._peerDone and not self._pending and not self._heldItems \
+                and not self._heldData:
             self._close()
         return result
 
@@ -353,9 +377,15 @@ class ConsoleProtocol(Protocol):
     # -- requests -------------------------------------------------------------
 
     def _dataReceived(self, data):
+        if self._heldItems or self._heldData or self._busy():
+            self._hold(data)
+            return
         for start in range(0, len(data), _SLICE):
             if self._closing:
                 self.factory.discardedBytes += len(data) - start
+                return
+            if self._busy():
+                self._hold(data[start:])
                 return
             try:
                 items = self._splitter.feed(data[start:start + _SLICE])
@@ -366,8 +396,45 @@ class ConsoleProtocol(Protocol):
                 return
             self._serve(items)
 
+    def _busy(self) -> bool:
+        """``maxPending`` calls are running: further requests wait."""
+        return len(self._pending) >= self.factory.maxPending
+
+    def _hold(self, data):
+        """Keep bytes read while the connection is busy (bounded), so that
+        reading, and seeing the peer's close, never stops."""
+        self._heldData.append(data)
+        self._heldSize += len(data)
+        if self._heldSize > self.factory.maxSize and not self._closing:
+            self._heldData, self._heldSize = [], 0
+            self._tooLarge(f"more than {self.factory.maxSize} bytes of requests waiting "
+                           f"while {self.factory.maxPending} calls run")
+
+    def _serveHeld(self):
+        """A call ended: serve what waited for it, as far as the limit allows."""
+        if self._outbox is None:
+            # Answers made here leave in one write, as in dataReceived.
+            self._outbox = []
+            try:
+                self._serveHeld()
+            finally:
+                self._flushOutbox()
+            return
+        while not self._closing and not self._busy():
+            if self._heldItems:
+                self._serve([self._heldItems.popleft()])
+            elif self._heldData:
+                data = b"".join(self._heldData)
+                self._heldData, self._heldSize = [], 0
+                self._dataReceived(data)
+            else:
+                return
+
     def _serve(self, items):
-        for item in items:
+        for index, item in enumerate(items):
+            if not self._closing and self._busy():
+                self._heldItems.extend(items[index:])
+                return
             if self._closing:
                 # Condemned (failed login, malformed flood): nothing more is served.
                 self.factory.discardedBytes += len(item.data)
@@ -465,8 +532,6 @@ class ConsoleProtocol(Protocol):
         if not d.called:
             self._pending.add(d)
             d.addBoth(self._callEnded, d)
-            if len(self._pending) >= self.factory.maxPending:
-                self._pause("calls")
         d.addCallbacks(self._succeeded, self._failed,
                        callbackArgs=(requestId, name, label),
                        errbackArgs=(requestId, name, label))
@@ -494,8 +559,6 @@ class ConsoleProtocol(Protocol):
 
     def _callEnded(self, result, d):
         self._pending.discard(d)
-        if len(self._pending) < self.factory.maxPending:
-            self._resume("calls")
         return result
 
     def _succeeded(self, value, requestId, name, label):
