@@ -170,6 +170,24 @@ def _sslError(e):
 
 # -- connections -----------------------------------------------------------------
 
+@implementer(IPushProducer)
+class _InboundGate:
+    """Registered with a connection's ``topic-in``: while a subscriber there is
+    busy, the connection holds what it reads instead of publishing it."""
+
+    def __init__(self, connection):
+        self.connection = connection
+
+    def pauseProducing(self):
+        self.connection.holdInbound()
+
+    def resumeProducing(self):
+        self.connection.releaseInbound()
+
+    def stopProducing(self):
+        pass
+
+
 @implementer(IMessageReceiver, IPushProducer)
 class ListenerConnection:
     """One accepted connection: the receiver of its framer.
@@ -193,6 +211,13 @@ class ListenerConnection:
         self.dropped = 0
         self._closed = defer.Deferred()
         self._producerTopic = None
+        self._inboundGate = None
+        # Inbound messages held while topic-in is paused; reading stops only
+        # once they pass maxHeldBytes, so a peer's close is seen meanwhile.
+        self._holding = False
+        self._held: deque = deque()
+        self._heldBytes = 0
+        self._readPaused = False
         self._registered = False
         self._writePaused = False
         self._queue: deque = deque()
@@ -212,9 +237,11 @@ class ListenerConnection:
         framer.transport.registerProducer(self, True)
         self._registered = True
         if factory.acceptsInput and factory.config.topic_in:
-            # A busy subscriber of topic-in pauses reading from this socket.
-            self._producerTopic = factory.broker.topic(factory.config.topic_in)
-            self._producerTopic.registerProducer(framer.transport)
+            # A busy subscriber of topic-in holds this connection's messages,
+            # and then pauses reading from its socket.
+            self._producerTopic = factory.topicIn
+            self._inboundGate = _InboundGate(self)
+            self._producerTopic.registerProducer(self._inboundGate)
 
     def messageReceived(self, message, attributes):
         factory = self.factory
@@ -235,9 +262,34 @@ class ListenerConnection:
                 return
         self.messagesIn += 1
         factory.messagesIn += 1
-        topic = factory.topicIn
-        topic.publish(topic.message(message, config.msgtype, self.name, self.name,
-                                    attributes))
+        if self._holding:
+            self._held.append((message, attributes))
+            self._heldBytes += len(message)
+            if self._heldBytes > factory.maxHeldBytes and not self._readPaused:
+                self._readPaused = True
+                self.framer.transport.pauseProducing()
+            return
+        self._publish(message, attributes)
+
+    def _publish(self, message, attributes):
+        topic = self.factory.topicIn
+        topic.publish(topic.message(message, self.factory.config.msgtype, self.name,
+                                    self.name, attributes))
+
+    def holdInbound(self):
+        """``topic-in`` is paused: keep what is read, up to ``maxHeldBytes``."""
+        self._holding = True
+
+    def releaseInbound(self):
+        """``topic-in`` takes messages again: publish what was held, in order."""
+        self._holding = False
+        while self._held and not self._holding:
+            message, attributes = self._held.popleft()
+            self._heldBytes -= len(message)
+            self._publish(message, attributes)
+        if not self._holding and self._readPaused and not self._gone:
+            self._readPaused = False
+            self.framer.transport.resumeProducing()
 
     def protocolError(self, description):
         self.errors += 1
@@ -250,8 +302,12 @@ class ListenerConnection:
         self._gone = True
         factory.connections.pop(self.name, None)
         if self._producerTopic is not None:
-            self._producerTopic.unregisterProducer(self.framer.transport)
+            self._producerTopic.unregisterProducer(self._inboundGate)
             self._producerTopic = None
+        # The peer's last words: into the busy subscribers' bounded queues.
+        while self._held:
+            self._publish(*self._held.popleft())
+        self._heldBytes = 0
         lost = self._dropQueue()
         factory.log.info("{connection} disconnected: {reason}{lost}",
                          connection=self.name, reason=reason.getErrorMessage(),
@@ -483,6 +539,9 @@ class ListenerFactory(Factory):
     maxQueuedMessages = 1000
     #: bytes of outbound message bodies one connection may queue likewise
     maxQueuedBytes = 1 << 20
+    #: bytes of inbound messages one connection holds while topic-in is paused
+    #: before it stops reading its socket
+    maxHeldBytes = 1 << 16
 
     def logPrefix(self):
         """Names the listener in Twisted's own port log lines."""

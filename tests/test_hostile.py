@@ -99,3 +99,36 @@ class CallLimitTests(RoutingTestCase):
         yield waitFor(lambda: self.consoleFactory().openConnections == 0,
                       what="the connection closed")
         self.assertTrue(all(d.called for d in self.slow.waiting.values()))
+
+
+class PausedTopicTests(RoutingTestCase):
+    """While topic-in is paused, clients that send a line and close still
+    free their connection slot (they used to hold all of max-connections)."""
+
+    @defer.inlineCallbacks
+    def test_closesSeenWhilePaused(self):
+        from tests.test_routing import listener
+        yield self.startEngine(listeners=listener(
+            "lines", direction="in", **{"topic-in": "work", "max-connections": "20"}))
+        gate = defer.Deferred()
+        received = []
+
+        def busy(message):
+            received.append(message.body)
+            return gate
+
+        self.engine.broker.subscribe("work", busy)
+        first = yield self.lineClient("lines")
+        first.sendLine(b"makes the topic busy")
+        yield waitFor(lambda: received, what="the first message")
+        guard = self.engine.listeners["lines"].guard
+        for i in range(50):
+            client = yield self.lineClient("lines")
+            client.sendLine(b"line %d" % i)
+            client.transport.loseConnection()
+            yield client.closed
+            yield waitFor(lambda: len(guard.protocols) <= 1, what=f"client {i} gone")
+        self.assertEqual(guard.refused, 0)
+        gate.callback(None)
+        yield waitFor(lambda: len(received) == 51, what="every line published")
+        self.assertEqual(received[1:], [b"line %d" % i for i in range(50)])

@@ -216,9 +216,11 @@ class ListenerTests(unittest.TestCase):
         self.assertEqual(self.factory.errors, 1)
 
     @defer.inlineCallbacks
-    def test_busySubscriberPausesReading(self):
-        """A subscriber that returns an unfired Deferred pauses the socket."""
+    def test_busySubscriberHoldsThenPausesReading(self):
+        """A subscriber that returns an unfired Deferred makes the connection
+        hold what it reads; past maxHeldBytes the socket is no longer read."""
         port = self.startListener()
+        self.factory.maxHeldBytes = 10
         gate = defer.Deferred()
         received = []
 
@@ -233,14 +235,20 @@ class ListenerTests(unittest.TestCase):
             yield settle(0.01)
         # The socket under the listener's connection wrapper:
         [wrapper] = self.service.guard.protocols
-        self.assertNotIn(wrapper.transport, reactor.getReaders())
+        connection = self.factory.connections["lines.1"]
         client.sendLine(b"second")
-        yield settle()
+        while not connection._held:
+            yield settle(0.01)
+        self.assertIn(wrapper.transport, reactor.getReaders())
+        client.sendLine(b"third, long enough")
+        while len(connection._held) < 2:
+            yield settle(0.01)
+        self.assertNotIn(wrapper.transport, reactor.getReaders())
         self.assertEqual(received, [b"first"])
         gate.callback(None)
-        while len(received) < 2:
+        while len(received) < 3:
             yield settle(0.01)
-        self.assertEqual(received, [b"first", b"second"])
+        self.assertEqual(received, [b"first", b"second", b"third, long enough"])
         self.assertIn(wrapper.transport, reactor.getReaders())
 
     @defer.inlineCallbacks
