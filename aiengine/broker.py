@@ -28,6 +28,14 @@ Nothing is lost in silence: per topic, messages that reached no subscriber
 and no request are counted (``unrouted``) and logged, as are messages a full
 queue drops (``dropped``) and messages whose ``ttl`` ran out while queued
 (``expired``).
+
+Topics cost memory, and their names come from the network: a name is at most
+:data:`MAX_TOPIC_NAME` characters, and a topic that has no subscriber, no
+waiting request and no producer is forgotten (*reclaimed*; its counters are
+added to :attr:`Broker.reclaimed`), unless it is *pinned* by a component that
+keeps it (a listener's or channel's ``topic-in``).  A reclaimed topic that is
+used again continues its ids where it stopped (for the last
+:data:`REMEMBERED_IDS` names reclaimed).
 """
 
 from __future__ import annotations
@@ -43,10 +51,24 @@ from twisted.python.failure import Failure
 from aiengine.logs import worthLogging
 
 __all__ = ["Broker", "Message", "Subscription", "Topic", "NoSubscriber",
-           "DEFAULT_QUEUE_LIMIT"]
+           "DEFAULT_QUEUE_LIMIT", "MAX_TOPIC_NAME", "REMEMBERED_IDS", "checkTopicName"]
 
 #: Messages a busy subscriber may have waiting before new ones are dropped.
 DEFAULT_QUEUE_LIMIT = 10000
+#: Longest topic name, in characters.
+MAX_TOPIC_NAME = 256
+#: Reclaimed topics whose last id is remembered, so that their ids go on.
+REMEMBERED_IDS = 10000
+
+
+def checkTopicName(name) -> str:
+    """``name`` if it can name a topic; raises ``ValueError`` saying why not."""
+    if not name:
+        raise ValueError("a topic needs a name")
+    if len(name) > MAX_TOPIC_NAME:
+        raise ValueError(f"a topic name has at most {MAX_TOPIC_NAME} characters, "
+                         f"not {len(name)}")
+    return name
 
 _log = Logger(namespace="Broker")
 
@@ -240,9 +262,15 @@ class Topic:
     every subscriber, past and present, was handed.
     """
 
-    def __init__(self, name, queueLimit=DEFAULT_QUEUE_LIMIT, clock=None):
+    def __init__(self, name, queueLimit=DEFAULT_QUEUE_LIMIT, clock=None, owner=None):
         self.name = name
         self.clock = clock
+        #: the Broker that forgets this topic once it is idle (see _reclaimIfIdle)
+        self._owner = owner
+        #: kept by a component that holds this object: never reclaimed
+        self.pinned = False
+        # Ids continue where a reclaimed topic of the same name stopped.
+        self._idBase = 0
         # A tuple, replaced on (un)subscribe, so delivery iterates it without
         # copying while subscribers may (un)subscribe from their callbacks.
         self.subscriptions: tuple = ()
@@ -282,7 +310,7 @@ class Topic:
         if body.__class__ is str:
             body = body.encode("utf-8")
         return Message(self.name, None, body, msgtype, source, session, attributes,
-                       self.published + 1)
+                       self._idBase + self.published + 1)
 
     def messages(self, bodies, msgtype="text", source=None, session=None) -> list:
         """Messages for ``bodies`` (bytes), with consecutive ids, not yet published.
@@ -290,7 +318,7 @@ class Topic:
         They are no replies (no attributes): what a connection reads.
         """
         name = self.name
-        first = self.published + 1
+        first = self._idBase + self.published + 1
         return [Message(name, None, body, msgtype, source, session, None, seq)
                 for seq, body in enumerate(bodies, first)]
 
@@ -363,6 +391,8 @@ class Topic:
                 self._deliver(self._pending.popleft())
         finally:
             self._delivering = False
+        if not self.subscriptions:
+            self._reclaimIfIdle()
         return routed
 
     def _deliver(self, message):
@@ -394,9 +424,17 @@ class Topic:
 
     def _unrouted(self, message):
         self.unrouted += 1
-        if worthLogging(self.unrouted):
-            _log.warn("Topic {topic}: {id} reached no subscriber; {n} unrouted so far",
-                      topic=self.name, id=message.id, n=self.unrouted)
+        # Counted over every topic for the log: topics come and go, and each
+        # new one must not buy a log line.
+        owner = self._owner
+        if owner is not None:
+            owner.unrouted += 1
+            n = owner.unrouted
+        else:
+            n = self.unrouted
+        if worthLogging(n):
+            _log.warn("Topic {topic}: {id} reached no subscriber; {n} unrouted so far "
+                      "on all topics", topic=self.name, id=message.id, n=n)
 
     # -- request/reply -----------------------------------------------------------
 
@@ -439,6 +477,7 @@ class Topic:
             wait.timer.cancel()
             wait.timer = None
         wait.deferred.callback(message)
+        # Reclaimed, if idle, once the message being delivered is done.
         return True
 
     def _forget(self, wait) -> bool:
@@ -453,12 +492,14 @@ class Topic:
 
     def _giveUp(self, wait):
         self._forget(wait)
+        self._reclaimIfIdle()
 
     def _timedOut(self, wait, timeout):
         wait.timer = None
         if self._forget(wait):
             wait.deferred.errback(Failure(TimeoutError(
                 f"no reply on {self.name} within {timeout:g} s")))
+            self._reclaimIfIdle()
 
     # -- subscribers -------------------------------------------------------------
 
@@ -481,6 +522,13 @@ class Topic:
         if sub.busy:
             sub.busy = False
             self._busyChanged(-1)
+        self._reclaimIfIdle()
+
+    def _reclaimIfIdle(self):
+        """Forget this topic if nothing holds it any more."""
+        if (not self.subscriptions and not self._waiting and not self._producers
+                and not self.pinned and not self._delivering and self._owner is not None):
+            self._owner._reclaim(self)
 
     def registerProducer(self, producer) -> None:
         """Pause ``producer`` (an ``IPushProducer``) while a subscriber is busy."""
@@ -496,6 +544,7 @@ class Topic:
             return
         if self._paused:
             producer.resumeProducing()
+        self._reclaimIfIdle()
 
     def _busyChanged(self, delta):
         self._busy += delta
@@ -523,15 +572,41 @@ class Broker:
         self.clock = clock
         self.queueLimit = queueLimit
         self._topics: dict[str, Topic] = {}
+        #: what the topics forgotten so far had counted, and how many they were
+        self.reclaimed = dict.fromkeys(
+            ("topics", "published", "delivered", "unrouted", "dropped", "expired"), 0)
+        # name -> last id of recently reclaimed topics (bounded, oldest out)
+        self._lastIds: OrderedDict = OrderedDict()
+        #: messages that reached no subscriber and no request, on every topic
+        self.unrouted = 0
 
-    def topic(self, name: str) -> Topic:
-        """The topic called ``name``, created if new."""
+    def topic(self, name: str, pin: bool = False) -> Topic:
+        """The topic called ``name``, created if new.
+
+        ``pin`` it when you keep the object: an idle topic that is not
+        pinned is forgotten, and the name then leads to a new one.  Raises
+        ``ValueError`` for a name that is empty or too long.
+        """
         topic = self._topics.get(name)
         if topic is None:
-            if not name:
-                raise ValueError("a topic needs a name")
-            topic = self._topics[name] = Topic(name, self.queueLimit, self.clock)
+            checkTopicName(name)
+            topic = self._topics[name] = Topic(name, self.queueLimit, self.clock, self)
+            topic._idBase = self._lastIds.pop(name, 0)
+        if pin:
+            topic.pinned = True
         return topic
+
+    def _reclaim(self, topic):
+        if self._topics.get(topic.name) is topic:
+            del self._topics[topic.name]
+            totals = self.reclaimed
+            totals["topics"] += 1
+            for key in ("published", "delivered", "unrouted", "dropped", "expired"):
+                totals[key] += getattr(topic, key)
+            lastIds = self._lastIds
+            lastIds[topic.name] = topic._idBase + topic.published
+            if len(lastIds) > REMEMBERED_IDS:
+                lastIds.popitem(last=False)
 
     def topics(self) -> list[Topic]:
         """Every topic used so far, sorted by name."""

@@ -681,7 +681,9 @@ class Channel:
         # the broker meanwhile, so topic-out's publishers are paused rather
         # than this channel's queue overflowing.
         self._drained: Optional[Deferred] = None
-        self._topicIn = (broker.topic(config.topic_in)
+        # Pinned: this channel keeps the object, so the broker must not
+        # forget the topic while nothing else holds it.
+        self._topicIn = (broker.topic(config.topic_in, pin=True)
                          if config.redirect_in and config.topic_in else None)
 
     # Empty until used: a deque costs about 600 bytes, and a daemon may run
@@ -1177,9 +1179,9 @@ class Channel:
             self.log.info("connected to {host}:{port}{how}", host=self._host,
                           port=self.config.port,
                           how=" with TLS" if self.config.tls else "")
-        if self.config.redirect_in and self.config.topic_in and self._protocol is not None:
+        if self._topicIn is not None and self._protocol is not None:
             self._producer = self._protocol.transport
-            self.broker.topic(self.config.topic_in).registerProducer(self._producer)
+            self._topicIn.registerProducer(self._producer)
         self._flush()
         waiters, self._connectWaiters = self._connectWaiters, []
         for d in waiters:
@@ -1314,7 +1316,7 @@ class Channel:
         # publishers must not stay paused on a connection that is gone.
         self._releasePublishers()
         if self._producer is not None:
-            self.broker.topic(self.config.topic_in).unregisterProducer(self._producer)
+            self._topicIn.unregisterProducer(self._producer)
             self._producer = None
         clean = bool(reason.check(error.ConnectionDone))
         address = f"{self._host}:{self.config.port}"

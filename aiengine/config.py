@@ -18,6 +18,8 @@ from typing import Optional
 
 from lxml import etree
 
+from aiengine.broker import MAX_TOPIC_NAME
+
 __all__ = [
     "ConfigError", "ProtocolSettings", "ProtocolConfig", "ListenerConfig",
     "ChannelConfig", "ServiceConfig", "load", "parse", "parseCString",
@@ -297,6 +299,14 @@ def _text(raw):
     return raw
 
 
+def _topic(raw):
+    name = _text(raw)
+    if len(name) > MAX_TOPIC_NAME:
+        raise ConfigError(f"a topic name has at most {MAX_TOPIC_NAME} characters, not "
+                        f"{len(name)}")
+    return name
+
+
 def _unbracket(raw):
     if raw.startswith("[") and raw.endswith("]"):
         return raw[1:-1]
@@ -382,8 +392,8 @@ _CHANNEL_PROPERTIES = {
     "permanent": _bool,
     "redirect-in": _bool,
     "redirect-out": _bool,
-    "topic-in": _text,
-    "topic-out": _text,
+    "topic-in": _topic,
+    "topic-out": _topic,
     "reconnectionTimeout": _seconds(positive=False),
     "reconnectionTimeoutSec": _seconds(positive=False),
     "queue-size": _integer(1),
@@ -407,8 +417,8 @@ _LISTENER_PROPERTIES = {
     "direction": _choice("in", "out", "duplex"),
     **_protocolProperties(),
     "msgtype": _choice("text", "xml", "xmlcall"),
-    "topic-in": _text,
-    "topic-out": _text,
+    "topic-in": _topic,
+    "topic-out": _topic,
     "auth": _bool,
     "auth.secret-file": _text,
     "max-connections": _integer(1),

@@ -562,7 +562,7 @@ class ListenerFactory(Factory):
         self.acceptsInput = config.direction in ("in", "duplex") and bool(config.topic_in)
         self.acceptsOutput = config.direction in ("out", "duplex") and bool(config.topic_out)
         #: where inbound messages are published (None when none are routed)
-        self.topicIn = broker.topic(config.topic_in) if self.acceptsInput else None
+        self.topicIn = broker.topic(config.topic_in, pin=True) if self.acceptsInput else None
         # msgtype=xml: each message must be one well-formed document.  The
         # xml-messages framing has already parsed it under the same rules.
         self.checkXml = (config.msgtype == "xml"

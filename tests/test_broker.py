@@ -95,9 +95,14 @@ class BrokerTests(unittest.TestCase):
         self.broker.publish("t", b"for s2", session="s2",
                             attributes={"in-reply-to": "q-2"})
         topic = self.broker.topic("t")
-        self.assertEqual((topic.published, topic.unrouted, topic.delivered), (3, 2, 1))
+        self.assertEqual((topic.published, topic.unrouted, topic.delivered), (2, 1, 1))
+        # The first went with the topic it made, idle at once: counted there.
+        self.assertEqual((self.broker.reclaimed["published"],
+                          self.broker.reclaimed["unrouted"]), (1, 1))
         logged = [e for e in events if "reached no subscriber" in e.get("log_format", "")]
-        self.assertEqual([e["id"] for e in logged], ["t-1"])  # the first, then every 1000th
+        # The first, then every 1000th, over all topics.
+        self.assertEqual([e["id"] for e in logged], ["t-1"])
+        self.assertEqual(self.broker.unrouted, 2)
 
     def test_deliveredCountsGoneSubscribers(self):
         sub = self.broker.subscribe("t", lambda m: None)
@@ -143,8 +148,47 @@ class BrokerTests(unittest.TestCase):
     def test_topicsCreatedOnUse(self):
         self.broker.publish("b", b"")
         self.broker.subscribe("a", lambda m: None)
-        self.assertEqual([t.name for t in self.broker.topics()], ["a", "b"])
-        self.assertEqual(self.broker.topic("b").published, 1)
+        self.broker.topic("c", pin=True)
+        self.assertEqual([t.name for t in self.broker.topics()], ["a", "c"])
+        # b was used and is idle: forgotten, what it counted kept.
+        self.assertEqual((self.broker.reclaimed["topics"],
+                          self.broker.reclaimed["published"],
+                          self.broker.reclaimed["unrouted"]), (1, 1, 1))
+
+    def test_idleTopicsReclaimed(self):
+        """Topics nothing holds are forgotten: after publishes nobody takes,
+        after the last subscriber leaves, after the last request gives up."""
+        for i in range(5000):
+            self.broker.publish(f"gone.{i}", b"x")
+        for i in range(1000):
+            self.broker.subscribe(f"sub.{i}", lambda m: None).cancel()
+        d = self.broker.request("q", "r", b"x", timeout=1)  # nothing subscribes to q
+        self.failureResultOf(d, NoSubscriber)
+        self.broker.subscribe("q", lambda m: None)
+        d = self.broker.request("q", "r", b"x", timeout=1)
+        self.assertEqual([t.name for t in self.broker.topics()], ["q", "r"])
+        self.clock.advance(1)
+        self.failureResultOf(d, TimeoutError)
+        self.assertEqual([t.name for t in self.broker.topics()], ["q"])
+        # q and r after the first request, r after the second.
+        self.assertEqual(self.broker.reclaimed["topics"], 6000 + 3)
+
+    def test_idsGoOnAfterReclaim(self):
+        ids = [self.broker.publish("a", b"x").id for _ in range(3)]
+        self.assertEqual(ids, ["a-1", "a-2", "a-3"])
+
+    def test_pinnedTopicKept(self):
+        topic = self.broker.topic("kept", pin=True)
+        self.broker.publish("kept", b"x")
+        self.broker.subscribe("kept", lambda m: None).cancel()
+        self.assertIs(self.broker.topic("kept"), topic)
+        self.assertEqual(topic.unrouted, 1)
+
+    def test_topicNameBounded(self):
+        self.broker.topic("x" * 256)
+        error = self.assertRaises(ValueError, self.broker.publish, "x" * 257, b"m")
+        self.assertEqual(str(error), "a topic name has at most 256 characters, not 257")
+        self.assertRaises(ValueError, self.broker.subscribe, "", lambda m: None)
 
 
 class WaitTests(unittest.TestCase):
@@ -191,6 +235,7 @@ class WaitTests(unittest.TestCase):
     def test_requestCorrelates(self):
         """Replies naming their request in in-reply-to go to that request, in
         whatever order they come."""
+        self.broker.topic("r", pin=True)  # its counters are read after it is idle
         pending = []
         self.broker.subscribe("q", pending.append)
         d1 = self.broker.request("q", "r", b"one", timeout=1)
@@ -206,6 +251,7 @@ class WaitTests(unittest.TestCase):
     def test_unstampedRepliesOneEach(self):
         """Replies that name no request go to the waiting requests first come,
         first served, one each: never the same reply twice."""
+        self.broker.topic("r", pin=True)  # its counters are read after it is idle
         self.broker.subscribe("q", lambda m: None)
         waits = [self.broker.request("q", "r", b"%d" % i, timeout=1) for i in range(3)]
         for i in range(3):
@@ -242,6 +288,7 @@ class WaitTests(unittest.TestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_requestCancelWithdraws(self):
+        self.broker.topic("r", pin=True)  # its counters are read after it is idle
         requests = []
         self.broker.subscribe("q", requests.append)
         d = self.broker.request("q", "r", b"x", timeout=2)
@@ -368,7 +415,7 @@ class BatchTests(unittest.TestCase):
 
     def setUp(self):
         self.broker = Broker(clock=Clock())
-        self.topic = self.broker.topic("t")
+        self.topic = self.broker.topic("t", pin=True)
 
     def publish(self, *bodies, session=None):
         messages = self.topic.messages(list(bodies), session=session)
@@ -483,7 +530,7 @@ class BrokerModelTests(unittest.TestCase):
     @given(_operations)
     def test_deliveredOnceInOrderOrCounted(self, operations):
         broker = Broker(clock=Clock(), queueLimit=3)
-        topic = broker.topic("t")
+        topic = broker.topic("t", pin=True)
         subs = []  # [subscription, received ids, expected ids, pending Deferreds]
 
         def callback(record, slow):

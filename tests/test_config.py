@@ -769,3 +769,10 @@ class RoutingPropertyTests(Helpers, TestCase):
             "protocol text-stream delivers arbitrary chunks, not one reply per message")
         self.assertIn("'max-in-flight'", str(self.parseError(
             channelDoc(edit(CHANNEL, replies="ordered", max_in_flight="0")))))
+
+    def test_topicNameBounded(self):
+        channel = parse(channelDoc(edit(CHANNEL, topic_in="t" * 256))).channels[0]
+        self.assertEqual(len(channel.topic_in), 256)
+        self.assertPropertyError(
+            channelDoc(edit(CHANNEL, topic_out="t" * 257)), "channel 'c'", "topic-out",
+            "a topic name has at most 256 characters, not 257")

@@ -710,8 +710,10 @@ class TopicsTests(ConsoleTestCase):
     def test_list(self):
         """Every topic's counters, and each subscriber's: what was published,
         delivered, reached nobody, dropped or is still queued."""
+        self.broker.topic("b", pin=True)
         self.broker.publish("b", "1")
         self.broker.publish("b", "2")
+        self.broker.publish("gone", "reclaimed once idle")
         self.broker.subscribe("a", lambda m: None, name="quick")
         gate = Deferred()
         self.broker.subscribe("a", lambda m: gate, name="stuck")
@@ -730,6 +732,22 @@ class TopicsTests(ConsoleTestCase):
                  failed="0"),
             dict(name="stuck", delivered="1", queued="1", dropped="0", expired="0",
                  failed="0")])
+        self.assertEqual(dict(doc.find("reclaimed").attrib), dict(
+            topics="1", published="1", delivered="0", unrouted="1", dropped="0",
+            expired="0"))
+        self.assertIsNone(doc.find("more"))
+        [doc] = yield self.call(client, xmlcall("Topics", "list", prefix="a", limit="1"))
+        self.assertEqual([t.get("name") for t in doc.findall("topic")], ["a"])
+        [doc] = yield self.call(client, xmlcall("Topics", "list", limit="1"))
+        self.assertEqual([t.get("name") for t in doc.findall("topic")], ["a"])
+        self.assertEqual(doc.find("more").get("topics"), "1")
+        [doc] = yield self.call(client, xmlcall("Topics", "list", limit="0"))
+        self.assertEqual(exceptionText(doc),
+                         "parameter 'limit' must be a positive whole number, got '0'")
+        [doc] = yield self.call(client, xmlcall("Topics", "publish", topic="x" * 257,
+                                                message="m"))
+        self.assertEqual(exceptionText(doc), "parameter 'topic': a topic name has at most "
+                         "256 characters, not 257")
         gate.callback(None)
 
     @inlineCallbacks

@@ -132,3 +132,30 @@ class PausedTopicTests(RoutingTestCase):
         gate.callback(None)
         yield waitFor(lambda: len(received) == 51, what="every line published")
         self.assertEqual(received[1:], [b"line %d" % i for i in range(50)])
+
+
+class TopicReclaimTests(RoutingTestCase):
+    """Distinct topic names from a client are forgotten once idle (20,000 of
+    them used to stay forever, ~1.1 KB each plus the name)."""
+
+    @defer.inlineCallbacks
+    def test_distinctTopicsForgotten(self):
+        yield self.startEngine()
+        client = yield self.console()
+        calls = []
+        for i in range(2000):
+            calls.append(xmlcall("Topics", "publish", requestId=f"p{i}",
+                                 topic=f"junk.{i}", message="x"))
+        for i in range(300):
+            calls.append(xmlcall("Topics", "subscribe", requestId=f"s{i}",
+                                 topic=f"sub.{i}"))
+            calls.append(xmlcall("Topics", "unsubscribe", requestId=f"u{i}",
+                                 topic=f"sub.{i}"))
+        yield self.call(client, b"\x01".join(calls), ["u299"])
+        [listing] = yield self.call(client, xmlcall("Topics", "list", requestId="l"), ["l"])
+        self.assertEqual(listing.findall("topic"), [])
+        self.assertEqual(listing.find("reclaimed").get("topics"), "2300")
+        self.assertEqual(listing.find("reclaimed").get("unrouted"), "2000")
+        [long] = yield self.call(client, xmlcall("Topics", "publish", requestId="long",
+                                                 topic="y" * 50000, message="x"), ["long"])
+        self.assertIn("a topic name has at most 256 characters", long.findtext("exception"))

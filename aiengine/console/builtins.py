@@ -13,7 +13,7 @@ from twisted.internet.defer import TimeoutError
 from twisted.logger import Logger
 
 import aiengine
-from aiengine.broker import NoSubscriber
+from aiengine.broker import NoSubscriber, checkTopicName
 from aiengine.console.interfaces import CallError, ConsoleClass, Param, method, seconds
 from aiengine.console.results import messageElement, xmlSafe
 from aiengine.protocols.xmlsplit import parseDocument
@@ -118,7 +118,10 @@ def _topicName(call, key):
     name = call.params[key]
     if not name or not name.strip():
         raise CallError(f"parameter '{key}' must name a topic")
-    return name
+    try:
+        return checkTopicName(name)
+    except ValueError as e:
+        raise CallError(f"parameter '{key}': {e}") from None
 
 
 class Topics(ConsoleClass):
@@ -213,12 +216,26 @@ class Topics(ConsoleClass):
                   topic=topic)
         return _element("unsubscribed", topic=topic)
 
-    @method("List the topics with their counters (published, delivered, unrouted: "
-            "reached no subscriber, dropped, expired, replies taken by requests, "
-            "requests waiting) and each subscriber's (delivered, queued, dropped).")
+    @method("List the topics in use, sorted by name, with their counters (published, "
+            "delivered, unrouted: reached no subscriber, dropped, expired, replies taken "
+            "by requests, requests waiting) and each subscriber's (delivered, queued, "
+            "dropped); then <more> when the limit cut the list, and <reclaimed>: what "
+            "the topics forgotten when idle had counted.",
+            Param("prefix", "Only topics whose name starts with this.", default=""),
+            Param("limit", "At most this many topics.", default="1000"))
     def list(self, call):
+        prefix = call.params["prefix"]
+        try:
+            limit = int(call.params["limit"])
+        except ValueError:
+            limit = -1
+        if limit < 1:
+            raise CallError(f"parameter 'limit' must be a positive whole number, got "
+                            f"{call.params['limit']!r}")
+        broker = call.engine.broker
+        topics = [t for t in broker.topics() if t.name.startswith(prefix)]
         result = []
-        for topic in call.engine.broker.topics():
+        for topic in topics[:limit]:
             element = _element("topic", name=topic.name,
                                subscribers=len(topic.subscriptions),
                                published=topic.published, delivered=topic.delivered,
@@ -231,6 +248,9 @@ class Topics(ConsoleClass):
                                         dropped=sub.dropped, expired=sub.expired,
                                         failed=sub.failed))
             result.append(element)
+        if len(topics) > limit:
+            result.append(_element("more", topics=len(topics) - limit))
+        result.append(_element("reclaimed", **broker.reclaimed))
         return result
 
     def _connectionClosed(self, connection):
