@@ -330,6 +330,7 @@ class _Connection(ProtocolWrapper, TimeoutMixin):
         self._abortCall = None
         self._handshakeCall = None
         self._proofCall = None
+        self._responseCall = None
 
     def callLater(self, period, func):
         return self.channel.reactor.callLater(period, func)
@@ -378,6 +379,18 @@ class _Connection(ProtocolWrapper, TimeoutMixin):
         except RuntimeError:
             pass  # someone else's producer: do without flow control
         self.wrappedProtocol.makeConnection(self)
+
+    def awaitResponse(self, waiting: bool):
+        """Replies are owed (``waiting``), or not: the next must complete
+        within ``response-timeout`` seconds of now."""
+        self._cancel("_responseCall")
+        timeout = self.channel.config.response_timeout
+        if waiting and timeout > 0 and not self.disconnecting:
+            self._responseCall = self.callLater(timeout, self._responseTimedOut)
+
+    def _responseTimedOut(self):
+        self._responseCall = None
+        self.channel._responseTimedOut(self)
 
     def startProofTimer(self):
         """After failures: recovery is declared once this connection holds."""
@@ -472,7 +485,7 @@ class _Connection(ProtocolWrapper, TimeoutMixin):
     def connectionLost(self, reason):
         self.connected = False
         self.setTimeout(None)
-        for name in ("_abortCall", "_handshakeCall", "_proofCall"):
+        for name in ("_abortCall", "_handshakeCall", "_proofCall", "_responseCall"):
             self._cancel(name)
         if self.tls and not self.up:
             self.verifyResult = _verifyResult(self.transport)
@@ -676,7 +689,8 @@ class Channel:
         # channel (to stamp replies) use a message's attributes: other
         # channels skip building them for every message.
         self._ordered = config.replies == "ordered"
-        self._replyAttributes = self._ordered or config.protocol.outbound.name == "http"
+        self._http = config.protocol.outbound.name == "http"
+        self._replyAttributes = self._ordered or self._http
         # Fired when a server that stopped reading reads again: returned to
         # the broker meanwhile, so topic-out's publishers are paused rather
         # than this channel's queue overflowing.
@@ -694,7 +708,7 @@ class Channel:
     _replyWaiters = None
     _requestSeq = 0
     # Counters that most channels never move: on the class until they do.
-    expired = withdrawn = unanswered = 0
+    expired = withdrawn = unanswered = responseTimeouts = 0
 
     def _deque(self, name) -> deque:
         """The deque called ``name``, made when first needed."""
@@ -722,8 +736,10 @@ class Channel:
         uncleanly, ``errors`` protocol errors, ``unsent`` messages still queued
         when the channel stopped, ``expired`` and ``withdrawn`` queued
         messages dropped because their ``ttl`` ran out or their caller gave
-        up, ``inFlight`` (replies=ordered) messages written and not yet
-        answered, ``unanswered`` such messages whose connection ended first.
+        up, ``inFlight`` (http, replies=ordered) requests written and not yet
+        answered, ``unanswered`` such messages whose connection ended first,
+        ``responseTimeouts`` connections closed because a reply did not
+        complete within ``response-timeout``.
         """
         return {
             "name": self.name,
@@ -744,8 +760,8 @@ class Channel:
             "bytesIn": self.bytesIn,
             "bytesOut": self.bytesOut,
             "queued": self.queued,
-            "inFlight": (len(self._protocol.awaiting)
-                         if self._ordered and self._protocol is not None else 0),
+            "inFlight": self._inFlight(self._protocol),
+            "responseTimeouts": self.responseTimeouts,
             "dropped": self.dropped,
             "expired": self.expired,
             "withdrawn": self.withdrawn,
@@ -1115,12 +1131,45 @@ class Channel:
         return (protocol is not None and not protocol.gate.paused
                 and not protocol.disconnecting and not self._inFlightFull(protocol))
 
+    def _inFlight(self, protocol) -> int:
+        """Requests written on ``protocol`` (a connection) and not answered."""
+        if protocol is None:
+            return 0
+        if self._ordered:
+            return len(protocol.awaiting)
+        if self._http and self._framer is not None:
+            return self._framer.inFlight
+        return 0
+
     def _inFlightFull(self, protocol) -> bool:
-        return self._ordered and len(protocol.awaiting) >= self.config.max_in_flight
+        return (self._replyAttributes
+                and self._inFlight(protocol) >= self.config.max_in_flight)
 
     def _write(self, body, attributes):
-        if self._sendWith(self._framer.sendMessage, 1, body, attributes) and self._ordered:
-            self._protocol.awaiting.append(attributes)
+        if self._sendWith(self._framer.sendMessage, 1, body, attributes) \
+                and self._replyAttributes:
+            protocol = self._protocol
+            if self._ordered:
+                protocol.awaiting.append(attributes)
+            if protocol._responseCall is None:
+                protocol.awaitResponse(self._inFlight(protocol) > 0)
+
+    def _replyArrived(self, connection):
+        """A reply came (http, replies=ordered): the next is owed from now,
+        and there may be room for what waits."""
+        connection.awaitResponse(self._inFlight(connection) > 0)
+        if self._queue or self._drained is not None:
+            self._writable()
+
+    def _responseTimedOut(self, connection):
+        """A reply did not complete within response-timeout: the server is
+        stuck or trickling, and everything behind it waits; start over."""
+        self.responseTimeouts += 1
+        n = self._inFlight(connection)
+        framer = self._framer
+        if framer is not None and connection is self._protocol:
+            framer.fail(f"no complete reply within {self.config.response_timeout:g} s; "
+                        f"{n} request(s) unanswered")
 
     def _sendWith(self, send, count, *args):
         """``send(*args)`` through the framer; count what went out, report failures."""
@@ -1213,8 +1262,13 @@ class Channel:
             connection.pendingError = None
             if not connection.proven and connection.protocolFailure is None:
                 self._connectionProven(connection)
-            if self._ordered and connection.awaiting:
-                attributes = self._pairReply(connection, attributes)
+            if self._replyAttributes:
+                if self._ordered and connection.awaiting:
+                    # Paired with the oldest message written and not answered.
+                    request = connection.awaiting.popleft()
+                    if request:
+                        attributes = {**attributes, **request} if attributes else request
+                self._replyArrived(connection)
         if attributes and self._replyWaiters:
             waiter = self._replyWaiters.get(attributes.get("in-reply-to"))
             if waiter is not None:
@@ -1250,17 +1304,6 @@ class Channel:
             self._dropInbound()
         self._deque("_inbox").append(kept)
         self._serve()
-
-    def _pairReply(self, connection, attributes):
-        """replies=ordered: ``attributes`` with ``in-reply-to`` and ``session``
-        of the oldest message written on ``connection`` and not yet answered."""
-        wasFull = self._inFlightFull(connection)
-        request = connection.awaiting.popleft()
-        if request:
-            attributes = {**attributes, **request} if attributes else request
-        if wasFull:
-            self._writable()
-        return attributes
 
     def _dropInbound(self):
         self.inboxDropped += 1

@@ -146,8 +146,11 @@ class ChannelConfig:
     #: "ordered": the server answers every message, in order, and the channel
     #: pairs each reply with its request; "none": replies are not paired
     replies: str = "none"
-    #: replies=ordered: messages written and not yet answered, at most
+    #: http or replies=ordered: requests written and not yet answered, at most
     max_in_flight: int = 1000
+    #: http or replies=ordered: seconds a reply may take to complete (from
+    #: when it is the oldest one owed); then the connection is closed; 0 = off
+    response_timeout: float = 30.0
     run: bool = True
     line: Optional[int] = None
 
@@ -408,6 +411,7 @@ _CHANNEL_PROPERTIES = {
     "flush-timeout": _seconds(positive=False),
     "replies": _choice("none", "ordered"),
     "max-in-flight": _integer(1),
+    "response-timeout": _seconds(positive=False),
 }
 
 _LISTENER_PROPERTIES = {
@@ -839,8 +843,11 @@ class _Reader:
                 raise element.error(
                     f"protocol {protocol.inbound.name} delivers arbitrary chunks, not "
                     "one reply per message", "replies")
-        elif "max-in-flight" in element:
-            raise element.error("only used with replies=ordered", "max-in-flight")
+        elif protocol.outbound.name != "http":
+            stray = element.first("max-in-flight", "response-timeout")
+            if stray:
+                raise element.error("only used by channels that pair replies with "
+                                    "requests (protocol http, or replies=ordered)", stray)
         return ChannelConfig(
             name=element.name, host=host, port=port, protocol=protocol,
             msgtype=msgtype, permanent=element.get("permanent", True),
@@ -859,6 +866,7 @@ class _Reader:
             tls_verify=element.get("tls.verify", True),
             flush_timeout=element.get("flush-timeout", 5.0),
             replies=replies, max_in_flight=element.get("max-in-flight", 1000),
+            response_timeout=element.get("response-timeout", 30.0),
             run=element.run, line=element.line)
 
     def checkPorts(self, listeners):

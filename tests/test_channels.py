@@ -397,6 +397,8 @@ class FakeTransport(StringTransport):
 class RecordingFramer(FramingProtocol):
     """Each packet is a reply to ``out-1`` for session S1; records what is sent."""
 
+    inFlight = 0  # as the http framer says it
+
     def __init__(self, settings, receiver, log=None):
         FramingProtocol.__init__(self, settings, receiver, log)
         self.sent = []

@@ -756,9 +756,14 @@ class RoutingPropertyTests(Helpers, TestCase):
         self.assertEqual((channel.replies, channel.max_in_flight), ("ordered", 5))
 
     def test_repliesErrors(self):
-        self.assertPropertyError(
-            channelDoc(edit(CHANNEL, max_in_flight="5")), "channel 'c'", "max-in-flight",
-            "only used with replies=ordered")
+        for prop in ("max-in-flight", "response-timeout"):
+            self.assertPropertyError(
+                channelDoc(CHANNEL + [(prop, "5")]), "channel 'c'", prop,
+                "only used by channels that pair replies with requests (protocol http, "
+                "or replies=ordered)")
+        http = parse(channelDoc(edit(CHANNEL, protocol="http", max_in_flight="5",
+                                     response_timeout="2.5"))).channels[0]
+        self.assertEqual((http.max_in_flight, http.response_timeout), (5, 2.5))
         self.assertPropertyError(
             channelDoc(edit(CHANNEL, protocol="http", replies="ordered")), "channel 'c'",
             "replies", "http pairs each response with its request itself: leave "

@@ -5,10 +5,11 @@ sockets are the point."""
 from __future__ import annotations
 
 from twisted.internet import defer, reactor
+from twisted.internet.protocol import Factory, Protocol
 
 from tests.test_console import xmlcall
 from tests.test_hardening_listeners import waitFor
-from tests.test_routing import RoutingTestCase, settle
+from tests.test_routing import RoutingTestCase, channel, settle
 
 
 class HalfCloseTests(RoutingTestCase):
@@ -159,3 +160,116 @@ class TopicReclaimTests(RoutingTestCase):
         [long] = yield self.call(client, xmlcall("Topics", "publish", requestId="long",
                                                  topic="y" * 50000, message="x"), ["long"])
         self.assertIn("a topic name has at most 256 characters", long.findtext("exception"))
+
+
+class LyingHttpServer(Protocol):
+    """An HTTP server that misbehaves as ``factory.mode`` says, once it has
+    read a request: ``mute`` never answers, ``trickle`` sends a body a byte
+    at a time, ``informational`` floods 100 Continue, ``chunks`` sends a body
+    in 1-byte chunks."""
+
+    def connectionMade(self):
+        self.factory.connections.append(self)
+        self.timer = None
+        self.buffer = b""
+
+    def dataReceived(self, data):
+        self.factory.received += data.count(b"GET ")
+        self.buffer += data
+        if b"\r\n\r\n" not in self.buffer or self.factory.mode == "mute":
+            return
+        self.buffer = b""
+        mode = self.factory.mode
+        if mode == "trickle":
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+            self.trickle()
+        elif mode == "informational":
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n" * 2000)
+        elif mode == "chunks":
+            self.transport.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                 + b"1\r\nx\r\n" * 20000 + b"0\r\n\r\n")
+
+    def trickle(self):
+        self.transport.write(b"x")
+        self.timer = reactor.callLater(0.05, self.trickle)
+
+    def connectionLost(self, reason):
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+
+
+class HttpLimitTests(RoutingTestCase):
+    """HTTP channels bound what they have in flight and how long a response
+    may take; floods of events are protocol errors."""
+
+    @defer.inlineCallbacks
+    def startLiar(self, mode, **properties):
+        server = Factory.forProtocol(LyingHttpServer)
+        server.mode, server.connections, server.received = mode, [], 0
+        self.addCleanup(lambda: [c.transport.abortConnection()
+                                 for c in server.connections if c.transport.connected])
+        port = self.listen(server)
+        options = {"response-timeout": "0.3", "reconnectionTimeout": "60"}
+        options.update(properties)
+        yield self.startEngine(channels=channel("web", port, protocol="http",
+                                                topicIn="resp", topicOut="req", **options),
+                               connected=["web"])
+        self.responses = []
+        self.engine.broker.subscribe("resp", self.responses.append)
+        self.channel = self.engine.channels["web"]
+        return server
+
+    @defer.inlineCallbacks
+    def test_muteServerTimesOutAndBoundsInFlight(self):
+        """A server that reads and never answers: at most max-in-flight requests
+        are written; after response-timeout they are answered with status 0 and
+        the connection is started over."""
+        server = yield self.startLiar("mute", **{"max-in-flight": "3"})
+        for i in range(10):
+            self.engine.broker.publish("req", f"/page/{i}")
+        yield waitFor(lambda: server.received == 3, what="3 requests")
+        yield settle(0.1)
+        self.assertEqual((server.received, self.channel.status()["inFlight"]), (3, 3))
+        yield waitFor(lambda: len(self.responses) == 3, what="3 status-0 answers")
+        self.assertEqual([m.attributes["status"] for m in self.responses], [0, 0, 0])
+        self.assertIn("no complete reply within 0.3 s; 3 request(s) unanswered",
+                      self.responses[0].attributes["error"])
+        status = self.channel.status()
+        self.assertEqual(status["responseTimeouts"], 1)
+        self.assertIn("no complete reply within 0.3 s", status["lastError"])
+
+    @defer.inlineCallbacks
+    def test_tricklingResponseTimesOut(self):
+        yield self.startLiar("trickle")
+        self.engine.broker.publish("req", "/slow")
+        yield waitFor(lambda: self.responses, what="an answer")
+        self.assertEqual(self.responses[0].attributes["status"], 0)
+        self.assertEqual(self.channel.status()["responseTimeouts"], 1)
+
+    @defer.inlineCallbacks
+    def test_informationalFlood(self):
+        yield self.startLiar("informational")
+        self.engine.broker.publish("req", "/x")
+        yield waitFor(lambda: self.responses, what="an answer")
+        self.assertEqual(self.responses[0].attributes["error"],
+                         "more than 10 informational responses before a response")
+        self.assertEqual(self.channel.status()["errors"], 2)  # the flood, 1 unanswered
+
+    @defer.inlineCallbacks
+    def test_tinyChunks(self):
+        yield self.startLiar("chunks")
+        self.engine.broker.publish("req", "/x")
+        yield waitFor(lambda: self.responses, what="an answer")
+        self.assertEqual(self.responses[0].attributes["error"],
+                         "response body in more than 10000 pieces")
+
+    @defer.inlineCallbacks
+    def test_hugeAddressRefused(self):
+        """A 100 KB page address is refused, not kept (1,000 of them took
+        +233 MB)."""
+        server = yield self.startLiar("mute")
+        self.engine.broker.publish("req", "/" + "a" * 100000)
+        self.assertEqual(self.channel.status()["inFlight"], 0)
+        self.assertIn("address longer than 8192 bytes", self.channel.status()["lastError"])
+        yield settle(0.1)
+        self.assertEqual(server.received, 0)

@@ -90,11 +90,11 @@ CONSOLE = """
 
 def channel(name, port, protocol="text-messages", topicIn=None, topicOut=None,
             **properties):
+    properties.setdefault("reconnectionTimeout", "0.1")
     lines = [f'<channel name="{name}">',
              f'<property name="protocol" value="{protocol}"/>',
              '<property name="host" value="127.0.0.1"/>',
-             f'<property name="port" value="{port}"/>',
-             '<property name="reconnectionTimeout" value="0.1"/>']
+             f'<property name="port" value="{port}"/>']
     if topicIn:
         lines += ['<property name="redirect-in" value="true"/>',
                   f'<property name="topic-in" value="{topicIn}"/>']

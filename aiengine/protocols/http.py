@@ -41,6 +41,13 @@ __all__ = ["HttpClientProtocol", "InvalidAddress", "USER_AGENT", "hostHeader"]
 
 #: the User-Agent header of every request
 USER_AGENT = "aiengine/" + aiengine.__version__
+#: longest page address, in bytes (nginx's default for a request line is 8 KiB)
+MAX_ADDRESS = 8192
+#: informational (1xx) responses allowed before a response
+MAX_INFORMATIONAL = 10
+#: body pieces (chunks, or reads of a body) allowed in one response: a body
+#: cut into 1-byte chunks costs a Python event per byte
+MAX_BODY_PIECES = 10000
 
 _SCHEME = re.compile(rb"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 # Control characters in an address are a mistake or an injection attempt; they
@@ -102,9 +109,15 @@ class HttpClientProtocol(FramingProtocol):
         self._response = None  # the h11.Response being received
         self._body = []
         self._bodySize = 0
+        self._informational = 0  # 1xx responses before the current response
         self._closing = False  # no more data is parsed
         self._failure = None  # why we closed, when a protocol error did it
         self._lost = False
+
+    @property
+    def inFlight(self) -> int:
+        """Requests sent and not yet answered."""
+        return len(self._inflight)
 
     # -- outbound -----------------------------------------------------------
 
@@ -144,6 +157,9 @@ class HttpClientProtocol(FramingProtocol):
     def _buildRequest(self, address: bytes) -> h11.Request:
         if not address:
             raise InvalidAddress("empty address")
+        if len(address) > MAX_ADDRESS:
+            raise InvalidAddress(f"address longer than {MAX_ADDRESS} bytes "
+                                 f"({len(address)})")
         if _CONTROL.search(address):
             raise InvalidAddress("control characters in address")
         address = _percentEncode(address)
@@ -238,11 +254,17 @@ class HttpClientProtocol(FramingProtocol):
                 # PAUSED cannot last: a cycle is restarted as soon as it ends.
                 return
             if isinstance(event, h11.InformationalResponse):
+                self._informational += 1
+                if self._informational > MAX_INFORMATIONAL:
+                    self.fail(f"more than {MAX_INFORMATIONAL} informational responses "
+                              f"before a response")
+                    return
                 continue
             if isinstance(event, h11.Response):
                 self._response = event
                 self._body = []
                 self._bodySize = 0
+                self._informational = 0
             elif isinstance(event, h11.Data):
                 self._bodySize += len(event.data)
                 if self._bodySize > self.settings.max_packet_size:
@@ -250,6 +272,9 @@ class HttpClientProtocol(FramingProtocol):
                               " bytes")
                     return
                 self._body.append(bytes(event.data))
+                if len(self._body) > MAX_BODY_PIECES:
+                    self.fail(f"response body in more than {MAX_BODY_PIECES} pieces")
+                    return
             elif isinstance(event, h11.EndOfMessage):
                 self._responseComplete(event)
             elif isinstance(event, h11.ConnectionClosed):
