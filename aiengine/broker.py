@@ -51,10 +51,14 @@ from twisted.python.failure import Failure
 from aiengine.logs import worthLogging
 
 __all__ = ["Broker", "Message", "Subscription", "Topic", "NoSubscriber",
-           "DEFAULT_QUEUE_LIMIT", "MAX_TOPIC_NAME", "REMEMBERED_IDS", "checkTopicName"]
+           "DEFAULT_QUEUE_LIMIT", "DEFAULT_QUEUE_BYTES", "MAX_TOPIC_NAME", "REMEMBERED_IDS",
+           "checkTopicName"]
 
 #: Messages a busy subscriber may have waiting before new ones are dropped.
 DEFAULT_QUEUE_LIMIT = 10000
+#: Bytes of message bodies a busy subscriber may have waiting, likewise (one
+#: message always fits into an empty queue).
+DEFAULT_QUEUE_BYTES = 16 << 20
 #: Longest topic name, in characters.
 MAX_TOPIC_NAME = 256
 #: Reclaimed topics whose last id is remembered, so that their ids go on.
@@ -148,9 +152,10 @@ class Subscription:
 
     __slots__ = ("topic", "callback", "batchCallback", "session", "name", "queue",
                  "busy", "delivered", "dropped", "expired", "failed", "active",
-                 "_limit")
+                 "_limit", "_byteLimit", "queuedBytes")
 
-    def __init__(self, topic, callback, session, name, limit, batchCallback=None):
+    def __init__(self, topic, callback, session, name, limit, batchCallback=None,
+                 byteLimit=DEFAULT_QUEUE_BYTES):
         self.topic = topic
         self.callback = callback
         self.batchCallback = batchCallback
@@ -164,6 +169,9 @@ class Subscription:
         self.failed = 0
         self.active = True
         self._limit = limit
+        self._byteLimit = byteLimit
+        #: bytes of the message bodies in the queue
+        self.queuedBytes = 0
 
     @property
     def queued(self) -> int:
@@ -178,18 +186,22 @@ class Subscription:
             self.topic._remove(self)
 
     def _enqueue(self, message):
-        """Keep ``message`` until this busy subscriber is ready (bounded)."""
-        if len(self.queue) >= self._limit:
+        """Keep ``message`` until this busy subscriber is ready (bounded in
+        messages and in bytes)."""
+        size = len(message.body)
+        if self.queue and (len(self.queue) >= self._limit
+                           or self.queuedBytes + size > self._byteLimit):
             self.dropped += 1
             self.topic.dropped += 1
             if worthLogging(self.dropped):
                 _log.warn(
-                    "Topic {topic}: subscriber {name} is {n} messages behind; "
-                    "dropped {dropped} so far",
+                    "Topic {topic}: subscriber {name} is {n} messages ({size} bytes) "
+                    "behind; dropped {dropped} so far",
                     topic=self.topic.name, name=self.name, n=len(self.queue),
-                    dropped=self.dropped)
+                    size=self.queuedBytes, dropped=self.dropped)
             return
         self.queue.append(message)
+        self.queuedBytes += size
 
     def _call(self, message):
         self.delivered += 1
@@ -222,6 +234,7 @@ class Subscription:
         now = None
         while self.active and queue and not self.busy:
             message = queue.popleft()
+            self.queuedBytes -= len(message.body)
             if message.expires is not None or message.withdrawn:
                 if now is None:
                     now = self.topic.clock.seconds()
@@ -519,6 +532,7 @@ class Topic:
             self.dropped += len(sub.queue)
             sub.dropped += len(sub.queue)
             sub.queue.clear()
+            sub.queuedBytes = 0
         if sub.busy:
             sub.busy = False
             self._busyChanged(-1)

@@ -383,6 +383,23 @@ class BackpressureTests(unittest.TestCase):
         self.assertEqual(len(sub.queue), 0)
         self.assertEqual(sub.delivered, 4)
 
+    def test_queueBoundedInBytes(self):
+        """Big messages fill a busy subscriber's queue by size first (16 MiB);
+        one message always fits into an empty queue."""
+        broker = Broker(clock=Clock())
+        sub = broker.subscribe("t", lambda m: Deferred())
+        body = b"x" * (6 << 20)
+        for _ in range(6):
+            broker.publish("t", body)
+        self.assertEqual((sub.delivered, sub.queued, sub.dropped), (1, 2, 3))
+        self.assertEqual(sub.queuedBytes, 12 << 20)
+        sub.cancel()
+        self.assertEqual((sub.queuedBytes, sub.dropped), (0, 5))
+        huge = Broker(clock=Clock()).subscribe("u", lambda m: Deferred())
+        huge.topic.publish(huge.topic.message(b"first"))
+        huge.topic.publish(huge.topic.message(b"y" * (20 << 20)))
+        self.assertEqual((huge.queued, huge.dropped), (1, 0))
+
     def test_otherSubscribersNotDelayed(self):
         fast = []
         self.broker.subscribe("t", lambda m: Deferred())

@@ -100,6 +100,20 @@ LOGIN = ("Engine", "login")
 _IMMEDIATE = (etree._Element, list, tuple, type(None))
 
 
+#: The last event serialised, as ``(message, bytes)``: every console
+#: subscriber of a topic is handed the same message in turn, and shares one
+#: serialisation of it (and one bytes object in every transport's buffer).
+_lastEvent = (None, b"")
+
+
+def _eventBytes(message) -> bytes:
+    """``<xmlevent>`` for ``message``, framed; made once per message."""
+    global _lastEvent
+    if _lastEvent[0] is not message:
+        _lastEvent = (message, frame(messageElement("xmlevent", message)))
+    return _lastEvent[1]
+
+
 def _rawAttribute(data: bytes, key: str):
     tag = _ROOT_TAG.search(data)
     if tag is None:
@@ -253,9 +267,9 @@ class ConsoleProtocol(Protocol):
         enough of what we wrote: a broker subscriber that returns it slows
         its publisher down instead of buffering without bound.
         """
-        if self._gone:
+        if self._gone or self.transport is None:
             return None
-        self._write(messageElement("xmlevent", message))
+        self._writeBytes(_eventBytes(message))
         self.factory.events += 1
         if "write" in self._pauses:
             waiter = Deferred()
@@ -629,6 +643,9 @@ class ConsoleProtocol(Protocol):
         if self.factory.showMessages and element.tag == "xmlcallresult":
             self.log.info("{session}: answer {data!r}", session=self.session,
                           data=data[:_LOG_BYTES])
+        self._writeBytes(data)
+
+    def _writeBytes(self, data):
         if self._outbox is not None:
             self._outbox.append(data)
         else:
