@@ -284,9 +284,12 @@ class Topic:
         self.pinned = False
         # Ids continue where a reclaimed topic of the same name stopped.
         self._idBase = 0
-        # A tuple, replaced on (un)subscribe, so delivery iterates it without
-        # copying while subscribers may (un)subscribe from their callbacks.
-        self.subscriptions: tuple = ()
+        # Subscriptions in subscribe order (a dict: adding and removing one
+        # is O(1)), and a tuple of them that delivery iterates, so that
+        # subscribers may (un)subscribe from their callbacks; it is made
+        # again, once, at the first delivery after a change.
+        self._subs: dict = {}
+        self._snapshot: tuple = ()
         self.published = 0
         self.dropped = 0
         self.expired = 0
@@ -304,6 +307,14 @@ class Topic:
         # and at the front), and the same by request id.
         self._waiting: OrderedDict = OrderedDict()
         self._waitingById: dict = {}
+
+    @property
+    def subscriptions(self) -> tuple:
+        """The current subscriptions, in subscribe order."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            snapshot = self._snapshot = tuple(self._subs)
+        return snapshot
 
     @property
     def delivered(self) -> int:
@@ -352,7 +363,8 @@ class Topic:
 
     def _deliverBatch(self, messages):
         routed = False
-        for sub in self.subscriptions:
+        subs = self._snapshot
+        for sub in self.subscriptions if subs is None else subs:
             if not sub.active:
                 continue
             routed = True
@@ -404,7 +416,7 @@ class Topic:
                 self._deliver(self._pending.popleft())
         finally:
             self._delivering = False
-        if not self.subscriptions:
+        if not self._subs:
             self._reclaimIfIdle()
         return routed
 
@@ -412,7 +424,8 @@ class Topic:
         # The hot path: Subscription._call inlined.
         session = message.session if message.inReplyTo is not None else None
         routed = False
-        for sub in self.subscriptions:
+        subs = self._snapshot
+        for sub in self.subscriptions if subs is None else subs:
             if not sub.active:
                 continue
             if session is not None and sub.session is not None and sub.session != session:
@@ -521,11 +534,13 @@ class Topic:
         """Register a subscriber (see :meth:`Broker.subscribe`)."""
         sub = Subscription(self, callback, session, name or repr(callback),
                            self._queueLimit, batchCallback)
-        self.subscriptions += (sub,)
+        self._subs[sub] = None
+        self._snapshot = None
         return sub
 
     def _remove(self, sub):
-        self.subscriptions = tuple(s for s in self.subscriptions if s is not sub)
+        del self._subs[sub]
+        self._snapshot = None
         self._delivered += sub.delivered
         if sub.queue:
             # What it will never get is dropped: counted, not lost in silence.
@@ -540,7 +555,7 @@ class Topic:
 
     def _reclaimIfIdle(self):
         """Forget this topic if nothing holds it any more."""
-        if (not self.subscriptions and not self._waiting and not self._producers
+        if (not self._subs and not self._waiting and not self._producers
                 and not self.pinned and not self._delivering and self._owner is not None):
             self._owner._reclaim(self)
 

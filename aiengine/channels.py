@@ -608,7 +608,7 @@ class _StopFlush:
 
 
 class _Waiter:
-    __slots__ = ("deferred", "size", "buf", "first", "timer")
+    __slots__ = ("deferred", "size", "buf", "first", "timer", "done")
 
     def __init__(self, size):
         self.deferred = None
@@ -616,6 +616,9 @@ class _Waiter:
         self.buf = bytearray()
         self.first = None
         self.timer = None
+        #: answered or given up; it leaves the queue of waiters when it is
+        #: at its head (a removal from the middle would cost O(n))
+        self.done = False
 
 
 
@@ -813,8 +816,10 @@ class Channel:
             self._subscription = None
         waiters, self._waiters = self._waiters, ()
         for waiter in waiters:
-            self._endWaiter(waiter)
-            waiter.deferred.errback(ChannelStopped(f"channel {self.name} stopped"))
+            if not waiter.done:
+                waiter.done = True
+                self._endWaiter(waiter)
+                waiter.deferred.errback(ChannelStopped(f"channel {self.name} stopped"))
         for d in list(self._replyWaiters.values()) if self._replyWaiters else ():
             d.errback(ChannelStopped(f"channel {self.name} stopped"))
         self._purgeStale()
@@ -1544,10 +1549,12 @@ class Channel:
 
     def _giveUp(self, waiter):
         """Forget ``waiter``; put back the bytes it took.  False if it was done."""
-        try:
-            self._waiters.remove(waiter)
-        except ValueError:
+        if waiter.done:
             return False
+        waiter.done = True
+        waiters = self._waiters
+        while waiters and waiters[0].done:
+            waiters.popleft()
         self._endWaiter(waiter)
         if waiter.buf:
             self._deque("_inbox").appendleft(_withBody(waiter.first, bytes(waiter.buf)))
@@ -1563,8 +1570,12 @@ class Channel:
     def _serve(self):
         while self._waiters and self._inbox:
             waiter = self._waiters[0]
+            if waiter.done:
+                self._waiters.popleft()
+                continue
             if waiter.size is None:
                 self._waiters.popleft()
+                waiter.done = True
                 self._endWaiter(waiter)
                 waiter.deferred.callback(self._inbox.popleft())
                 continue
@@ -1580,5 +1591,6 @@ class Channel:
                 self._inbox[0] = _withBody(message, message.body[need:])
             if len(waiter.buf) == waiter.size:
                 self._waiters.popleft()
+                waiter.done = True
                 self._endWaiter(waiter)
                 waiter.deferred.callback(bytes(waiter.buf))

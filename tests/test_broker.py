@@ -145,6 +145,20 @@ class BrokerTests(unittest.TestCase):
         self.assertEqual(seen, [b"1"])
         self.assertEqual(self.broker.topic("t").subscriptions, ())
 
+    def test_manySubscribersCancelInAnyOrder(self):
+        """20,000 subscribers on one topic, half cancelled out of order:
+        subscribe and cancel are O(1), delivery keeps subscribe order."""
+        seen = []
+        subs = [self.broker.subscribe("t", lambda m, i=i: seen.append(i), name=str(i))
+                for i in range(20000)]
+        self.broker.publish("t", b"1")
+        for sub in reversed(subs[::2]):
+            sub.cancel()
+        seen.clear()
+        self.broker.publish("t", b"2")
+        self.assertEqual(seen, list(range(1, 20000, 2)))
+        self.assertEqual(self.broker.topic("t").delivered, 20000 + 10000)
+
     def test_topicsCreatedOnUse(self):
         self.broker.publish("b", b"")
         self.broker.subscribe("a", lambda m: None)

@@ -666,6 +666,24 @@ class MemoryTests(MemoryHarness, unittest.TestCase):
         self.failureResultOf(ch.receiveFixed(-1), ValueError)
         self.assertEqual(self.successResultOf(ch.receiveFixed(0)), b"")
 
+    def test_manyReceiversGiveUpInAnyOrder(self):
+        """Receivers that give up leave the queue of waiters lazily (no O(n)
+        removal); the others are served in order, each message once."""
+        ch = self.make(delimiter=b";")
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        waits = [ch.receive(timeout=60) for _ in range(2000)]
+        for d in reversed(waits[::2]):
+            d.cancel()
+            self.failureResultOf(d)
+        protocol.dataReceived(b"".join(b"m%d;" % i for i in range(1000)))
+        self.assertEqual([self.successResultOf(d).body for d in waits[1::2]],
+                         [b"m%d" % i for i in range(1000)])
+        self.assertEqual((len(ch._waiters), ch.status()["inbox"]), (0, 0))
+        later = ch.receive(timeout=1)
+        protocol.dataReceived(b"last;")
+        self.assertEqual(self.successResultOf(later).body, b"last")
+
     def test_receiveFixedBoundedByMaxPacketSize(self):
         """A fixed read gathers its bytes outside the inbox's bound: it may not
         ask for more than one message may hold (size=10**12 took +600 MB)."""
