@@ -1181,16 +1181,20 @@ class Channel:
         protocol = self._protocol
         protocol.pendingError = None
         try:
-            send(*args)
+            written = send(*args)
         except Exception:
             failure = Failure()
             self._protocolFailed(f"could not send {count} message(s): "
                                  f"{failure.getErrorMessage()}")
             self.log.failure("could not send {n} message(s)", failure, n=count)
             return False
+        if written is not None:
+            # The framer refused some (it reported them as protocol errors).
+            count = written
+            protocol.pendingError = None  # not the server's fault
         self.messagesOut += count
         protocol.messagesOut += count
-        return True
+        return count > 0
 
     def _flush(self):
         queue = self._queue

@@ -409,9 +409,9 @@ class ListenerConnection:
             transport.abortConnection()
 
     def _write(self, message):
-        self.messagesOut += 1
-        self.factory.messagesOut += 1
-        self.framer.sendMessage(message)
+        if self.framer.sendMessage(message) != 0:  # 0: refused, and reported
+            self.messagesOut += 1
+            self.factory.messagesOut += 1
 
     def _drop(self):
         factory = self.factory

@@ -666,6 +666,24 @@ class MemoryTests(MemoryHarness, unittest.TestCase):
         self.failureResultOf(ch.receiveFixed(-1), ValueError)
         self.assertEqual(self.successResultOf(ch.receiveFixed(0)), b"")
 
+    def test_messageHoldingTheDelimiterRefused(self):
+        """A message that would arrive at the server as two is not written:
+        counted as an error, not as sent, and the connection stays."""
+        ch = self.make(redirect_in=True, topic_in="in", redirect_out=True,
+                       topic_out="out")
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        self.broker.publish("out", b"two\nlines")
+        self.broker.publish("out", b"ok")
+        # A batch, as a relay hands it over.
+        topic = self.broker.topic("out")
+        topic.publishBatch(topic.messages([b"x", b"y\nz", b"w"]))
+        self.assertEqual(transport.value(), b"ok\nx\nw\n")
+        status = ch.status()
+        self.assertEqual((status["messagesOut"], status["errors"], status["state"]),
+                         (3, 2, CONNECTED))
+        self.assertIn("holds the delimiter", status["lastError"])
+
     def test_manyReceiversGiveUpInAnyOrder(self):
         """Receivers that give up leave the queue of waiters lazily (no O(n)
         removal); the others are served in order, each message once."""

@@ -554,3 +554,29 @@ class LoopbackTests(TestCase):
         yield defer.gatherResults([clientGone, serverGone])
 
     test_echo.timeout = 5
+
+
+class DelimiterInMessageTests(TestCase):
+    """An outbound message holding the delimiter would arrive as several
+    messages: it is refused, reported and counted, and the others go out."""
+
+    def test_refused(self):
+        for delimiter in (b"\n", b"\r\n"):
+            framer, transport, receiver = connect(config("text-messages",
+                                                         delimiter=delimiter))
+            self.assertEqual(framer.sendMessage(b"one" + delimiter + b"two"), 0)
+            self.assertIsNone(framer.sendMessage(b"fine"))
+            self.assertEqual(framer.sendMessages([b"a", b"b" + delimiter + b"c", b"d"]), 2)
+            self.assertEqual(framer.sendMessages([b"e", b"f"]), 2)
+            self.assertEqual(transport.value(), delimiter.join(
+                [b"fine", b"a", b"d", b"e", b"f"]) + delimiter)
+            self.assertEqual(framer.refused, 2)
+            self.assertEqual(len(receiver.errors), 2)
+            self.assertIn("holds the delimiter", receiver.errors[0])
+            self.assertFalse(transport.disconnecting)
+
+    def test_partOfTheDelimiterIsData(self):
+        framer, transport, receiver = connect(config("text-messages", delimiter=b"\r\n"))
+        self.assertEqual(framer.sendMessages([b"a\r", b"\nb"]), 2)
+        self.assertEqual(transport.value(), b"a\r\r\n\nb\r\n")
+        self.assertEqual(receiver.errors, [])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from twisted.protocols.basic import LineOnlyReceiver
 
+from aiengine.logs import worthLogging
 from aiengine.protocols.base import FramingProtocol
 
 __all__ = ["TextMessagesProtocol", "DEFAULT_DELIMITER"]
@@ -16,7 +17,13 @@ class TextMessagesProtocol(FramingProtocol, LineOnlyReceiver):
     """Delimited messages: every byte but the delimiter is data, empty
     messages included.  A message longer than ``max_packet_size`` is
     reported and closes the connection.
+
+    An outbound message that holds the delimiter would arrive as several:
+    it is refused (not written), reported to the receiver as a protocol
+    error and logged (the first, then every 1000th); ``refused`` counts them.
     """
+
+    refused = 0
 
     def __init__(self, settings, receiver, log=None):
         FramingProtocol.__init__(self, settings, receiver, log)
@@ -79,6 +86,41 @@ class TextMessagesProtocol(FramingProtocol, LineOnlyReceiver):
             deliver(message, None)
         if len(self._buffer) > self.MAX_LENGTH:
             self.lineLengthExceeded(self._buffer)
+
+    def sendMessage(self, message, attributes=None):
+        """Write one message; returns 0 when it is refused (it holds the
+        delimiter), else None."""
+        if message.find(self._delimiter) >= 0:
+            self._refuse(1)
+            return 0
+        FramingProtocol.sendMessage(self, message, attributes)
+        return None
+
+    def sendMessages(self, messages):
+        """Write several messages at once; returns how many were written."""
+        delimiter = self._delimiter
+        if not (self._showMessages or self._showPackets
+                or type(self).sendMessage is not TextMessagesProtocol.sendMessage):
+            data = delimiter.join(messages) + delimiter
+            # One scan of what is written: each message adds exactly one
+            # delimiter unless it holds one itself.
+            if data.count(delimiter) == len(messages):
+                self.transport.write(data)
+                return len(messages)
+        written = 0
+        for message in messages:
+            if self.sendMessage(message) is None:
+                written += 1
+        return written
+
+    def _refuse(self, n):
+        self.refused += n
+        description = (f"an outbound message holds the delimiter {self._delimiter!r} "
+                       f"and would arrive as several: refused")
+        if worthLogging(self.refused):
+            self.log.warn("protocol error: {description} ({n} so far)",
+                          description=description, n=self.refused)
+        self.receiver.protocolError(description)
 
     def _takePieces(self):
         self._buffer = b"".join([self._buffer] + self._pieces)
