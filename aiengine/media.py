@@ -94,6 +94,13 @@ class Media:
         return defer.maybeDeferred(lambda: self.channel(name).disconnect())
 
 
+def _plainFailure(failure):
+    """Expected outcomes (a timeout, a refused size) answer with their plain
+    message: no traceback in the log for a routine event."""
+    failure.trap(ValueError, defer.TimeoutError)
+    raise CallError(failure.getErrorMessage())
+
+
 def _timeout(value):
     """The optional timeout parameter: None means the channel's default."""
     return None if value in (None, "") else seconds(value, allowZero=True)
@@ -154,18 +161,16 @@ class MediaConsole(ConsoleClass):
         d = call.engine.media.request(call.params["channel"], call.params["message"],
                                       _timeout(call.params.get("timeout")))
 
-        def failed(failure):
-            failure.trap(ValueError, defer.TimeoutError)
-            raise CallError(failure.getErrorMessage())
-
-        return d.addCallbacks(lambda message: messageElement("message", message), failed)
+        return d.addCallbacks(lambda message: messageElement("message", message),
+                              _plainFailure)
 
     @method("The oldest inbound message of the channel not yet received.",
             channel, timeout)
     def receive(self, call):
         d = call.engine.media.receive(call.params["channel"],
                                       _timeout(call.params.get("timeout")))
-        return d.addCallback(lambda message: messageElement("message", message))
+        return d.addCallbacks(lambda message: messageElement("message", message),
+                              _plainFailure)
 
     @method("Exactly `size` bytes from the channel's inbound stream.",
             channel, Param("size", "Number of bytes."), timeout)
@@ -179,11 +184,7 @@ class MediaConsole(ConsoleClass):
         d = call.engine.media.receiveFixed(call.params["channel"], size,
                                            _timeout(call.params.get("timeout")))
 
-        def refused(failure):
-            failure.trap(ValueError)
-            raise CallError(failure.getErrorMessage())
-
-        return d.addCallbacks(lambda data: textElement("data", data), refused)
+        return d.addCallbacks(lambda data: textElement("data", data), _plainFailure)
 
     @method("Connect the channel (after disconnect, or an on-demand channel now).", channel)
     def connect(self, call):

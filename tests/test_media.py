@@ -187,6 +187,24 @@ class EngineTests(ConsoleClientMixin, unittest.TestCase):
         self.assertEqual(answer.findtext("message"), "HELLO")
 
     @defer.inlineCallbacks
+    def test_receiveTimeoutIsRoutine(self):
+        """A receive that times out answers its plain message and logs no
+        traceback; so does a refused receiveFixed size."""
+        from twisted.logger import globalLogPublisher
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        client = yield self.console()
+        timedOut, tooLarge = yield self.call(client, b"".join([
+            xmlcall("Media", "receive", requestId="R", channel="plain", timeout="0.1"),
+            xmlcall("Media", "receiveFixed", requestId="F", channel="plain",
+                    size=str(10 ** 9))]), ["R", "F"])
+        self.assertEqual(timedOut.findtext("exception"),
+                         "no message from channel plain within 0.1 s")
+        self.assertIn("size must be at most", tooLarge.findtext("exception"))
+        self.assertEqual([e for e in events if "log_failure" in e], [])
+
+    @defer.inlineCallbacks
     def test_mediaConsole(self):
         client = yield self.console()
         listing, status, unknown = yield self.call(client, b"".join([
