@@ -53,7 +53,9 @@ Per connection (:class:`ListenerConnection`):
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections import deque
 
 from twisted.application.service import Service
@@ -77,6 +79,8 @@ __all__ = ["ListenerFactory", "ListenerConnection", "ListenerService", "GuardFac
            "GuardProtocol", "serverEndpoint", "serverTLSOptions", "readSecret"]
 
 
+_log = Logger(namespace="aiengine.listeners")
+
 #: Length of the kernel's queue of connections not yet accepted.  Twisted's
 #: default (50) overflows when hundreds of clients connect at once (after a
 #: restart, say): the kernel then drops their handshakes and they stall.
@@ -96,19 +100,39 @@ def readSecret(path: str, listener: str) -> bytes:
     """The shared secret in file ``path``, surrounding whitespace stripped.
 
     Raises :class:`~aiengine.config.ConfigError` naming ``listener`` and the
-    file when it cannot be read or holds nothing but whitespace.  The
+    file when it cannot be read, holds nothing but whitespace, or holds what
+    no client could type the same way: a byte order mark, a NUL, bytes that
+    are not UTF-8.  Logs a warning when other users may read the file.  The
     secret itself never appears in a message.
     """
     where = f"listener '{listener}'"
+
+    def refuse(why):
+        return ConfigError(f"the secret file {path} {why}", element=where,
+                           prop="auth.secret-file")
+
     try:
         with open(path, "rb") as f:
-            secret = f.read().strip()
+            mode = os.fstat(f.fileno()).st_mode
+            raw = f.read()
     except OSError as e:
         raise ConfigError(f"cannot read the secret file {path}: {e.strerror}",
                           element=where, prop="auth.secret-file") from None
+    secret = raw.strip()
     if not secret:
-        raise ConfigError(f"the secret file {path} is empty", element=where,
-                          prop="auth.secret-file")
+        raise refuse("is empty")
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise refuse("starts with a byte order mark (save it as UTF-8 without one)")
+    if b"\x00" in secret:
+        raise refuse("holds a NUL byte")
+    try:
+        secret.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise refuse(f"is not UTF-8 (byte {e.start})") from None
+    if mode & 0o077:
+        _log.warn("listener {listener}: the secret file {path} can be read by other "
+                  "users (mode {mode:o}): chmod 600 it", listener=listener, path=path,
+                  mode=stat.S_IMODE(mode))
     return secret
 
 

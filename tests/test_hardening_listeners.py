@@ -788,9 +788,37 @@ class EngineTests(Harness, unittest.TestCase):
         path = os.path.join(self.directory, "s")
         with open(path, "wb") as f:
             f.write(b"\n\t" + SECRET + b"  \r\n")
+        os.chmod(path, 0o600)
         self.assertEqual(readSecret(path, "x"), SECRET)
         error = self.assertRaises(ConfigError, readSecret, path + ".missing", "x")
         self.assertIn("cannot read", str(error))
+
+    def test_secretNoClientCouldType(self):
+        """A byte order mark, a NUL or bytes that are not UTF-8 stop start-up
+        (and --check): no client would send the same bytes."""
+        path = os.path.join(self.directory, "odd")
+        for content, why in [(b"\xef\xbb\xbf" + SECRET, "starts with a byte order mark"),
+                             (SECRET + b"\x00x", "holds a NUL byte"),
+                             (b"caf\xe9", "is not UTF-8 (byte 3)")]:
+            with open(path, "wb") as f:
+                f.write(content)
+            error = self.assertRaises(ConfigError, readSecret, path, "x")
+            self.assertIn(why, str(error))
+            self.assertEqual(error.prop, "auth.secret-file")
+
+    def test_worldReadableSecretWarned(self):
+        events = self.captureLogs()
+        path = os.path.join(self.directory, "open")
+        with open(path, "wb") as f:
+            f.write(SECRET)
+        os.chmod(path, 0o644)
+        self.assertEqual(readSecret(path, "gate"), SECRET)
+        [line] = self.logLines(events, "can be read by other users")
+        self.assertIn("mode 644", line)
+        self.assertIn("chmod 600", line)
+        os.chmod(path, 0o600)
+        readSecret(path, "gate")
+        self.assertEqual(len(self.logLines(events, "can be read by other users")), 1)
 
     def test_exposedConsoleWithoutAuthRefused(self):
         settings = ListenerConfig(name="console", port=0, interface="0.0.0.0",
