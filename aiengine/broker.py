@@ -45,10 +45,9 @@ from types import MappingProxyType
 from typing import Any, Callable, Optional
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from aiengine.logs import worthLogging
+from aiengine.logs import PeerSafeLogger, worthLogging
 
 __all__ = ["Broker", "Message", "Subscription", "Topic", "NoSubscriber",
            "DEFAULT_QUEUE_LIMIT", "DEFAULT_QUEUE_BYTES", "MAX_TOPIC_NAME", "REMEMBERED_IDS",
@@ -74,7 +73,7 @@ def checkTopicName(name) -> str:
                          f"not {len(name)}")
     return name
 
-_log = Logger(namespace="Broker")
+_log = PeerSafeLogger(namespace="Broker")
 
 
 #: the attributes of a message published without any (read-only, shared)

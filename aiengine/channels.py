@@ -54,14 +54,14 @@ from twisted.internet import error
 from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import Protocol, ReconnectingClientFactory
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
 from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from aiengine.broker import Message
 from aiengine.config import ConfigError
-from aiengine.logs import worthLogging
+from aiengine.logs import PeerSafeLogger, worthLogging
 from aiengine.protocols.base import IMessageReceiver
 
 __all__ = [
@@ -220,7 +220,7 @@ def _buildFramer(protocol, receiver, log, host, port):
     return buildFramer(protocol, receiver, log=log, host=host, port=port)
 
 
-class _FramerLogger(Logger):
+class _FramerLogger(PeerSafeLogger):
     """The channel's logger as its framers see it.
 
     While the channel is failing, a framer's warnings (a server answering
@@ -230,13 +230,13 @@ class _FramerLogger(Logger):
     """
 
     def __init__(self, channel):
-        Logger.__init__(self, namespace=channel.log.namespace)
+        PeerSafeLogger.__init__(self, namespace=channel.log.namespace)
         self._channel = channel
 
     def emit(self, level, format=None, **kwargs):
         if level == LogLevel.warn and self._channel._streak:
             return
-        Logger.emit(self, level, format, **kwargs)
+        PeerSafeLogger.emit(self, level, format, **kwargs)
 
 
 @implementer(IPushProducer)
@@ -641,7 +641,7 @@ class Channel:
         self.config = config
         self.broker = broker
         self.reactor = reactor
-        self.log = Logger(namespace=f"ActiveSocket::{self.name}")
+        self.log = PeerSafeLogger(namespace=f"ActiveSocket::{self.name}")
         self._framerLog = _FramerLogger(self)
         self.state = STOPPED
         self.connects = 0

@@ -63,14 +63,13 @@ from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, TimeoutFactory, TimeoutProtocol
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from aiengine.auth import SharedSecret
 from aiengine.config import ConfigError
-from aiengine.logs import describeAddress, peerOf, worthLogging
+from aiengine.logs import PeerSafeLogger, describeAddress, peerOf, worthLogging
 from aiengine.protocols import buildFramer
 from aiengine.protocols.base import IMessageReceiver
 from aiengine.protocols.xmlsplit import parseDocument
@@ -79,7 +78,7 @@ __all__ = ["ListenerFactory", "ListenerConnection", "ListenerService", "GuardFac
            "GuardProtocol", "serverEndpoint", "serverTLSOptions", "readSecret"]
 
 
-_log = Logger(namespace="aiengine.listeners")
+_log = PeerSafeLogger(namespace="aiengine.listeners")
 
 #: Length of the kernel's queue of connections not yet accepted.  Twisted's
 #: default (50) overflows when hundreds of clients connect at once (after a
@@ -581,7 +580,7 @@ class ListenerFactory(Factory):
         self.sharedSecret = None if secret is None else SharedSecret(secret)
         #: the shared secret (bytes) or None; never logged
         self.secret = secret
-        self.log = Logger(namespace=f"SocketServer::{config.name}")
+        self.log = PeerSafeLogger(namespace=f"SocketServer::{config.name}")
         self.connections: dict[str, ListenerConnection] = {}
         self.acceptsInput = config.direction in ("in", "duplex") and bool(config.topic_in)
         self.acceptsOutput = config.direction in ("out", "duplex") and bool(config.topic_out)
@@ -893,7 +892,7 @@ class ListenerService(Service):
         self.tls = tls
         self.listeningPort = None
         self.guard = None
-        self.log = Logger(namespace=f"SocketServer::{name}")
+        self.log = PeerSafeLogger(namespace=f"SocketServer::{name}")
 
     @classmethod
     def fromConfig(cls, config, factory, reactor=None, tls=None):

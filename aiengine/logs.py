@@ -1,6 +1,34 @@
 """Logging helpers shared by the components."""
 
-__all__ = ["worthLogging", "describeAddress", "peerOf"]
+import re
+
+from twisted.logger import Logger
+
+__all__ = ["worthLogging", "describeAddress", "peerOf", "logSafe", "PeerSafeLogger"]
+
+# Characters that would let a logged value start a line of its own, or
+# otherwise change how a log line reads: C0 (but tab), DEL, C1, and the
+# Unicode line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def logSafe(text: str) -> str:
+    """``text`` with control characters written as ``\\xNN`` (``\\uNNNN``)."""
+    return _CONTROL.sub(lambda m: (f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                                   else f"\\u{ord(m.group()):04x}"), text)
+
+
+class PeerSafeLogger(Logger):
+    """A ``Logger`` for components whose log lines carry what peers sent
+    (request ids, topic names, error texts): every text field of an event is
+    escaped with :func:`logSafe`, so that no peer can forge a log line."""
+
+    def emit(self, level, format=None, **kwargs):
+        """Emit the event with its text fields made safe."""
+        for key, value in kwargs.items():
+            if value.__class__ is str and _CONTROL.search(value):
+                kwargs[key] = logSafe(value)
+        Logger.emit(self, level, format, **kwargs)
 
 
 def worthLogging(count: int, period: int = 1000) -> bool:

@@ -329,6 +329,22 @@ class AuthTests(ConsoleCase):
         for needle in (SECRET.decode(), SECRET.decode()[::-1], SECRET.decode()[:12]):
             self.assertNotIn(needle, text)
 
+    @inlineCallbacks
+    def test_noForgedLogLines(self):
+        """Control characters a client puts in a request id, a class name or a
+        topic (before login too) are escaped in every log line."""
+        logs = LogCapture(self)
+        client = yield self.connect()
+        forged = 'x&#13;&#10;2026-12-04T00:00:00+0000 [SocketServer::test#info] forged'
+        yield self.call(client, f'<xmlcall class="Engine" method="ping" '
+                                f'requestId="{forged}"/>'.encode(), 1)
+        yield self.call(client, f'<xmlcall class="{forged}" method="m"/>'.encode(), 1)
+        lines = [formatEvent(e) for e in logs.events]
+        self.assertTrue(any("\\x0d\\x0a" in line for line in lines), lines)
+        for line in lines:
+            self.assertNotIn("\n", line)
+            self.assertNotIn("\r", line)
+
     def test_emptySecretRejected(self):
         self.assertRaises(ValueError, ConsoleFactory, self.registry, None, secret=b" \n")
 

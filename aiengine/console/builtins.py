@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from lxml import etree
 from twisted.internet.defer import TimeoutError
-from twisted.logger import Logger
 
 import aiengine
 from aiengine.broker import NoSubscriber, checkTopicName
 from aiengine.console.interfaces import CallError, ConsoleClass, Param, method, seconds
 from aiengine.console.results import messageElement, xmlSafe
+from aiengine.logs import PeerSafeLogger
 from aiengine.protocols.xmlsplit import parseDocument
 
 __all__ = ["Engine", "Topics", "registerBuiltins", "MESSAGE_TYPES"]
 
-_log = Logger(namespace="Console::Topics")
+_log = PeerSafeLogger(namespace="Console::Topics")
 
 #: Message types the console may publish; xml types must be well-formed.
 MESSAGE_TYPES = ("text", "xml", "xmlcall")

@@ -70,12 +70,12 @@ from lxml import etree
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from aiengine.auth import SharedSecret
-from aiengine.logs import peerOf
+from aiengine.logs import PeerSafeLogger, peerOf
 from aiengine.console.interfaces import Call, CallError
 from aiengine.console.results import (TERMINATOR, frame, messageElement,
                                       resultElement, xmlSafe)
@@ -739,7 +739,7 @@ class ConsoleFactory(Factory):
         self.secret = secret
         #: whether connections must log in
         self.authRequired = secret is not None
-        self.log = Logger(namespace=f"SocketServer::{name}")
+        self.log = PeerSafeLogger(namespace=f"SocketServer::{name}")
         self._numbers = itertools.count(1)
         self.connections = 0
         self.openConnections = 0
