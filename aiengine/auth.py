@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections import OrderedDict
 
-__all__ = ["SharedSecret"]
+__all__ = ["SharedSecret", "LoginThrottle"]
 
 
 class SharedSecret:
@@ -36,3 +37,63 @@ def _bytes(value) -> bytes:
 
 def _digest(secret: bytes) -> bytes:
     return hashlib.sha256(secret).digest()
+
+
+class LoginThrottle:
+    """Failed logins per peer address, to slow down guessing.
+
+    After a failed login an address must wait before it may try again:
+    ``first`` seconds, doubling with each failure in a row, at most ``most``.
+    A try before then is refused without checking the secret.  An address
+    is forgotten after a successful login, or ``forget`` seconds after its
+    last failure; at most ``size`` addresses are remembered (the oldest go).
+
+    :param clock: an ``IReactorTime``.
+    """
+
+    def __init__(self, clock, first=0.5, most=60.0, forget=600.0, size=10000):
+        self.clock = clock
+        self.first = first
+        self.most = most
+        self.forget = forget
+        self.size = size
+        #: tries refused because their address had to wait
+        self.throttled = 0
+        # address -> (failures in a row, may try again at, last failure at)
+        self._peers: OrderedDict = OrderedDict()
+
+    def retryAfter(self, address) -> float:
+        """Seconds ``address`` must still wait (0: it may try now).  A try
+        refused so is counted in :attr:`throttled`."""
+        entry = self._entry(address)
+        if entry is None:
+            return 0.0
+        wait = entry[1] - self.clock.seconds()
+        if wait <= 0:
+            return 0.0
+        self.throttled += 1
+        return wait
+
+    def failed(self, address) -> float:
+        """A failed login from ``address``; returns how long it must wait."""
+        entry = self._entry(address)
+        failures = 1 if entry is None else entry[0] + 1
+        now = self.clock.seconds()
+        wait = min(self.first * 2 ** (failures - 1), self.most)
+        peers = self._peers
+        peers[address] = (failures, now + wait, now)
+        peers.move_to_end(address)
+        if len(peers) > self.size:
+            peers.popitem(last=False)
+        return wait
+
+    def succeeded(self, address) -> None:
+        """A right login from ``address``: its failures are forgotten."""
+        self._peers.pop(address, None)
+
+    def _entry(self, address):
+        entry = self._peers.get(address)
+        if entry is not None and self.clock.seconds() - entry[2] >= self.forget:
+            del self._peers[address]
+            return None
+        return entry

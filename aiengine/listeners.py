@@ -67,9 +67,9 @@ from twisted.protocols.policies import ProtocolWrapper, TimeoutFactory, TimeoutP
 from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
-from aiengine.auth import SharedSecret
+from aiengine.auth import LoginThrottle, SharedSecret
 from aiengine.config import ConfigError
-from aiengine.logs import PeerSafeLogger, describeAddress, peerOf, worthLogging
+from aiengine.logs import PeerSafeLogger, describeAddress, peerHost, peerOf, worthLogging
 from aiengine.protocols import buildFramer
 from aiengine.protocols.base import IMessageReceiver
 from aiengine.protocols.xmlsplit import parseDocument
@@ -343,16 +343,30 @@ class ListenerConnection:
     def authenticate(self, line) -> bool:
         """Check the secret line a peer sent first; close the connection if wrong."""
         factory = self.factory
+        transport = self.framer.transport
+        address = peerHost(transport)
+        wait = factory.throttle.retryAfter(address)
+        if wait > 0:
+            # Not even checked: guesses from this address are slowed down.
+            factory.authThrottled += 1
+            factory.log.warn("{connection}: secret from {peer} refused unchecked: {wait:.1f}"
+                             " s to wait after failed tries; closing",
+                             connection=self.name, peer=peerOf(transport), wait=wait)
+            self.close()
+            return False
         # Constant time over fixed-length digests: the comparison tells an
         # attacker neither where the guess went wrong nor the secret's length.
         if factory.sharedSecret.matches(line):
             self.authenticated = True
             factory.authenticated += 1
+            factory.throttle.succeeded(address)
             factory.log.info("{connection} authenticated", connection=self.name)
             return True
         factory.authFailures += 1
-        factory.log.warn("{connection}: authentication failed from {peer}; closing",
-                         connection=self.name, peer=peerOf(self.framer.transport))
+        wait = factory.throttle.failed(address)
+        factory.log.warn("{connection}: authentication failed from {peer}; closing; the "
+                         "next try from there waits {wait:g} s", connection=self.name,
+                         peer=peerOf(transport), wait=wait)
         self.close()
         return False
 
@@ -594,6 +608,10 @@ class ListenerFactory(Factory):
         self.messagesIn = self.messagesOut = self.errors = self.ignored = 0
         self.dropped = self.withheld = 0
         self.authenticated = self.authFailures = self.rejected = 0
+        #: secret lines refused unchecked because their address had to wait
+        self.authThrottled = 0
+        #: failed secret lines per address (see LoginThrottle)
+        self.throttle = LoginThrottle(broker.clock)
         #: replies for connections of ours that had closed
         self.undeliverable = 0
         #: messages for every connection when none was open
@@ -697,7 +715,7 @@ class ListenerFactory(Factory):
         """The counters, by name."""
         return {key: getattr(self, key) for key in (
             "count", "messagesIn", "messagesOut", "errors", "ignored", "dropped",
-            "withheld", "authenticated", "authFailures", "rejected",
+            "withheld", "authenticated", "authFailures", "authThrottled", "rejected",
             "undeliverable", "unrouted", "slowConsumers")} | {
             "openConnections": len(self.connections)}
 

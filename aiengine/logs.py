@@ -4,7 +4,8 @@ import re
 
 from twisted.logger import Logger
 
-__all__ = ["worthLogging", "describeAddress", "peerOf", "logSafe", "PeerSafeLogger"]
+__all__ = ["worthLogging", "describeAddress", "peerOf", "peerHost", "logSafe",
+           "PeerSafeLogger"]
 
 # Characters that would let a logged value start a line of its own, or
 # otherwise change how a log line reads: C0 (but tab), DEL, C1, and the
@@ -50,5 +51,13 @@ def peerOf(transport) -> str:
     """The peer of ``transport`` for a log line, or ``?`` when it has none."""
     try:
         return describeAddress(transport.getPeer())
+    except Exception:
+        return "?"
+
+
+def peerHost(transport) -> str:
+    """The peer's host (address without port) of ``transport``, or ``?``."""
+    try:
+        return str(transport.getPeer().host)
     except Exception:
         return "?"

@@ -1,8 +1,9 @@
 """Tests for aiengine.auth and aiengine.logs."""
 
+from twisted.internet.task import Clock
 from twisted.trial import unittest
 
-from aiengine.auth import SharedSecret
+from aiengine.auth import LoginThrottle, SharedSecret
 from aiengine.logs import worthLogging
 
 
@@ -37,3 +38,32 @@ class AddressTests(unittest.TestCase):
         self.assertEqual(describeAddress(IPv6Address("TCP", "::1", 5)), "[::1]:5")
         self.assertEqual(describeAddress(None), "None")
         self.assertEqual(peerOf(object()), "?")
+
+
+class LoginThrottleTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.throttle = LoginThrottle(self.clock, first=0.5, most=4.0, forget=60.0, size=3)
+
+    def test_waitDoublesUpToMost(self):
+        waits = [self.throttle.failed("a") for _ in range(6)]
+        self.assertEqual(waits, [0.5, 1.0, 2.0, 4.0, 4.0, 4.0])
+        self.assertEqual(self.throttle.retryAfter("a"), 4.0)
+        self.assertEqual(self.throttle.retryAfter("b"), 0.0)
+        self.clock.advance(4)
+        self.assertEqual(self.throttle.retryAfter("a"), 0.0)
+        self.assertEqual(self.throttle.throttled, 1)
+
+    def test_successAndTimeForget(self):
+        self.throttle.failed("a")
+        self.throttle.succeeded("a")
+        self.assertEqual(self.throttle.failed("a"), 0.5)
+        self.throttle.failed("a")
+        self.clock.advance(60)
+        self.assertEqual(self.throttle.failed("a"), 0.5)
+
+    def test_boundedMemory(self):
+        for address in "abcd":
+            self.throttle.failed(address)
+        self.assertEqual(self.throttle.retryAfter("a"), 0.0)  # the oldest went
+        self.assertEqual(self.throttle.retryAfter("d"), 0.5)

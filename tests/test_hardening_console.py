@@ -282,6 +282,38 @@ class AuthTests(ConsoleCase):
         self.assertEqual((doc.get("requestId"), doc.findtext("exception")),
                          ("in", "authentication failed"))
         self.assertEqual(self.factory.authFailures, 1)
+        yield deferLater(reactor, 0.5, lambda: None)  # the wait after one failure
+        yield self.assertServes()
+
+    @inlineCallbacks
+    def test_guessingSlowedDown(self):
+        """After a failed login, the next try from that address within the
+        wait is refused without being checked (even the right secret); the
+        wait doubles with each failure."""
+        self.factory.throttle.first = 0.2
+        for expected in ("authentication failed",
+                         "too many failed logins from this address: try again in"):
+            client = yield self.connect()
+            client.transport.write(xmlcall("Engine", "login", "in", secret="guess"))
+            yield client.lost
+            self.assertTrue(client.docs[0].findtext("exception").startswith(expected))
+        client = yield self.connect()
+        client.transport.write(xmlcall("Engine", "login", "in", secret=SECRET.decode()))
+        yield client.lost
+        self.assertIn("try again in", client.docs[0].findtext("exception"))
+        self.assertEqual((self.factory.authFailures, self.factory.loginsThrottled), (1, 2))
+        yield deferLater(reactor, 0.25, lambda: None)
+        client = yield self.connect()
+        client.transport.write(xmlcall("Engine", "login", "in", secret="guess 2"))
+        yield client.lost
+        self.assertEqual(self.factory.authFailures, 2)
+        # Two failures in a row: 0.4 s now.
+        yield deferLater(reactor, 0.25, lambda: None)
+        client = yield self.connect()
+        client.transport.write(xmlcall("Engine", "login", "in", secret=SECRET.decode()))
+        yield client.lost
+        self.assertEqual(self.factory.loginsThrottled, 3)
+        yield deferLater(reactor, 0.2, lambda: None)
         yield self.assertServes()
 
     @inlineCallbacks

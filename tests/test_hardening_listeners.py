@@ -578,6 +578,14 @@ class AuthenticationTests(Harness, unittest.TestCase):
         self.assertEqual(len(failed), 1)
         self.assertIn("from 127.0.0.1:", failed[0])
         self.assertEqual(self.logLines(events, SECRET[:-1].decode()), [])
+        # The right secret at once from the same address is not even checked.
+        client = yield self.connect(port)
+        client.sendLine(SECRET)
+        client.sendLine(b"still not published")
+        yield client.closed
+        yield settle()
+        self.assertEqual(self.received, [])
+        self.assertEqual((self.factory.authFailures, self.factory.authThrottled), (1, 1))
 
     @defer.inlineCallbacks
     def test_nothingWrittenBeforeAuthentication(self):

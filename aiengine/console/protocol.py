@@ -75,7 +75,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from aiengine.auth import SharedSecret
-from aiengine.logs import PeerSafeLogger, peerOf
+from aiengine.auth import LoginThrottle
+from aiengine.logs import PeerSafeLogger, peerHost, peerOf
 from aiengine.console.interfaces import Call, CallError
 from aiengine.console.results import (TERMINATOR, frame, messageElement,
                                       resultElement, xmlSafe)
@@ -240,14 +241,29 @@ class ConsoleProtocol(Protocol):
         factory = self.factory
         if not factory.authRequired:
             return True
+        address = peerHost(self.transport)
+        wait = factory.throttle.retryAfter(address)
+        if wait > 0:
+            # Not even checked: guesses from this address are slowed down.
+            factory.loginsThrottled += 1
+            self.log.warn("{session}: login from {peer} refused unchecked: {wait:.1f} s "
+                          "to wait after failed logins; closing the connection",
+                          session=self.session, peer=peerOf(self.transport), wait=wait)
+            self._closing = True
+            self._closeAfterAnswer = True
+            raise CallError(f"too many failed logins from this address: try again in "
+                            f"{wait:.1f} s")
         if factory.sharedSecret.matches(secret):
             self.authenticated = True
             factory.logins += 1
+            factory.throttle.succeeded(address)
             self.log.info("{session}: authenticated", session=self.session)
             return True
         factory.authFailures += 1
+        wait = factory.throttle.failed(address)
         self.log.warn("{session}: authentication failed from {peer}; closing the "
-                      "connection", session=self.session, peer=peerOf(self.transport))
+                      "connection; the next try from there waits {wait:g} s",
+                      session=self.session, peer=peerOf(self.transport), wait=wait)
         self.authenticated = False
         self._closing = True
         self._closeAfterAnswer = True
@@ -751,6 +767,10 @@ class ConsoleFactory(Factory):
         self.malformed = 0
         self.logins = 0
         self.authFailures = 0
+        #: logins refused unchecked because their address had to wait
+        self.loginsThrottled = 0
+        #: failed logins per address (see LoginThrottle)
+        self.throttle = LoginThrottle(self.clock)
         #: the connections open now
         self.openProtocols: set = set()
 
@@ -786,4 +806,5 @@ class ConsoleFactory(Factory):
         """The counters, by name."""
         return {key: getattr(self, key) for key in (
             "connections", "openConnections", "requests", "errors", "malformed", "events",
-            "undelivered", "discardedBytes", "logins", "authFailures")}
+            "undelivered", "discardedBytes", "logins", "authFailures",
+            "loginsThrottled")}
