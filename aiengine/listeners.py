@@ -733,6 +733,27 @@ class GuardProtocol(TimeoutProtocol):
     """
 
     _abortCall = None
+    _handshakeCall = None
+
+    def makeConnection(self, transport):
+        """Connected: a TLS connection must finish its handshake in time."""
+        TimeoutProtocol.makeConnection(self, transport)
+        timeout = self.factory.handshakeTimeout
+        if isinstance(self.wrappedProtocol, TLSMemoryBIOProtocol) and timeout:
+            self._handshakeCall = self.factory.callLater(timeout, self._handshakeExpired)
+
+    def _handshakeExpired(self):
+        self._handshakeCall = None
+        # Twisted's TLS protocol keeps the state only here; if it ever goes,
+        # the connection counts as done (idle-timeout still applies).
+        if getattr(self.wrappedProtocol, "_handshakeDone", True) or self.transport is None:
+            return
+        factory = self.factory
+        factory.handshakeTimeouts += 1
+        factory.log.info("{connection}: TLS handshake not done within {timeout:g} s, "
+                         "aborting", connection=self.connectionName(),
+                         timeout=factory.handshakeTimeout)
+        self.transport.abortConnection()
 
     def readConnectionLost(self):
         """The peer sent everything it will send."""
@@ -789,6 +810,9 @@ class GuardProtocol(TimeoutProtocol):
         if self._abortCall is not None:
             self._abortCall.cancel()
             self._abortCall = None
+        if self._handshakeCall is not None:
+            self._handshakeCall.cancel()
+            self._handshakeCall = None
         factory = self.factory
         try:
             TimeoutProtocol.connectionLost(self, reason)
@@ -817,11 +841,15 @@ class GuardFactory(TimeoutFactory):
     returns ``None``, so the port closes the socket at once), counted over
     the wrapped protocols this factory tracks in ``protocols``.
 
-    Counters: ``accepted``, ``refused``, ``timedOut``, ``aborted``.
+    Counters: ``accepted``, ``refused``, ``timedOut``, ``aborted``,
+    ``handshakeTimeouts`` (TLS handshakes not done within
+    :attr:`handshakeTimeout` seconds: aborted).
     """
 
     protocol = GuardProtocol
     noisy = False
+    #: seconds a TLS connection has to finish its handshake
+    handshakeTimeout = 10.0
 
     def __init__(self, wrappedFactory, log, maxConnections=1000, idleTimeout=3600.0,
                  reactor=None, closeGrace=5.0):
@@ -834,6 +862,7 @@ class GuardFactory(TimeoutFactory):
         self.maxConnections = maxConnections
         self.closeGrace = closeGrace
         self.accepted = self.refused = self.timedOut = self.aborted = 0
+        self.handshakeTimeouts = 0
         self._emptyWaiters: list[defer.Deferred] = []
 
     def logPrefix(self):

@@ -685,6 +685,28 @@ class TLSTests(Harness, unittest.TestCase):
         self.assertTrue(reason.check(ConnectionDone), reason)
         self.assertEqual((self.guard.timedOut, self.guard.aborted), (1, 0))
 
+    @defer.inlineCallbacks
+    def test_stalledHandshakeClosed(self):
+        """A client that connects to a TLS listener and never completes the
+        handshake is closed after the handshake timeout, not idle-timeout."""
+        self.patch(GuardFactory, "handshakeTimeout", 0.2)
+        options = serverTLSOptions("lines", self.files["certificate"], self.files["key"])
+        port = self.startListener(tls=options)
+        silent = yield self.connect(port, Closer())
+        half = yield self.connect(port, Closer())
+        half.transport.write(b"\x16\x03\x01\x00")  # the start of a ClientHello
+        started = time.monotonic()
+        yield silent.closed
+        yield half.closed
+        self.assertLess(time.monotonic() - started, 2.0)
+        self.assertEqual(self.guard.handshakeTimeouts, 2)
+        # A client that completes its handshake is not affected.
+        client = yield self.connect(port, ca=self.files["ca"])
+        yield settle(0.4)
+        client.sendLine(b"after the handshake")
+        yield waitFor(lambda: self.received, what="a message over TLS")
+        self.assertEqual(self.guard.handshakeTimeouts, 2)
+
     def writeFile(self, name, data):
         path = os.path.join(os.path.dirname(self.files["ca"]), name)
         with open(path, "wb") as f:

@@ -107,7 +107,8 @@ class Engine(ConsoleClass):
             guard = getattr(service, "guard", None)
             if guard is not None:
                 counters.update(accepted=guard.accepted, refused=guard.refused,
-                                timedOut=guard.timedOut, aborted=guard.aborted)
+                                timedOut=guard.timedOut, aborted=guard.aborted,
+                                handshakeTimeouts=guard.handshakeTimeouts)
             for key in sorted(counters):
                 element.set(key, str(counters[key]))
             result.append(element)
