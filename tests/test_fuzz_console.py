@@ -51,19 +51,45 @@ _junk = st.binary(min_size=1, max_size=40).map(
     lambda b: b.replace(b"\n", b"").replace(b"\x01", b"").replace(b"<", b"")
 ).filter(lambda b: b.strip(b" \t\r\n") not in (b"", b"\xef\xbb\xbf"))  # a BOM starts a document
 
-_lines = st.lists(st.one_of(
+_line = st.one_of(
     st.sampled_from(["ping", "version"]).map(lambda m: ("ok", m)),
     st.sampled_from(ATTACK_LINES).map(lambda line: ("malformed", line)),
     _junk.map(lambda line: ("malformed", line)),
     st.sampled_from(WRONG_CALLS).map(lambda line: ("wrong", line)),
     st.just(("both", CALL_THEN_GARBAGE)),
-), max_size=12)
+)
+_lines = st.lists(_line, max_size=12)
 
 #: The splitter's items for each kind of line.
 _ITEMS = {"ok": [Document], "malformed": [Malformed], "wrong": [Document],
           "both": [Document, Malformed]}
 
 _ends = st.sampled_from([b"\n", b"\r\n", b"\x01", b"\x01\n", b" \n\x01 "])
+
+#: Requests broken by a construct that is never closed: an attribute value,
+#: a comment, a CDATA section, a processing instruction.
+UNCLOSED_QUOTES = [b'<xmlcall class="Engine" method="ping" requestId="x/>',
+                   b"<xmlcall class='Engine' method='ping' requestId='x/>"]
+UNCLOSED = UNCLOSED_QUOTES + [
+    b'<xmlcall class="Engine" method="ping"><!-- no end',
+    b'<xmlcall class="Engine" method="ping"><![CDATA[no end',
+    b"<!-- no end", b"<?pi no end",
+    b'<xmlcall class="Engine" method="ping"><parameters><property name="a" '
+    b'value="b/></parameters></xmlcall>',
+]
+
+#: With 0x01 framing, 0x01 ends whatever is unclosed.
+_brokenLines = st.lists(st.one_of(
+    _line, st.sampled_from(UNCLOSED).map(lambda line: ("malformed", line))), max_size=12)
+_ends01 = st.sampled_from([b"\x01", b"\x01\n", b" \n\x01 ", b"\r\n\x01"])
+
+#: Typed at a terminal: an unclosed quote in the start tag ends at the line
+#: that begins the next request.
+_quoteLines = st.lists(st.one_of(
+    st.sampled_from(["ping", "version"]).map(lambda m: [("ok", m)]),
+    st.sampled_from(UNCLOSED_QUOTES).map(lambda line: [("malformed", line), ("ok", "ping")]),
+), max_size=8).map(lambda groups: [line for group in groups for line in group])
+_endsNewline = st.sampled_from([b"\n", b"\r\n", b" \n"])
 
 
 def _console(maxSize=100000, maxMalformed=10 ** 6):
@@ -128,6 +154,23 @@ class ConsoleFuzzTests(TestCase):
     @FUZZ
     @given(st.data(), _lines, _ends)
     def test_everyRequestAnsweredOnce(self, data, lines, end):
+        self.everyRequestAnsweredOnce(data, lines, end)
+
+    @FUZZ
+    @given(st.data(), _brokenLines, _ends01)
+    def test_unclosedConstructsEndAt01(self, data, lines, end):
+        """An unclosed quote, comment, CDATA section or PI ends at the 0x01
+        after it: one Exception, and the next request is served."""
+        self.everyRequestAnsweredOnce(data, lines, end)
+
+    @FUZZ
+    @given(st.data(), _quoteLines, _endsNewline)
+    def test_unclosedQuoteEndsAtTheNextRequestLine(self, data, lines, end):
+        """Typed at a terminal: a start tag with an unclosed quote is one
+        Exception, and the request on the next line is served."""
+        self.everyRequestAnsweredOnce(data, lines, end)
+
+    def everyRequestAnsweredOnce(self, data, lines, end):
         factory, protocol, transport = _console()
         stream = b""
         expectedOk = []

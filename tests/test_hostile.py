@@ -300,3 +300,53 @@ class EventFanOutTests(RoutingTestCase):
         self.assertEqual(frames, ["xmlevent"])
         for client in clients:
             client.transport.resumeProducing()
+
+
+class UnclosedConstructTests(RoutingTestCase):
+    """One unclosed quote, comment or CDATA section used to silence a console
+    connection: now the separator (0x01), or the next request's line at a
+    terminal, ends the broken request with one Exception answer."""
+
+    BROKEN = [b'<xmlcall class="Engine" method="ping" requestId="1/>',
+              b"<xmlcall class='Engine' method='ping' requestId='1/>",
+              b'<xmlcall class="Engine" method="ping" requestId="1"><!-- oops',
+              b'<xmlcall class="Engine" method="ping" requestId="1"><![CDATA[oops']
+
+    def good(self, n):
+        return xmlcall("Engine", "ping", requestId=f"ok{n}")
+
+    @defer.inlineCallbacks
+    def test_01Framing(self):
+        yield self.startEngine()
+        for broken in self.BROKEN:
+            client = yield self.console()
+            client.transport.write(broken + b"\x01" + self.good(2) + b"\x01"
+                                   + self.good(3) + b"\x01")
+            docs = yield client.waitDocs(3)
+            self.assertEqual([d.get("status") for d in docs], ["Exception", "OK", "OK"],
+                             broken)
+            self.assertEqual([d.get("requestId") for d in docs[1:]], ["ok2", "ok3"])
+
+    @defer.inlineCallbacks
+    def test_telnetUnclosedQuote(self):
+        yield self.startEngine()
+        client = yield self.console()
+        client.transport.write(self.BROKEN[0] + b"\r\n" + self.good(2) + b"\r\n")
+        docs = yield client.waitDocs(2)
+        self.assertEqual([d.get("status") for d in docs], ["Exception", "OK"])
+        self.assertIn("'<' in an attribute value", docs[0].findtext("exception"))
+
+    @defer.inlineCallbacks
+    def test_xmlMessagesListener(self):
+        """xml-messages listeners share the splitter: the same rule holds."""
+        from tests.test_routing import listener
+        yield self.startEngine(listeners=listener(
+            "docs", protocol="xml-messages", delimiter="\\1", direction="in",
+            **{"topic-in": "docs"}))
+        received = []
+        self.engine.broker.subscribe("docs", received.append)
+        client = yield self.lineClient("docs")
+        client.transport.write(b'<a x="1/>\x01<b/>\x01<c><!-- no end\x01<d/>\x01')
+        yield waitFor(lambda: len(received) == 2, what="the two good documents")
+        self.assertEqual([m.body for m in received], [b"<b/>", b"<d/>"])
+        self.assertEqual(self.engine.listeners["docs"].factory.errors, 2)

@@ -105,10 +105,10 @@ def channel(name, port, protocol="text-messages", topicIn=None, topicOut=None,
     return "\n".join(lines + ["</channel>"])
 
 
-def listener(name, **properties):
+def listener(name, protocol="text-messages", delimiter="\\n", **properties):
     lines = [f'<listener name="{name}">', '<property name="port" value="0"/>',
-             '<property name="protocol" value="text-messages"/>',
-             '<property name="protocol.delimiter" value="\\n"/>']
+             f'<property name="protocol" value="{protocol}"/>',
+             f'<property name="protocol.delimiter" value="{delimiter}"/>']
     lines += [f'<property name="{k}" value="{v}"/>' for k, v in properties.items()]
     return "\n".join(lines + ["</listener>"])
 

@@ -139,8 +139,10 @@ _ENCODING = re.compile(rb"""\sencoding\s*=\s*(["'])(.*?)\1""", re.S)
 _ASCII_COMPATIBLE = re.compile(
     rb"utf-?8|(?:us-?)?ascii|iso[-_]?8859[-_]?(?:[1-9]|1[0-6])|latin-?[1-9]"
     rb"|(?:windows|cp)-?125[0-8]", re.I)
-# The body of a start tag: anything but ">" outside quoted values.
-_TAG_BODY = re.compile(rb"""(?:[^"'>]+|"[^"]*"|'[^']*')*""")
+# The body of a start tag: anything but ">" outside quoted values, and no
+# "<" anywhere (XML allows none in a tag; one usually starts the next
+# document after an unclosed quote).
+_TAG_BODY = re.compile(rb"""(?:[^"'<>]+|"[^"<]*"|'[^'<]*')*""")
 _NAME = re.compile(rb"[^ \t\r\n/>]*")
 _SPACE_GT = re.compile(rb"[ \t\r\n]*>")
 # "<!" (comment, CDATA, DOCTYPE) or "<?" (declaration, PI).  A regex rather
@@ -177,6 +179,10 @@ class XmlSplitter:
         # fast path: parsed whole (see _whole).
         self._wholeParser = safeParser() if b"\x01" in separators else None
         self._resync = _byteClass(b"\n" + separators)
+        # Separators XML cannot carry anywhere (control characters but tab,
+        # line feed and carriage return): one ends an unfinished document.
+        illegal = bytes(b for b in separators if b < 0x20 and b not in b"\t\n\r")
+        self._hardEnd = _byteClass(illegal) if illegal else None
         self._maxSize = maxSize
         self._parser = _pullParser()
         self._fed = False  # whether the parser has bytes of the current document
@@ -201,15 +207,46 @@ class XmlSplitter:
         """Feed bytes; return the :class:`Document` and :class:`Malformed`
         items completed by them, in stream order.
 
+        A separator byte that XML cannot carry (0x01) ends a document that
+        is still open when it comes, whatever construct it is in (an
+        unclosed quote, comment or CDATA section): that document is
+        :class:`Malformed`, and the next one starts after it.
+
         Raises :class:`TooLarge` when a document grows past ``maxSize``, or
         a malformed line does (its ``items`` are the items completed
         before); the splitter is then unusable and the connection should be
         closed.
         """
+        out = []
+        hardEnd = self._hardEnd
+        if hardEnd is None:
+            self._feed(data, out)
+            return out
+        start = 0
+        while start < len(data):
+            match = hardEnd.search(data, start)
+            if match is None:
+                self._feed(data[start:] if start else data, out)
+                break
+            end = match.end()
+            self._feed(data[start:end], out)
+            if self._inDocument or self._held:
+                self._abandon(out, f"document not finished before the byte "
+                                   f"0x{data[match.start()]:02x}; dropped up to it")
+            start = end
+        return out
+
+    def _abandon(self, out, error):
+        """The current document cannot go on: it is malformed as it stands."""
+        held = self._held  # what waits to be fed; the rest was fed already
+        out.append(Malformed(self._reset() + held, error))
+
+    def _feed(self, data, out):
+        """Feed ``data`` (no hard end inside but maybe at its end); append the
+        items completed to ``out``."""
         if self._held:
             data = self._held + data
             self._held = b""
-        out = []
         pos = 0
         while pos < len(data):
             if self._discarding:
@@ -269,7 +306,6 @@ class XmlSplitter:
                 # The next document starts in an earlier packet's bytes.
                 data = rest + data[end:]
                 pos = 0
-        return out
 
     def _whole(self, data, pos, out) -> int:
         """Parse the bytes from ``pos`` to the next 0x01 as one document.
@@ -458,6 +494,10 @@ class XmlSplitter:
             at = self._headFrom
             if self._quote is not None:
                 end = head.find(self._quote, at)
+                lt = head.find(b"<", at, n if end < 0 else end)
+                if lt >= 0:
+                    return self._refusal(lt, "'<' in an attribute value (a quote not "
+                                             "closed?)")
                 if end < 0:
                     self._headFrom = n
                     return None
@@ -467,9 +507,15 @@ class XmlSplitter:
             if at == n:
                 self._headFrom = n
                 return None
+            if head[at] == 0x3C:  # "<"
+                return self._refusal(at, "'<' inside a start tag")
             if head[at] != 0x3E:  # an unfinished quoted value
                 self._quote = head[at:at + 1]
                 self._headFrom = at + 1
+                lt = head.find(b"<", at + 1)
+                if lt >= 0:
+                    return self._refusal(lt, "'<' in an attribute value (a quote not "
+                                             "closed?)")
                 return None
             name = bytes(_NAME.match(head, self._headMark + 1).group())
             return ("start", self._headBase + at + 1, head[at - 1] == 0x2F, name)
@@ -646,7 +692,17 @@ class XmlSplitter:
 
     def _cutAt(self, data, offset, message):
         """A Malformed for ``data`` up to the first line end or separator at
-        or after ``offset``, and what follows it (to parse again)."""
+        or after ``offset``, and what follows it (to parse again).
+
+        An error found at a ``<`` that begins a line (after blanks) belongs
+        to the document that line starts, typed after a broken one: the cut
+        is made before that line instead."""
+        if offset < len(data) and data[offset] == 0x3C:
+            lineStart = offset
+            while lineStart > 0 and data[lineStart - 1] in b" \t":
+                lineStart -= 1
+            if lineStart > 0 and self._resync.match(data, lineStart - 1):
+                return Malformed(data[:lineStart], message), data[lineStart:]
         match = self._resync.search(data, offset)
         if match is None:
             self._discarding = True
