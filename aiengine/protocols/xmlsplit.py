@@ -222,18 +222,23 @@ class XmlSplitter:
         if hardEnd is None:
             self._feed(data, out)
             return out
-        start = 0
-        while start < len(data):
-            match = hardEnd.search(data, start)
-            if match is None:
-                self._feed(data[start:] if start else data, out)
-                break
-            end = match.end()
-            self._feed(data[start:end], out)
-            if self._inDocument or self._held:
+        pos = 0
+        while pos < len(data):
+            if not (self._inDocument or self._held or self._discarding):
+                # Whole documents (and garbage) need no care: they end before
+                # any hard end.  Stop where a document must be read piece
+                # by piece.
+                pos = self._feed(data, out, pos, wholeOnly=True)
+                if pos >= len(data):
+                    break
+            # A document in progress: never past the next hard end.
+            match = hardEnd.search(data, pos)
+            end = match.end() if match else len(data)
+            self._feed(data[pos:end], out)
+            if match is not None and (self._inDocument or self._held):
                 self._abandon(out, f"document not finished before the byte "
                                    f"0x{data[match.start()]:02x}; dropped up to it")
-            start = end
+            pos = end
         return out
 
     def _abandon(self, out, error):
@@ -241,13 +246,16 @@ class XmlSplitter:
         held = self._held  # what waits to be fed; the rest was fed already
         out.append(Malformed(self._reset() + held, error))
 
-    def _feed(self, data, out):
-        """Feed ``data`` (no hard end inside but maybe at its end); append the
-        items completed to ``out``."""
+    def _feed(self, data, out, pos=0, wholeOnly=False) -> int:
+        """Feed ``data`` from ``pos``; append the items completed to ``out``.
+
+        With ``wholeOnly`` (between documents), stop at the first document
+        that must be read piece by piece and return where it starts;
+        otherwise ``data`` holds no hard end but maybe at its end.
+        """
         if self._held:
             data = self._held + data
             self._held = b""
-        pos = 0
         while pos < len(data):
             if self._discarding:
                 match = self._resync.search(data, pos)
@@ -281,6 +289,8 @@ class XmlSplitter:
                     if end:
                         pos = end
                         continue
+                if wholeOnly:
+                    return pos
                 self._startDocument()
             end, complete, refusal = self._cut(data, pos)
             if refusal is not None:
@@ -306,6 +316,7 @@ class XmlSplitter:
                 # The next document starts in an earlier packet's bytes.
                 data = rest + data[end:]
                 pos = 0
+        return len(data)
 
     def _whole(self, data, pos, out) -> int:
         """Parse the bytes from ``pos`` to the next 0x01 as one document.
