@@ -131,6 +131,10 @@ class ConsoleConnection:
             raise ClientError(f"cannot connect to {self.address}: {e}") from e
         self._splitter = XmlSplitter(separators=b"\x01", maxSize=MAX_REPLY)
         self._replies: deque = deque()
+        # A 0x01 before the first request tells the console that this
+        # connection frames with 0x01, not typed lines: a line end inside a
+        # request's attribute value, comment or CDATA section is then data.
+        self._framing = b"\x01"
 
     def close(self) -> None:
         """Close the socket."""
@@ -139,7 +143,8 @@ class ConsoleConnection:
     def call(self, request: bytes, requestId: str, timeout: float) -> Document:
         """Send ``request`` and return the ``<xmlcallresult>`` for ``requestId``."""
         try:
-            self._socket.sendall(request + b"\x01")
+            self._socket.sendall(self._framing + request + b"\x01")
+            self._framing = b""
         except OSError as e:
             raise ClientError(f"cannot send {requestId} to {self.address}: {e}") from e
         deadline = time.monotonic() + timeout

@@ -328,13 +328,22 @@ class UnclosedConstructTests(RoutingTestCase):
             self.assertEqual([d.get("requestId") for d in docs[1:]], ["ok2", "ok3"])
 
     @defer.inlineCallbacks
-    def test_telnetUnclosedQuote(self):
+    def test_telnetLineEndsWhatIsUnclosed(self):
+        """Typed at a terminal (no 0x01 sent), the line end ends the broken
+        request; once a client frames with 0x01, line ends are data again."""
         yield self.startEngine()
+        for broken in self.BROKEN:
+            client = yield self.console()
+            client.transport.write(broken + b"\r\n" + self.good(2) + b"\r\n")
+            docs = yield client.waitDocs(2)
+            self.assertEqual([d.get("status") for d in docs], ["Exception", "OK"], broken)
+            self.assertIn("line end inside", docs[0].findtext("exception"))
         client = yield self.console()
-        client.transport.write(self.BROKEN[0] + b"\r\n" + self.good(2) + b"\r\n")
-        docs = yield client.waitDocs(2)
-        self.assertEqual([d.get("status") for d in docs], ["Exception", "OK"])
-        self.assertIn("'<' in an attribute value", docs[0].findtext("exception"))
+        client.transport.write(b"\x01" + xmlcall("Topics", "publish", requestId="multi",
+                                                  topic="t", message="x").replace(
+            b'value="x"', b'value="two\nlines"') + b"\x01")
+        [doc] = yield client.waitDocs(1)
+        self.assertEqual(doc.get("status"), "OK")
 
     @defer.inlineCallbacks
     def test_xmlMessagesListener(self):

@@ -524,3 +524,50 @@ class WholeDocumentPathTests(TestCase):
         deep = b"<a>" * 100000 + b"\x01"
         [item] = XmlSplitter(maxSize=10 ** 7).feed(deep)
         self.assertIsInstance(item, Malformed)
+
+
+#: Lines typed at a terminal: good documents (some over several lines, with
+#: comments, CDATA and PIs that close), and broken ones whose construct is
+#: never closed.
+TYPED = [b'<a x="1/>\n', b"<a><!-- x\n", b"<a><![CDATA[x\n", b'<a>\n  <p v="x/></a>\n',
+         b"<a>\n <!-- fine -->\n <![CDATA[o]]k]]>\n</a>\n", b'<?xml version="1.0"?>\n<a/>\n',
+         b"<b c=\"d\" e='f'><g/></b>\n", b"<?pi x\n", b"<a><?pi ok?></a>\n",
+         b"<a>--&gt; ]] ?&gt;</a>\n", b"<!-- c\n", b"<!-- ok -->\n<z/>\n", b"<a></b>\n",
+         b"junk\n", b"\xef\xbb<a/>\n", b"<!DOCTYPE a>\n"]
+
+
+class LineEndTests(TestCase):
+    """lineEnds (text typed at a terminal): a line end inside an unclosed
+    attribute value, comment, CDATA section or PI ends the document."""
+
+    def feed(self, packets):
+        splitter = XmlSplitter()
+        splitter.lineEnds = True
+        return kinds(feedAll(splitter, packets))
+
+    def test_brokenLinesEndThere(self):
+        self.assertEqual(self.feed([b'<a x="1/>\n<b/>\n<c><!-- x\n<d/>\n<e><![CDATA[\n<f/>\n']),
+                         [("Malformed", b'<a x="1/>\n'), ("Document", b"<b/>"),
+                          ("Malformed", b"<c><!-- x\n"), ("Document", b"<d/>"),
+                          ("Malformed", b"<e><![CDATA[\n"), ("Document", b"<f/>")])
+
+    def test_constructsEndOnTheirLine(self):
+        """A document may span lines between its tags; a comment (or value,
+        CDATA, PI) may not."""
+        doc = b"<a>\n <!-- one -->\n <b/>\n</a>\n"
+        self.assertEqual(self.feed([doc]), [("Document", doc.rstrip())])
+        self.assertEqual(self.feed([b"<a>\n <!-- one\n -->\n</a>\n"]),
+                         [("Malformed", b"<a>\n <!-- one\n"), ("Malformed", b"-->\n"),
+                          ("Malformed", b"</a>\n")])
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.data(), st.lists(st.sampled_from(TYPED), max_size=8))
+    def test_anySplit(self, data, lines):
+        """The same documents and as many malformed items however the lines
+        are cut into packets (garbage is reported as it comes)."""
+        def shape(items):
+            return [(kind, body if kind == "Document" else None) for kind, body in items]
+
+        stream = b"".join(lines)
+        self.assertEqual(shape(self.feed(data.draw(splits(stream)))),
+                         shape(self.feed([stream])))

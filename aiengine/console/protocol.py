@@ -208,6 +208,10 @@ class ConsoleProtocol(Protocol):
         self.authenticated = not factory.authRequired
         self.log = factory.log
         self._splitter = XmlSplitter(separators=b"\x01", maxSize=factory.maxSize)
+        # Typed at a terminal until the peer sends a 0x01: a line end inside
+        # an unclosed attribute value, comment or CDATA section ends the
+        # request, so that the next line's is served.
+        self._splitter.lineEnds = True
         self._malformedInARow = 0
         self._closeAfterAnswer = False
         self._cleanups = []
@@ -407,6 +411,9 @@ class ConsoleProtocol(Protocol):
     # -- requests -------------------------------------------------------------
 
     def _dataReceived(self, data):
+        splitter = self._splitter
+        if splitter.lineEnds and data.find(b"\x01") >= 0:
+            splitter.lineEnds = False  # a 0x01-framed client
         if self._heldItems or self._heldData or self._busy():
             self._hold(data)
             return

@@ -154,6 +154,10 @@ _NAME_START = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_:
 
 # Head scanner states.
 _MISC_STATE, _COMMENT, _PI, _TAG = range(4)
+# Line-end lexer states (see XmlSplitter._lineEndInConstruct).
+_LEX_TEXT, _LEX_TAG, _LEX_QUOTE, _LEX_CLOSER = range(4)
+_LEX_OPENERS = ((b"<!--", b"-->"), (b"<![CDATA[", b"]]>"), (b"<?", b"?>"))
+_LEX_QUOTE_OR_GT = re.compile(rb"""["'>]""")
 #: A piece that may hold several possible ends of the root (see _cut).
 _SPECULATIVE = "speculative"
 
@@ -194,6 +198,13 @@ class XmlSplitter:
         self._run = 0  # bytes of the malformed line being dropped
         self._head = None  # the document's head while it is being read
         self._endTag = b""  # "</name" of the current root
+        #: text typed at a terminal: a line end inside an attribute value,
+        #: comment, CDATA section or PI ends the document as malformed (see
+        #: _lineEndInConstruct); set by the console until a 0x01 is seen
+        self.lineEnds = False
+        self._lexState = _LEX_TEXT
+        self._lexCarry = b""
+        self._lexCloser = b""
         self._anyGt = False  # the next ">" may end the root (see _contentCut)
         #: bytes dropped after malformed documents, up to their line ends
         self.discarded = 0
@@ -293,6 +304,36 @@ class XmlSplitter:
                     return pos
                 self._startDocument()
             end, complete, refusal = self._cut(data, pos)
+            brokenAt = -1
+            if self.lineEnds:
+                if end > pos:
+                    brokenAt = self._lineEndInConstruct(data, pos, end)
+                    if refusal is not None:
+                        # The head broke a rule: a line end before that
+                        # place ends it first.
+                        if 0 <= brokenAt < pos + refusal[0] - self._size:
+                            refusal = None
+                            end = pos
+                        else:
+                            brokenAt = -1
+                    elif brokenAt >= 0:
+                        # Up to the line end only: what comes before it may
+                        # still end the document (or show another error).
+                        end = brokenAt
+                        if complete is True:
+                            complete = False
+                else:
+                    # Held for the next packet (an unfinished "<..."): a line
+                    # end in it may already tell; it is looked at again then.
+                    saved = (self._lexState, self._lexCloser, self._lexCarry)
+                    brokenAt = self._lineEndInConstruct(data, pos, len(data))
+                    self._lexState, self._lexCloser, self._lexCarry = saved
+                    if brokenAt >= 0:
+                        end = brokenAt  # nothing before it to try
+                if brokenAt >= 0 and end == pos:
+                    self._lineBroken(out, data[pos:brokenAt + 1])
+                    pos = brokenAt + 1
+                    continue
             if refusal is not None:
                 item, rest = self._refuse(data[pos:end], *refusal)
             elif end == pos:
@@ -306,6 +347,11 @@ class XmlSplitter:
                     # stream is split into packets.
                     self._tooLarge(out, self._size + end - pos)
                 item, rest = self._feedPiece(data[pos:end], complete)
+            if item is None and brokenAt >= 0:
+                # The document goes on past the line end it cannot hold.
+                self._lineBroken(out, data[end:brokenAt + 1])
+                pos = brokenAt + 1
+                continue
             if item is not None:
                 out.append(item)
                 if isinstance(item, Malformed) and self._discarding:
@@ -351,6 +397,8 @@ class XmlSplitter:
 
     def _startDocument(self):
         self._inDocument = True
+        self._lexState = _LEX_TEXT
+        self._lexCarry = b""
         self._head = bytearray()
         self._headBase = 0  # document offset of self._head[0]
         self._headPos = 0  # where the scan goes on, in self._head
@@ -571,6 +619,73 @@ class XmlSplitter:
 
     def _refusal(self, i, message):
         return ("refuse", self._headBase + i, message)
+
+    def _lineBroken(self, out, tail):
+        """The current document, and ``tail`` (up to its line end), is
+        malformed: a line end came inside an unclosed construct."""
+        out.append(Malformed(self._reset() + tail,
+                             "line end inside an attribute value, comment, CDATA "
+                             "section or processing instruction that is not closed"))
+
+    def _lineEndInConstruct(self, data, start, end) -> int:
+        """Where in ``data[start:end]``, the next piece of the document, a
+        line end falls inside an attribute value, comment, CDATA section or
+        PI (-1: none).  Keeps its place between pieces.
+
+        For text typed at a terminal, one request a line: such a construct
+        left open would otherwise swallow the requests of the next lines.
+        """
+        carry = self._lexCarry
+        if carry:
+            data = carry + data[start:end]
+            base, start, end = start - len(carry), 0, len(carry) + end - start
+        else:
+            base = 0
+        self._lexCarry = b""
+        i = start
+        while i < end:
+            state = self._lexState
+            if state == _LEX_TEXT:
+                lt = data.find(b"<", i, end)
+                if lt < 0:
+                    return -1
+                ahead = data[lt + 1:lt + 9]
+                if len(ahead) < 8 and lt + 9 > end and any(
+                        opener.startswith(ahead) for opener in (b"!--", b"![CDATA[")):
+                    self._lexCarry = data[lt:end]  # an opener cut by the piece's end
+                    return -1
+                for opener, closer in _LEX_OPENERS:
+                    if data.startswith(opener, lt):
+                        self._lexState, self._lexCloser = _LEX_CLOSER, closer
+                        i = lt + len(opener)
+                        break
+                else:
+                    self._lexState = _LEX_TAG
+                    i = lt + 1
+            elif state == _LEX_TAG:
+                match = _LEX_QUOTE_OR_GT.search(data, i, end)
+                if match is None:
+                    return -1
+                if data[match.start()] == 0x3E:  # ">"
+                    self._lexState = _LEX_TEXT
+                else:
+                    self._lexState, self._lexCloser = _LEX_QUOTE, match.group()
+                i = match.end()
+            else:
+                closer = self._lexCloser
+                at = data.find(closer, i, end)
+                newline = data.find(b"\n", i, end if at < 0 else at)
+                if newline >= 0:
+                    return base + newline
+                if at < 0:
+                    # The closer may be cut by the piece's end.
+                    keep = len(closer) - 1
+                    if keep:
+                        self._lexCarry = data[max(i, end - keep):end]
+                    return -1
+                self._lexState = _LEX_TAG if state == _LEX_QUOTE else _LEX_TEXT
+                i = at + len(closer)
+        return -1
 
     # -- parsing ----------------------------------------------------------------
 
