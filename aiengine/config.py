@@ -22,6 +22,7 @@ from aiengine.broker import MAX_TOPIC_NAME
 
 __all__ = [
     "ConfigError", "ProtocolSettings", "ProtocolConfig", "ListenerConfig",
+    "checkListener", "checkChannel", "checkService",
     "ChannelConfig", "ServiceConfig", "load", "parse", "parseCString",
 ]
 
@@ -440,6 +441,142 @@ _SAME_SETTING = {"reconnectionTimeoutSec": "reconnectionTimeout",
                  "reconnectionTimeout": "reconnectionTimeoutSec"}
 
 
+# -- rules on the settings themselves --------------------------------------------
+# The same for media.xml (the reader adds file and line) and for a
+# configuration built in code.  They raise ConfigError naming the property.
+
+def _checkMsgtype(msgtype, protocol):
+    # a stream chunk is not a message: it cannot be parsed as one
+    if msgtype in ("xml", "xmlcall") and protocol.inbound.name in _STREAMS:
+        raise ConfigError(f"msgtype {msgtype} needs whole messages, but protocol "
+                          f"{protocol.inbound.name} delivers arbitrary chunks",
+                          prop="msgtype")
+
+
+def _checkTopics(*names):
+    for prop, name in zip(("topic-in", "topic-out"), names):
+        if name is not None and len(name) > MAX_TOPIC_NAME:
+            raise ConfigError(f"a topic name has at most {MAX_TOPIC_NAME} characters, "
+                              f"not {len(name)}", prop=prop)
+
+
+def _checkRouting(msgtype, direction, topicIn, topicOut, protocol):
+    """A listener's msgtype, direction and topics fit together."""
+    if "http" in (protocol.inbound.name, protocol.outbound.name):
+        raise ConfigError("http is a client protocol: only a channel can use it",
+                          prop="protocol")
+    _checkMsgtype(msgtype, protocol)
+    if msgtype == "xmlcall":
+        # the console answers calls itself: it routes nothing
+        if direction != "duplex":
+            raise ConfigError("msgtype xmlcall answers calls, so direction must be "
+                              "duplex", prop="direction")
+        if topicIn is not None or topicOut is not None:
+            raise ConfigError("has no meaning for msgtype xmlcall",
+                              prop="topic-in" if topicIn is not None else "topic-out")
+    elif direction == "in":
+        if topicIn is None:
+            raise ConfigError("missing required property (direction in publishes to it)",
+                              prop="topic-in")
+        if topicOut is not None:
+            raise ConfigError("not used with direction in", prop="topic-out")
+    elif direction == "out":
+        if topicOut is None:
+            raise ConfigError("missing required property (direction out sends from it)",
+                              prop="topic-out")
+        if topicIn is not None:
+            raise ConfigError("not used with direction out", prop="topic-in")
+    elif topicIn is None and topicOut is None:
+        raise ConfigError("direction duplex needs topic-in, topic-out or both")
+    _checkTopics(topicIn, topicOut)
+
+
+def checkListener(config: ListenerConfig) -> ListenerConfig:
+    """Raise :class:`ConfigError` if the listener's settings do not fit
+    together, as media.xml's reader would; return ``config``."""
+    _checkRouting(config.msgtype, config.direction, config.topic_in, config.topic_out,
+                  config.protocol)
+    if config.auth and config.auth_secret_file is None:
+        raise ConfigError("missing required property (auth is true)",
+                          prop="auth.secret-file")
+    if (config.msgtype == "xmlcall" and not config.auth and config.run
+            and not ipaddress.ip_address(config.interface).is_loopback):
+        raise ConfigError(
+            f"a console reachable from other machines ({config.interface}) must "
+            "require authentication: set auth=true and auth.secret-file, or bind a "
+            "loopback interface", prop="interface")
+    if (config.tls_certificate is None) != (config.tls_key is None):
+        present, absent = (("tls.certificate", "tls.key") if config.tls_key is None
+                           else ("tls.key", "tls.certificate"))
+        raise ConfigError(f"missing required property ({present} is set: TLS needs "
+                          f"both)", prop=absent)
+    return config
+
+
+def checkChannel(config: ChannelConfig) -> ChannelConfig:
+    """Raise :class:`ConfigError` if the channel's settings do not fit
+    together, as media.xml's reader would; return ``config``."""
+    protocol = config.protocol
+    _checkMsgtype(config.msgtype, protocol)
+    for redirect, prop, topic in (("redirect-in", "topic-in", config.topic_in),
+                                  ("redirect-out", "topic-out", config.topic_out)):
+        if getattr(config, redirect.replace("-", "_")) and topic is None:
+            raise ConfigError(f"missing required property ({redirect} is true)",
+                              prop=prop)
+    _checkTopics(config.topic_in, config.topic_out)
+    if not config.tls:
+        for prop, stray in (("tls.ca", config.tls_ca is not None),
+                            ("tls.hostname", config.tls_hostname is not None),
+                            ("tls.verify", not config.tls_verify)):
+            if stray:
+                raise ConfigError("only used with tls=true", prop=prop)
+    if config.replies == "ordered":
+        if "http" in (protocol.inbound.name, protocol.outbound.name):
+            raise ConfigError("http pairs each response with its request itself: "
+                              "leave replies out", prop="replies")
+        if protocol.inbound.name in _STREAMS:
+            raise ConfigError(f"protocol {protocol.inbound.name} delivers arbitrary "
+                              "chunks, not one reply per message", prop="replies")
+    return config
+
+
+def checkService(config: ServiceConfig) -> ServiceConfig:
+    """Every listener and channel checked, names unique, no two running
+    listeners on one address and port; raises :class:`ConfigError`."""
+    seen = {}
+    for kind, items, check in (("listener", config.listeners, checkListener),
+                               ("channel", config.channels, checkChannel)):
+        for item in items:
+            label = _label(kind, item.name)
+            if not item.name:
+                raise ConfigError("empty 'name' attribute", element=kind)
+            if item.name in seen:
+                raise ConfigError(f"name already used by {seen[item.name]}",
+                                  element=label)
+            seen[item.name] = label
+            try:
+                check(item)
+            except ConfigError as e:
+                if e.element is None:
+                    e.element = label
+                raise
+    bound = {}
+    for listener in config.listeners:
+        if not listener.run or listener.port == 0:
+            continue
+        address = ipaddress.ip_address(listener.interface)
+        for other, otherAddress in bound.get(listener.port, ()):
+            if address.version == otherAddress.version and (
+                    address == otherAddress or address.is_unspecified
+                    or otherAddress.is_unspecified):
+                where = f" (line {other.line})" if other.line else ""
+                raise ConfigError(f"port {listener.port} on {listener.interface} is "
+                                  f"already used by listener '{other.name}'{where}",
+                                  element=_label("listener", listener.name), prop="port")
+        bound.setdefault(listener.port, []).append((listener, address))
+    return config
+
+
 # -- the document ---------------------------------------------------------------
 
 
@@ -638,10 +775,22 @@ class _Reader:
                 element = self.element(kind, node)
                 build = self.listener if kind == "listener" else self.channel
                 built[kind].append(build(element))
-        listeners = tuple(built["listener"])
-        self.checkPorts(listeners)
-        return ServiceConfig(path=self.path, listeners=listeners,
-                             channels=tuple(built["channel"]))
+        config = ServiceConfig(path=self.path, listeners=tuple(built["listener"]),
+                               channels=tuple(built["channel"]))
+        try:
+            checkService(config)
+        except ConfigError as e:
+            if e.path is None:
+                # Each element was checked when read: what is left is between
+                # elements (a port two listeners bind), named by its element.
+                e.path = self.path
+                owner = next((o for o in self.owners.values() if o.label == e.element),
+                             None)
+                if owner is not None:
+                    e.line = (owner.properties[e.prop].line
+                              if e.prop in owner.properties else owner.line)
+            raise
+        return config
 
     def element(self, kind, node):
         """Read the attributes and properties of a listener or channel."""
@@ -680,9 +829,6 @@ class _Reader:
         name = element.get("protocol", default)
         if name is None:
             raise element.missing("protocol")
-        if name == "http" and element.kind == "listener":
-            raise element.error("http is a client protocol: only a channel can use it",
-                                "protocol")
         if name == "asymmetric":
             stray = element.first("protocol.")
             if stray:
@@ -726,14 +872,18 @@ class _Reader:
             values["delimiter"] = b"\n"
         return ProtocolSettings(name=protocol, **values)
 
-    @staticmethod
-    def checkMsgtype(element, msgtype, protocol):
-        # a stream chunk is not a message: it cannot be parsed as one
-        if msgtype in ("xml", "xmlcall") and protocol.inbound.name in _STREAMS:
-            raise element.error(
-                f"msgtype {msgtype} needs whole messages, but protocol "
-                f"{protocol.inbound.name} delivers arbitrary chunks",
-                "msgtype" if "msgtype" in element else "protocol")
+    def located(self, element, check, *args):
+        """``check(*args)``, its ConfigError given this file, the line of the
+        property it names (else the element's) and the element."""
+        try:
+            return check(*args)
+        except ConfigError as e:
+            if e.path is None:
+                e.path = self.path
+                e.line = (element.properties[e.prop].line if e.prop in element.properties
+                          else element.line)
+                e.element = element.label
+            raise
 
     # -- listeners and channels ------------------------------------------------
 
@@ -742,28 +892,9 @@ class _Reader:
         direction = element.get("direction", "duplex")
         protocol = self.protocol(
             element, default="xml-messages" if msgtype == "xmlcall" else None)
-        self.checkMsgtype(element, msgtype, protocol)
         topicIn, topicOut = element.get("topic-in"), element.get("topic-out")
-        if msgtype == "xmlcall":
-            # the console answers calls itself: it routes nothing
-            if direction != "duplex":
-                raise element.error("msgtype xmlcall answers calls, so direction "
-                                    "must be duplex", "direction")
-            stray = element.first("topic-in", "topic-out")
-            if stray:
-                raise element.error("has no meaning for msgtype xmlcall", stray)
-        elif direction == "in":
-            if topicIn is None:
-                raise element.missing("topic-in", " (direction in publishes to it)")
-            if topicOut is not None:
-                raise element.error("not used with direction in", "topic-out")
-        elif direction == "out":
-            if topicOut is None:
-                raise element.missing("topic-out", " (direction out sends from it)")
-            if topicIn is not None:
-                raise element.error("not used with direction out", "topic-in")
-        elif topicIn is None and topicOut is None:
-            raise element.error("direction duplex needs topic-in, topic-out or both")
+        self.located(element, _checkRouting, msgtype, direction, topicIn, topicOut,
+                     protocol)
         if topicOut is None or msgtype == "xmlcall":
             stray = element.first("overflow", "slow-consumer-timeout")
             if stray:
@@ -776,23 +907,11 @@ class _Reader:
         secretFile = element.get("auth.secret-file")
         if secretFile is not None:
             secretFile = os.path.normpath(os.path.join(self.basedir, secretFile))
-        if auth:
-            if secretFile is None:
-                raise element.missing("auth.secret-file", " (auth is true)")
+        if auth and secretFile is not None:
             self.checkReadable(element, secretFile, "auth.secret-file")
         interface = element.get("interface", "127.0.0.1")
-        if (msgtype == "xmlcall" and not auth and element.run
-                and not ipaddress.ip_address(interface).is_loopback):
-            raise element.error(
-                f"a console reachable from other machines ({interface}) must "
-                "require authentication: set auth=true and auth.secret-file, or "
-                "bind a loopback interface", "interface")
         certificate, key = (self.path_(element, p) for p in ("tls.certificate", "tls.key"))
-        if (certificate is None) != (key is None):
-            present, absent = ("tls.certificate", "tls.key") if key is None else (
-                "tls.key", "tls.certificate")
-            raise element.missing(absent, f" ({present} is set: TLS needs both)")
-        return ListenerConfig(
+        return self.located(element, checkListener, ListenerConfig(
             name=element.name, port=element.require("port"), protocol=protocol,
             interface=interface, direction=direction,
             msgtype=msgtype, topic_in=topicIn, topic_out=topicOut, auth=auth,
@@ -801,7 +920,7 @@ class _Reader:
             idle_timeout=element.get("idle-timeout", 3600.0),
             tls_certificate=certificate, tls_key=key, overflow=overflow,
             slow_consumer_timeout=element.get("slow-consumer-timeout", 30.0),
-            run=element.run, line=element.line)
+            run=element.run, line=element.line))
 
     def path_(self, element, prop):
         """A file property: resolved against media.xml's directory and readable."""
@@ -824,31 +943,15 @@ class _Reader:
         host = element.require("host")
         port = element.require("port")
         protocol = self.protocol(element)
-        msgtype = element.get("msgtype", "text")
-        self.checkMsgtype(element, msgtype, protocol)
-        for redirect, topic in (("redirect-in", "topic-in"), ("redirect-out", "topic-out")):
-            if element.get(redirect, False) and topic not in element:
-                raise element.missing(topic, f" ({redirect} is true)")
-        tls = element.get("tls", False)
-        if not tls:
-            stray = element.first("tls.")
-            if stray:
-                raise element.error("only used with tls=true", stray)
         replies = element.get("replies", "none")
-        if replies == "ordered":
-            if protocol.inbound.name == "http" or protocol.outbound.name == "http":
-                raise element.error("http pairs each response with its request "
-                                    "itself: leave replies out", "replies")
-            if protocol.inbound.name in _STREAMS:
-                raise element.error(
-                    f"protocol {protocol.inbound.name} delivers arbitrary chunks, not "
-                    "one reply per message", "replies")
-        elif protocol.outbound.name != "http":
+        if replies != "ordered" and protocol.outbound.name != "http":
             stray = element.first("max-in-flight", "response-timeout")
             if stray:
                 raise element.error("only used by channels that pair replies with "
                                     "requests (protocol http, or replies=ordered)", stray)
-        return ChannelConfig(
+        tls = element.get("tls", False)
+        msgtype = element.get("msgtype", "text")
+        return self.located(element, checkChannel, ChannelConfig(
             name=element.name, host=host, port=port, protocol=protocol,
             msgtype=msgtype, permanent=element.get("permanent", True),
             redirect_in=element.get("redirect-in", False),
@@ -861,30 +964,13 @@ class _Reader:
             idle_timeout=element.get("idle-timeout"),
             connect_timeout=element.get("connect-timeout", 30.0),
             keepalive=element.get("keepalive", True),
-            tls=tls, tls_ca=self.path_(element, "tls.ca"),
+            tls=tls, tls_ca=self.path_(element, "tls.ca") if tls else element.get("tls.ca"),
             tls_hostname=element.get("tls.hostname"),
             tls_verify=element.get("tls.verify", True),
             flush_timeout=element.get("flush-timeout", 5.0),
             replies=replies, max_in_flight=element.get("max-in-flight", 1000),
             response_timeout=element.get("response-timeout", 30.0),
-            run=element.run, line=element.line)
-
-    def checkPorts(self, listeners):
-        """Two running listeners may not bind the same address and port."""
-        bound = {}
-        for listener in listeners:
-            if not listener.run or listener.port == 0:
-                continue
-            address = ipaddress.ip_address(listener.interface)
-            for (other, otherAddress) in bound.get(listener.port, ()):
-                if address.version == otherAddress.version and (
-                        address == otherAddress or address.is_unspecified
-                        or otherAddress.is_unspecified):
-                    element = self.owners[listener.name]
-                    raise element.error(
-                        f"port {listener.port} on {listener.interface} is already "
-                        f"used by listener '{other.name}' (line {other.line})", "port")
-            bound.setdefault(listener.port, []).append((listener, address))
+            run=element.run, line=element.line))
 
 
 def parse(data: bytes, path: str = "<string>") -> ServiceConfig:

@@ -13,7 +13,6 @@ nothing starts half-configured.
 
 from __future__ import annotations
 
-import ipaddress
 import time
 
 from twisted.application.service import MultiService
@@ -24,7 +23,7 @@ import aiengine
 from aiengine.broker import Broker
 from aiengine.channels import Channel
 from aiengine.config import (ConfigError, ListenerConfig, ProtocolConfig,
-                             ProtocolSettings, ServiceConfig)
+                             ProtocolSettings, ServiceConfig, checkService)
 from aiengine.console.builtins import registerBuiltins
 from aiengine.console.protocol import ConsoleFactory
 from aiengine.console.registry import CallRegistry
@@ -55,14 +54,27 @@ def _slice():
 
 
 class Engine(MultiService):
-    """aiengine as a Twisted service."""
+    """aiengine as a Twisted service.
+
+    :param config: a :class:`~aiengine.config.ServiceConfig`, from media.xml
+        (:func:`~aiengine.config.load`) or built in code; either way it is
+        checked as media.xml is (:func:`~aiengine.config.checkService`).
+    :param reactor: the reactor (the global one when None).
+    :param defaultConsole: add the console on ``127.0.0.1:20001`` when
+        ``config`` declares none, as ``twistd aiengine`` does.
+    :raises ConfigError: the settings do not fit together, or a secret, TLS
+        or CA file is unusable.
+    """
 
     version = aiengine.__version__
 
-    def __init__(self, config: ServiceConfig, reactor=None):
+    def __init__(self, config: ServiceConfig, reactor=None, defaultConsole: bool = False):
         super().__init__()
         if reactor is None:
             from twisted.internet import reactor
+        # A configuration built in code gets media.xml's checks too (one read
+        # from media.xml has had them, with file and line).
+        checkService(config)
         self.reactor = reactor
         self.config = config
         self.log = Logger(namespace="Engine")
@@ -80,7 +92,7 @@ class Engine(MultiService):
 
         listeners = [c for c in config.listeners if self._runs(c, "listener")]
         # A console declared with run="false" is switched off on purpose.
-        if not any(c.msgtype == "xmlcall" for c in config.listeners):
+        if defaultConsole and not any(c.msgtype == "xmlcall" for c in config.listeners):
             listeners.append(DEFAULT_CONSOLE)
         for lc in listeners:
             service = self._listener(lc)
@@ -99,13 +111,6 @@ class Engine(MultiService):
         try:
             secret = readSecret(lc.auth_secret_file, lc.name) if lc.auth else None
             if lc.msgtype == "xmlcall":
-                if secret is None and not ipaddress.ip_address(lc.interface).is_loopback:
-                    # media.xml's check already refuses this; a config built
-                    # in code must not slip past it.
-                    raise ConfigError(
-                        f"a console reachable from other machines ({lc.interface}) "
-                        "must require authentication (auth=true, auth.secret-file)",
-                        element=f"listener '{lc.name}'", prop="interface")
                 factory = ConsoleFactory(self.registry, self, name=lc.name,
                                          maxSize=lc.protocol.inbound.max_packet_size,
                                          secret=secret,

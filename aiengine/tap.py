@@ -64,7 +64,8 @@ def _buildEngine(serviceConfig, reactor=None):
     """The engine for ``serviceConfig``, or exit with one plain message."""
     from aiengine.engine import Engine
     try:
-        return Engine(serviceConfig, reactor)
+        # media.xml without a console gets the default one (SPEC section 5).
+        return Engine(serviceConfig, reactor, defaultConsole=True)
     except ConfigError as e:
         sys.stderr.write(f"aiengine: configuration error: {e}\n")
         sys.exit(1)

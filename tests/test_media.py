@@ -12,7 +12,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.trial import unittest
 from twisted.web import resource, server
 
-from aiengine.config import ConfigError, parse
+from aiengine.config import ConfigError, ServiceConfig, parse
 from aiengine.engine import Engine
 from aiengine.media import Media, UnknownChannel
 from tests.test_console import Collector, xmlcall
@@ -293,18 +293,46 @@ class MediaApiTests(unittest.TestCase):
 
 class DefaultConsoleTests(unittest.TestCase):
     def test_consoleWhenNoneDeclared(self):
-        """Without an xmlcall listener the console still listens on 127.0.0.1:20001."""
-        engine = Engine(parse(b"<service/>"), reactor)
+        """Without an xmlcall listener, twistd's engine (defaultConsole) still
+        listens on 127.0.0.1:20001; an engine built in code only when asked."""
+        engine = Engine(parse(b"<service/>"), reactor, defaultConsole=True)
         console = engine.listeners["console"]
         self.assertEqual((console.interface, console.port), ("127.0.0.1", 20001))
         self.assertEqual(list(engine.listeners), ["console"])
+        self.assertEqual(list(Engine(parse(b"<service/>"), reactor).listeners), [])
 
     def test_consoleSwitchedOff(self):
         """An xmlcall listener with run="false" means no console at all."""
         config = CONFIG.format(web=1, lines=2).replace(
             '<listener name="debug">', '<listener name="debug" run="false">')
-        engine = Engine(parse(config.encode()), reactor)
+        engine = Engine(parse(config.encode()), reactor, defaultConsole=True)
         self.assertEqual(list(engine.listeners), [])
+
+    def test_builtInCodeCheckedLikeMediaXml(self):
+        """A configuration built in code meets media.xml's rules."""
+        from aiengine.config import ListenerConfig, ProtocolConfig, ProtocolSettings
+        text = ProtocolSettings("text-messages", delimiter=b"\n")
+        protocol = ProtocolConfig("text-messages", text, text)
+        for listener, message in [
+                (ListenerConfig(name="l", port=1, protocol=protocol),
+                 "listener 'l': direction duplex needs topic-in, topic-out or both"),
+                (ListenerConfig(name="l", port=1, protocol=protocol, direction="in",
+                                topic_in="t" * 300),
+                 "listener 'l': property 'topic-in': a topic name has at most 256 "
+                 "characters, not 300"),
+                (ListenerConfig(name="l", port=1, protocol=protocol, topic_in="t",
+                                auth=True),
+                 "listener 'l': property 'auth.secret-file': missing required property "
+                 "(auth is true)")]:
+            error = self.assertRaises(ConfigError, Engine,
+                                      ServiceConfig(path="code", listeners=(listener,)),
+                                      reactor)
+            self.assertEqual(str(error), message)
+        twice = ListenerConfig(name="l", port=1, protocol=protocol, topic_in="t")
+        error = self.assertRaises(ConfigError, Engine,
+                                  ServiceConfig(path="code", listeners=(twice, twice)),
+                                  reactor)
+        self.assertEqual(str(error), "listener 'l': name already used by listener 'l'")
 
     @defer.inlineCallbacks
     def test_channelsStartInSlices(self):
