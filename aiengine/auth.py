@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
+import stat
 from collections import OrderedDict
 
-__all__ = ["SharedSecret", "LoginThrottle"]
+from twisted.logger import Logger
+
+__all__ = ["SharedSecret", "LoginThrottle", "readSecretFile", "readSecret"]
+
+_log = Logger(namespace="aiengine.auth")
 
 
 class SharedSecret:
@@ -97,3 +103,47 @@ class LoginThrottle:
             del self._peers[address]
             return None
         return entry
+
+
+def readSecretFile(path: str) -> bytes:
+    """The shared secret in file ``path``, surrounding whitespace stripped.
+
+    Raises ``ValueError`` saying why when the file cannot be read, holds
+    nothing but whitespace, or holds what no client could type the same
+    way: a byte order mark, a NUL, bytes that are not UTF-8.  Logs a warning
+    when other users may read the file.  The secret itself never appears in
+    a message.
+    """
+    try:
+        with open(path, "rb") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            raw = f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read the secret file {path}: {e.strerror}") from None
+    secret = raw.strip()
+    if not secret:
+        raise ValueError(f"the secret file {path} is empty")
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise ValueError(f"the secret file {path} starts with a byte order mark (save "
+                         f"it as UTF-8 without one)")
+    if b"\x00" in secret:
+        raise ValueError(f"the secret file {path} holds a NUL byte")
+    try:
+        secret.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"the secret file {path} is not UTF-8 (byte {e.start})") from None
+    if mode & 0o077:
+        _log.warn("the secret file {path} can be read by other users (mode {mode:o}): "
+                  "chmod 600 it", path=path, mode=stat.S_IMODE(mode))
+    return secret
+
+
+def readSecret(path: str, listener: str) -> bytes:
+    """:func:`readSecretFile` for a listener's ``auth.secret-file``: raises
+    :class:`~aiengine.config.ConfigError` naming the listener."""
+    from aiengine.config import ConfigError
+    try:
+        return readSecretFile(path)
+    except ValueError as e:
+        raise ConfigError(str(e), element=f"listener '{listener}'",
+                          prop="auth.secret-file") from None

@@ -45,7 +45,6 @@ queue.  A queued message whose caller gave up (a withdrawn request) or whose
 from __future__ import annotations
 
 import random as _random
-import re
 import socket
 from collections import deque
 from typing import Optional
@@ -60,9 +59,9 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, implementer, providedBy
 
 from aiengine.broker import Message
-from aiengine.config import ConfigError
 from aiengine.logs import PeerSafeLogger, worthLogging
 from aiengine.protocols.base import IMessageReceiver
+from aiengine.tls import clientTLSOptions, describeFailure, verifyResult
 
 __all__ = [
     "Channel", "ChannelStopped", "reconnectDelay", "failureNotice",
@@ -140,74 +139,6 @@ def failureNotice(streak: int, reasonChanged: bool, sinceLogged: float,
     if sinceLogged >= interval:
         return REMINDER
     return None
-
-
-# -- TLS -------------------------------------------------------------------------
-
-_PEM_CERTIFICATE = re.compile(
-    rb"-----BEGIN CERTIFICATE-----\r?\n.+?\r?\n-----END CERTIFICATE-----", re.S)
-
-def _verifyResult(transport) -> Optional[str]:
-    """Why OpenSSL rejected the server's certificate, if it did and says so.
-
-    pyOpenSSL has no public call for it, so this reaches into its bindings;
-    without them the caller's message simply has less detail.
-    """
-    try:
-        from OpenSSL._util import ffi, lib
-        handle = transport.getHandle()  # the TLS layer keeps it while it reports
-        code = lib.SSL_get_verify_result(handle._ssl)
-        if code == 0:
-            return None
-        return ffi.string(lib.X509_verify_cert_error_string(code)).decode("ascii", "replace")
-    except Exception:
-        return None
-
-
-def _trustRoot(path, config):
-    """Every certificate in the PEM file ``path`` as a trust root."""
-    from twisted.internet.ssl import Certificate, trustRootFromCertificates
-    where = dict(line=config.line, element=f"channel '{config.name}'", prop="tls.ca")
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror or e}", **where) from e
-    blocks = _PEM_CERTIFICATE.findall(data)
-    if not blocks:
-        raise ConfigError(f"no PEM certificate in {path}", **where)
-    try:
-        return trustRootFromCertificates([Certificate.loadPEM(b) for b in blocks])
-    except Exception as e:
-        raise ConfigError(f"bad certificate in {path}: {e}", **where) from e
-
-
-def _clientTLSOptions(config, host):
-    """The ``IOpenSSLClientConnectionCreator`` for a ``tls=true`` channel."""
-    from twisted.internet.ssl import CertificateOptions, optionsForClientTLS, platformTrust
-    if not config.tls_verify:
-        return CertificateOptions(verify=False)
-    trust = platformTrust() if config.tls_ca is None else _trustRoot(config.tls_ca, config)
-    return optionsForClientTLS(config.tls_hostname or host, trustRoot=trust)
-
-
-def _describe(reason, tlsName=None, verifyResult=None) -> str:
-    """A short, human description of a connection failure."""
-    value = reason.value
-    try:
-        from OpenSSL import SSL
-    except ImportError:  # pragma: no cover - TLS extras missing
-        SSL = None
-    if SSL is not None and isinstance(value, SSL.Error):
-        texts = [e[-1] for e in (value.args[0] if value.args else ())
-                 if isinstance(e, tuple) and e and e[-1]]
-        text = texts[-1] if texts else str(value)
-        if verifyResult:
-            text += f" ({verifyResult})"
-        return f"TLS handshake failed: {text}"
-    if type(value).__name__ == "VerificationError":  # service_identity's
-        return f"TLS: the server's certificate is not valid for {tlsName!r}"
-    return reason.getErrorMessage()
 
 
 def _withBody(message, body):
@@ -488,7 +419,7 @@ class _Connection(ProtocolWrapper, TimeoutMixin):
         for name in ("_abortCall", "_handshakeCall", "_proofCall", "_responseCall"):
             self._cancel(name)
         if self.tls and not self.up:
-            self.verifyResult = _verifyResult(self.transport)
+            self.verifyResult = verifyResult(self.transport)
         self.channel._connectionClosed(self, reason)
         self.factory.unregisterProtocol(self)
         if self.up:
@@ -664,7 +595,7 @@ class Channel:
             host = host[1:-1]  # [::1] as in URLs
         self._host = host
         self._tlsName = config.tls_hostname or host
-        self._tlsOptions = _clientTLSOptions(config, host) if config.tls else None
+        self._tlsOptions = clientTLSOptions(config, host) if config.tls else None
         self._factory = _ChannelFactory(self)
         self._connector = None
         self._protocol: Optional[_Connection] = None
@@ -1394,7 +1325,7 @@ class Channel:
             self._lost = ("failed", f"connection to {address} failed: "
                                     f"{connection.failReason}")
         elif not connection.up:
-            self._lost = ("failed", f"connection to {address} failed: " + _describe(
+            self._lost = ("failed", f"connection to {address} failed: " + describeFailure(
                 reason, self._tlsName, connection.verifyResult))
         elif connection.protocolFailure is not None:
             self._lost = ("failed", f"protocol error from {address}: "
@@ -1454,7 +1385,7 @@ class Channel:
             self.state = STOPPED
             self.log.info("connection attempt cancelled")
             return
-        why = f"cannot connect to {self._host}:{self.config.port}: {_describe(reason)}"
+        why = f"cannot connect to {self._host}:{self.config.port}: {describeFailure(reason)}"
         self._failed(why, reason)
 
     def _failed(self, why, reason):

@@ -47,6 +47,7 @@ from collections import deque
 
 from lxml import etree
 
+from aiengine.auth import readSecretFile
 from aiengine.protocols.xmlsplit import Document, Malformed, TooLarge, XmlSplitter
 
 __all__ = ["main", "ClientError", "ConsoleConnection", "parseServer"]
@@ -243,13 +244,9 @@ def _run(args, source, out) -> int:
 
 def _readSecret(path) -> str:
     try:
-        with open(path, "rb") as f:
-            secret = f.read().strip()
-    except OSError as e:
-        raise ClientError(f"cannot read secret file {path}: {e.strerror}") from e
-    if not secret:
-        raise ClientError(f"secret file {path} is empty")
-    return secret.decode("utf-8", "surrogateescape")
+        return readSecretFile(path).decode("utf-8")
+    except ValueError as e:
+        raise ClientError(str(e)) from None
 
 
 def _login(connection, secret, timeout) -> None:

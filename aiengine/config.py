@@ -580,6 +580,29 @@ def checkService(config: ServiceConfig) -> ServiceConfig:
 # -- the document ---------------------------------------------------------------
 
 
+def _default(cls, field):
+    """The default of dataclass ``cls``'s ``field``: defaults are written once."""
+    return cls.__dataclass_fields__[field].default
+
+
+def _given(element, fields):
+    """The values ``element`` gives for ``fields`` (property -> field name)."""
+    return {field: element.get(prop) for prop, field in fields.items() if prop in element}
+
+
+#: channel properties read as they are (property -> ChannelConfig field)
+_CHANNEL_FIELDS = {
+    "msgtype": "msgtype", "permanent": "permanent", "redirect-in": "redirect_in",
+    "redirect-out": "redirect_out", "topic-in": "topic_in", "topic-out": "topic_out",
+    "reconnectionTimeout": "reconnection_timeout", "queue-size": "queue_size",
+    "inbox-size": "inbox_size", "idle-timeout": "idle_timeout",
+    "connect-timeout": "connect_timeout", "keepalive": "keepalive", "tls": "tls",
+    "tls.hostname": "tls_hostname", "tls.verify": "tls_verify",
+    "flush-timeout": "flush_timeout", "replies": "replies",
+    "max-in-flight": "max_in_flight", "response-timeout": "response_timeout",
+}
+
+
 def _label(kind, name):
     return f"{kind} '{name}'"
 
@@ -888,8 +911,8 @@ class _Reader:
     # -- listeners and channels ------------------------------------------------
 
     def listener(self, element):
-        msgtype = element.get("msgtype", "text")
-        direction = element.get("direction", "duplex")
+        msgtype = element.get("msgtype", _default(ListenerConfig, "msgtype"))
+        direction = element.get("direction", _default(ListenerConfig, "direction"))
         protocol = self.protocol(
             element, default="xml-messages" if msgtype == "xmlcall" else None)
         topicIn, topicOut = element.get("topic-in"), element.get("topic-out")
@@ -900,27 +923,25 @@ class _Reader:
             if stray:
                 raise element.error("only used by a listener that writes topic-out's "
                                     "messages to its connections", stray)
-        overflow = element.get("overflow", "pause")
-        if overflow == "drop" and "slow-consumer-timeout" in element:
+        if element.get("overflow") == "drop" and "slow-consumer-timeout" in element:
             raise element.error("only used with overflow pause", "slow-consumer-timeout")
-        auth = element.get("auth", False)
         secretFile = element.get("auth.secret-file")
         if secretFile is not None:
             secretFile = os.path.normpath(os.path.join(self.basedir, secretFile))
-        if auth and secretFile is not None:
-            self.checkReadable(element, secretFile, "auth.secret-file")
-        interface = element.get("interface", "127.0.0.1")
+            if element.get("auth"):
+                self.checkReadable(element, secretFile, "auth.secret-file")
         certificate, key = (self.path_(element, p) for p in ("tls.certificate", "tls.key"))
+        # Only what the file gives: the rest keeps ListenerConfig's defaults,
+        # the one place they are written.
         return self.located(element, checkListener, ListenerConfig(
             name=element.name, port=element.require("port"), protocol=protocol,
-            interface=interface, direction=direction,
-            msgtype=msgtype, topic_in=topicIn, topic_out=topicOut, auth=auth,
-            auth_secret_file=secretFile,
-            max_connections=element.get("max-connections", 1000),
-            idle_timeout=element.get("idle-timeout", 3600.0),
-            tls_certificate=certificate, tls_key=key, overflow=overflow,
-            slow_consumer_timeout=element.get("slow-consumer-timeout", 30.0),
-            run=element.run, line=element.line))
+            direction=direction, msgtype=msgtype, topic_in=topicIn, topic_out=topicOut,
+            auth_secret_file=secretFile, tls_certificate=certificate, tls_key=key,
+            run=element.run, line=element.line,
+            **_given(element, {"interface": "interface", "auth": "auth",
+                               "max-connections": "max_connections",
+                               "idle-timeout": "idle_timeout", "overflow": "overflow",
+                               "slow-consumer-timeout": "slow_consumer_timeout"})))
 
     def path_(self, element, prop):
         """A file property: resolved against media.xml's directory and readable."""
@@ -943,34 +964,20 @@ class _Reader:
         host = element.require("host")
         port = element.require("port")
         protocol = self.protocol(element)
-        replies = element.get("replies", "none")
-        if replies != "ordered" and protocol.outbound.name != "http":
+        if element.get("replies") != "ordered" and protocol.outbound.name != "http":
             stray = element.first("max-in-flight", "response-timeout")
             if stray:
                 raise element.error("only used by channels that pair replies with "
                                     "requests (protocol http, or replies=ordered)", stray)
         tls = element.get("tls", False)
-        msgtype = element.get("msgtype", "text")
+        # Only what the file gives: the rest keeps ChannelConfig's defaults.
+        given = _given(element, _CHANNEL_FIELDS)
+        if "reconnectionTimeoutSec" in element:
+            given["reconnection_timeout"] = element.get("reconnectionTimeoutSec")
         return self.located(element, checkChannel, ChannelConfig(
             name=element.name, host=host, port=port, protocol=protocol,
-            msgtype=msgtype, permanent=element.get("permanent", True),
-            redirect_in=element.get("redirect-in", False),
-            redirect_out=element.get("redirect-out", False),
-            topic_in=element.get("topic-in"), topic_out=element.get("topic-out"),
-            reconnection_timeout=element.get(
-                "reconnectionTimeout", element.get("reconnectionTimeoutSec", 10.0)),
-            queue_size=element.get("queue-size", 1000),
-            inbox_size=element.get("inbox-size", 1000),
-            idle_timeout=element.get("idle-timeout"),
-            connect_timeout=element.get("connect-timeout", 30.0),
-            keepalive=element.get("keepalive", True),
-            tls=tls, tls_ca=self.path_(element, "tls.ca") if tls else element.get("tls.ca"),
-            tls_hostname=element.get("tls.hostname"),
-            tls_verify=element.get("tls.verify", True),
-            flush_timeout=element.get("flush-timeout", 5.0),
-            replies=replies, max_in_flight=element.get("max-in-flight", 1000),
-            response_timeout=element.get("response-timeout", 30.0),
-            run=element.run, line=element.line))
+            tls_ca=self.path_(element, "tls.ca") if tls else element.get("tls.ca"),
+            run=element.run, line=element.line, **given))
 
 
 def parse(data: bytes, path: str = "<string>") -> ServiceConfig:

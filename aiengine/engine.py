@@ -27,9 +27,10 @@ from aiengine.config import (ConfigError, ListenerConfig, ProtocolConfig,
 from aiengine.console.builtins import registerBuiltins
 from aiengine.console.protocol import ConsoleFactory
 from aiengine.console.registry import CallRegistry
-from aiengine.listeners import (ListenerFactory, ListenerService, readSecret,
-                                serverTLSOptions)
+from aiengine.auth import readSecret
+from aiengine.listeners import ListenerFactory, ListenerService
 from aiengine.media import Media, registerMedia
+from aiengine.tls import serverTLSOptions
 
 __all__ = ["Engine", "DEFAULT_CONSOLE"]
 

@@ -15,7 +15,7 @@ Hardening, shared by plain listeners and the console
   at once; refusals are counted and logged (the first, then every 100th).
 * ``idle-timeout``: a connection with no traffic either way for that long is
   closed (and aborted if its peer does not even read the close).
-* TLS: with a certificate and key (:func:`serverTLSOptions`) the listener
+* TLS: with a certificate and key (:func:`aiengine.tls.serverTLSOptions`) the listener
   speaks TLS through Twisted's ``TLSMemoryBIOFactory``.
 * Stopping closes every connection, and aborts those whose peers do not
   read after :attr:`ListenerService.closeGrace` seconds, so a stuck peer
@@ -53,9 +53,6 @@ Per connection (:class:`ListenerConnection`):
 
 from __future__ import annotations
 
-import os
-import re
-import stat
 from collections import deque
 
 from twisted.application.service import Service
@@ -68,17 +65,21 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from aiengine.auth import LoginThrottle, SharedSecret
-from aiengine.config import ConfigError
+from aiengine.config import ListenerConfig
 from aiengine.logs import PeerSafeLogger, describeAddress, peerHost, peerOf, worthLogging
 from aiengine.protocols import buildFramer
 from aiengine.protocols.base import IMessageReceiver
 from aiengine.protocols.xmlsplit import parseDocument
 
 __all__ = ["ListenerFactory", "ListenerConnection", "ListenerService", "GuardFactory",
-           "GuardProtocol", "serverEndpoint", "serverTLSOptions", "readSecret"]
+           "GuardProtocol", "serverEndpoint"]
 
 
 _log = PeerSafeLogger(namespace="aiengine.listeners")
+
+# Listeners built in code take media.xml's defaults (written in ListenerConfig).
+_DEFAULT_MAX_CONNECTIONS = ListenerConfig.__dataclass_fields__["max_connections"].default
+_DEFAULT_IDLE_TIMEOUT = ListenerConfig.__dataclass_fields__["idle_timeout"].default
 
 #: Length of the kernel's queue of connections not yet accepted.  Twisted's
 #: default (50) overflows when hundreds of clients connect at once (after a
@@ -91,104 +92,6 @@ def serverEndpoint(reactor, interface: str, port: int, backlog: int = LISTEN_BAC
     if ":" in interface:
         return TCP6ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
     return TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
-
-
-# -- start-up helpers: secrets and certificates --------------------------------
-
-def readSecret(path: str, listener: str) -> bytes:
-    """The shared secret in file ``path``, surrounding whitespace stripped.
-
-    Raises :class:`~aiengine.config.ConfigError` naming ``listener`` and the
-    file when it cannot be read, holds nothing but whitespace, or holds what
-    no client could type the same way: a byte order mark, a NUL, bytes that
-    are not UTF-8.  Logs a warning when other users may read the file.  The
-    secret itself never appears in a message.
-    """
-    where = f"listener '{listener}'"
-
-    def refuse(why):
-        return ConfigError(f"the secret file {path} {why}", element=where,
-                           prop="auth.secret-file")
-
-    try:
-        with open(path, "rb") as f:
-            mode = os.fstat(f.fileno()).st_mode
-            raw = f.read()
-    except OSError as e:
-        raise ConfigError(f"cannot read the secret file {path}: {e.strerror}",
-                          element=where, prop="auth.secret-file") from None
-    secret = raw.strip()
-    if not secret:
-        raise refuse("is empty")
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raise refuse("starts with a byte order mark (save it as UTF-8 without one)")
-    if b"\x00" in secret:
-        raise refuse("holds a NUL byte")
-    try:
-        secret.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise refuse(f"is not UTF-8 (byte {e.start})") from None
-    if mode & 0o077:
-        _log.warn("listener {listener}: the secret file {path} can be read by other "
-                  "users (mode {mode:o}): chmod 600 it", listener=listener, path=path,
-                  mode=stat.S_IMODE(mode))
-    return secret
-
-
-_PEM_CERTIFICATE = re.compile(
-    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
-
-
-def serverTLSOptions(listener: str, certificate: str, key: str):
-    """``CertificateOptions`` for a TLS listener from two PEM files.
-
-    ``certificate`` holds the server certificate, optionally followed by
-    the intermediate certificates of its chain; ``key`` its private key
-    (unencrypted).  Raises :class:`~aiengine.config.ConfigError` naming the
-    listener and the offending file when one cannot be read, holds no
-    usable PEM, or the key does not belong to the certificate.
-    """
-    from OpenSSL.crypto import FILETYPE_PEM
-    from twisted.internet import ssl
-
-    where = f"listener '{listener}'"
-
-    def read(path, prop):
-        try:
-            with open(path, "rb") as f:
-                return f.read()
-        except OSError as e:
-            raise ConfigError(f"cannot read {path}: {e.strerror}", element=where,
-                              prop=prop) from None
-
-    certData, keyData = read(certificate, "tls.certificate"), read(key, "tls.key")
-    blocks = _PEM_CERTIFICATE.findall(certData)
-    try:
-        if not blocks:
-            raise ValueError("no PEM certificate found")
-        chain = [ssl.Certificate.loadPEM(block).original for block in blocks]
-    except Exception as e:
-        raise ConfigError(f"{certificate} is not a usable PEM certificate ({e})",
-                          element=where, prop="tls.certificate") from None
-    try:
-        privateKey = ssl.KeyPair.load(keyData, FILETYPE_PEM).original
-    except Exception as e:
-        raise ConfigError(f"{key} is not a usable unencrypted PEM private key "
-                          f"({_sslError(e)})", element=where, prop="tls.key") from None
-    try:
-        options = ssl.CertificateOptions(privateKey=privateKey, certificate=chain[0],
-                                         extraCertChain=chain[1:])
-        # Built now, not at the first connection, so a key that does not
-        # match the certificate stops start-up.
-        options.getContext()
-    except Exception as e:
-        raise ConfigError(f"the key {key} does not fit the certificate {certificate} "
-                          f"({_sslError(e)})", element=where, prop="tls.key") from None
-    return options
-
-
-def _sslError(e):
-    return str(e) or type(e).__name__
 
 
 # -- connections -----------------------------------------------------------------
@@ -851,7 +754,8 @@ class GuardFactory(TimeoutFactory):
     #: seconds a TLS connection has to finish its handshake
     handshakeTimeout = 10.0
 
-    def __init__(self, wrappedFactory, log, maxConnections=1000, idleTimeout=3600.0,
+    def __init__(self, wrappedFactory, log, maxConnections=_DEFAULT_MAX_CONNECTIONS,
+                 idleTimeout=_DEFAULT_IDLE_TIMEOUT,
                  reactor=None, closeGrace=5.0):
         if reactor is None:
             from twisted.internet import reactor
@@ -916,7 +820,8 @@ class ListenerService(Service):
 
     ``factory`` (a :class:`ListenerFactory` or the console's factory) is
     wrapped, when listening starts, in TLS when ``tls`` is given (an
-    ``IOpenSSLServerConnectionCreator`` such as :func:`serverTLSOptions`'
+    ``IOpenSSLServerConnectionCreator`` such as
+    :func:`aiengine.tls.serverTLSOptions`'s
     result) and in a :class:`GuardFactory` enforcing ``maxConnections`` and
     ``idleTimeout`` (seconds; 0 = never), available as :attr:`guard`.
     """
@@ -926,7 +831,8 @@ class ListenerService(Service):
     closeGrace = 5.0
 
     def __init__(self, name, factory, interface, port, reactor=None,
-                 maxConnections=1000, idleTimeout=3600.0, tls=None):
+                 maxConnections=_DEFAULT_MAX_CONNECTIONS,
+                 idleTimeout=_DEFAULT_IDLE_TIMEOUT, tls=None):
         if reactor is None:
             from twisted.internet import reactor
         self.name = name

@@ -28,8 +28,10 @@ from aiengine.config import (ConfigError, ListenerConfig, ProtocolConfig,
                              ProtocolSettings, ServiceConfig, parse)
 from aiengine.console.protocol import ConsoleFactory
 from aiengine.engine import Engine
+from aiengine.auth import readSecret
 from aiengine.listeners import (GuardFactory, ListenerConnection, ListenerFactory,
-                                ListenerService, readSecret, serverTLSOptions)
+                                ListenerService)
+from aiengine.tls import serverTLSOptions
 from tests.certs import makeCertificates
 from tests.test_broker import Producer
 from tests.test_listeners import LineClient, settle, textProtocol
