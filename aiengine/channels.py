@@ -1185,23 +1185,24 @@ class Channel:
             for message in messages:
                 self.messageReceived(message, None)
             return
-        count = len(messages)
-        self.messagesIn += count
-        connection.messagesIn += count
-        connection.pendingError = None
-        if not connection.proven and connection.protocolFailure is None:
-            self._connectionProven(connection)
+        self._arrived(connection, len(messages))
         topic.publishBatch(topic.messages(messages, self.config.msgtype, self.name))
 
-    def messageReceived(self, message, attributes):
-        """One inbound message: publish it (redirect-in) or keep it for receive()."""
-        self.messagesIn += 1
-        connection = self._protocol
+    def _arrived(self, connection, count):
+        """``count`` messages came on ``connection``: counted, and proof that
+        it works (the single and the batch path alike)."""
+        self.messagesIn += count
         if connection is not None:
-            connection.messagesIn += 1
+            connection.messagesIn += count
             connection.pendingError = None
             if not connection.proven and connection.protocolFailure is None:
                 self._connectionProven(connection)
+
+    def messageReceived(self, message, attributes):
+        """One inbound message: publish it (redirect-in) or keep it for receive()."""
+        connection = self._protocol
+        self._arrived(connection, 1)
+        if connection is not None:
             if self._replyAttributes:
                 if self._ordered and connection.awaiting:
                     # Paired with the oldest message written and not answered.

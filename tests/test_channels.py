@@ -1015,6 +1015,47 @@ class MemoryTests(MemoryHarness, unittest.TestCase):
         self.successResultOf(ch.stop())  # and later ones fire at once
 
 
+class BatchEquivalenceTests(MemoryHarness, unittest.TestCase):
+    """The batch path (several messages of one packet at once) and the single
+    path give the same ids, order, counts and proofs."""
+
+    def deliverBoth(self, showMessages):
+        """One failed attempt, then a connection that delivers two packets;
+        with ``showMessages`` the framer hands messages over one by one."""
+        self.reactor = MemoryReactorClock()
+        self.broker = Broker(self.reactor)
+        settings = ProtocolSettings(name="text-messages", delimiter=b"\n",
+                                    show_messages=showMessages)
+        config = dataclasses.replace(makeConfig(redirect_in=True, topic_in="in"),
+                                     protocol=ProtocolConfig("text-messages", settings,
+                                                             settings))
+        ch = Channel(config, self.broker, self.reactor)
+        self.addCleanup(stopInMemory, ch)
+        published = []
+        self.broker.subscribe("in", published.append)
+        logs = LogCapture(self)
+        ch.start()
+        self.refuse(ch)
+        self.reactor.advance(11)
+        protocol, transport = self.succeed(ch)
+        self.assertEqual(ch.status()["failedInRow"], 1)
+        protocol.dataReceived(b"a\nb\nc\n")
+        protocol.dataReceived(b"d\ne\n")
+        status = ch.status()
+        recovered = [e for e in logs.events if "again after" in e["log_format"]]
+        return ([(m.id, m.body, m.source, m.session) for m in published],
+                {key: status[key] for key in ("messagesIn", "failedInRow", "failures",
+                                              "bytesIn", "errors")},
+                len(recovered))
+
+    def test_sameBothWays(self):
+        batch, single = self.deliverBoth(False), self.deliverBoth(True)
+        self.assertEqual(batch, single)
+        self.assertEqual(batch[0][0], ("in-1", b"a", "test", None))
+        self.assertEqual(batch[1]["failedInRow"], 0)  # the messages proved it
+        self.assertEqual(batch[2], 1)
+
+
 class OrderedRepliesTests(MemoryHarness, unittest.TestCase):
     """replies=ordered: inbound messages paired with the oldest unanswered one;
     stale queued messages dropped and counted."""

@@ -38,6 +38,12 @@ class Recorder:
     def messageReceived(self, message, attributes):
         self.events.append(("message", message, attributes))
 
+    def messagesReceived(self, messages):
+        for message in messages:
+            if self.framer.transport.disconnecting:
+                return  # as the framer's own loop does
+            self.messageReceived(message, None)
+
     def protocolError(self, description):
         self.events.append(("error", description))
 
@@ -505,6 +511,10 @@ class _EchoUpper:
 
     def messageReceived(self, message, attributes):
         self.framer.sendMessage(message.upper())
+
+    def messagesReceived(self, messages):
+        for message in messages:
+            self.messageReceived(message, None)
 
     def protocolError(self, description):
         pass

@@ -62,6 +62,10 @@ class AsymmetricProtocol(FramingProtocol):
         """Pass an inbound message on."""
         self.receiver.messageReceived(message, attributes)
 
+    def messagesReceived(self, messages):
+        """Pass several inbound messages on."""
+        self.receiver.messagesReceived(messages)
+
     def protocolError(self, description):
         """Pass a framing error (of either direction) on."""
         self.receiver.protocolError(description)

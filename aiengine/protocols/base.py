@@ -26,10 +26,14 @@ class IMessageReceiver(Interface):
         """One complete inbound message: ``bytes``, and a dict of protocol
         attributes or ``None``."""
 
-    # Optional: ``messagesReceived(messages)``, a list of messages (bytes,
-    # without attributes) cut from one packet.  Framers that cut many
-    # messages at once use it when the receiver has it, instead of calling
-    # messageReceived for each.
+    def messagesReceived(messages):
+        """Several complete inbound messages cut from one packet, in order:
+        a list of ``bytes``, without attributes.
+
+        Exactly what calling ``messageReceived(message, None)`` for each
+        would do (the same ids, order, counts and proofs); framers that cut
+        many messages at once call it instead, so that a relay can publish
+        and write them in one go."""
 
     def protocolError(description):
         """The peer broke the framing (message too large, malformed...).

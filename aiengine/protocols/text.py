@@ -27,8 +27,7 @@ class TextMessagesProtocol(FramingProtocol, LineOnlyReceiver):
 
     def __init__(self, settings, receiver, log=None):
         FramingProtocol.__init__(self, settings, receiver, log)
-        self._batch = (None if self._showMessages
-                       else getattr(receiver, "messagesReceived", None))
+        self._batch = None if self._showMessages else receiver.messagesReceived
         self.delimiter = self._delimiter = settings.delimiter or DEFAULT_DELIMITER
         self.maxMessage = settings.max_packet_size
         # LineOnlyReceiver's buffer check also sees a delimiter's first bytes
