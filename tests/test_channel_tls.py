@@ -7,12 +7,12 @@ the point.
 
 import os
 
-from twisted.internet import defer, reactor, ssl
+from twisted.internet import defer, error, reactor, ssl
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
-from aiengine import channels
 from aiengine.broker import Broker
 from aiengine.channels import CONNECTED, CONNECTING, STOPPED, WAITING, Channel
 from aiengine.config import ConfigError
@@ -208,9 +208,9 @@ class TLSMemoryTests(unittest.TestCase):
         self.reactor.advance(3.1)
         self.assertTrue(transport.aborted)
         protocol.connectionLost(
-            channels.Failure(channels.error.ConnectionAborted()))
+            Failure(error.ConnectionAborted()))
         factory.clientConnectionLost(factory.connector,
-                                     channels.Failure(channels.error.ConnectionAborted()))
+                                     Failure(error.ConnectionAborted()))
         status = ch.status()
         self.assertEqual((status["state"], status["failures"], status["connects"]),
                          (WAITING, 1, 0))

@@ -1142,7 +1142,7 @@ class AttributeTests(unittest.TestCase):
             self.framers.append((framer, host, port))
             return framer
 
-        self.patch(channels, "_buildFramer", build)
+        self.patch(channels.channel, "_buildFramer", build)
 
     def test_attributesBothWays(self):
         """An http channel hands each request's id and session to its framer,
