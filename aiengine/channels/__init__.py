@@ -13,9 +13,11 @@ The pieces, each in a module of its own:
 """
 
 from aiengine.channels.channel import (
-    BRIEF_CONNECTION, CHANGED, CLOSE_GRACE, CONNECTED, CONNECTING, FIRST, IDLE,
-    KEEPALIVE_IDLE, MIN_FAILED_DELAY, REMIND_INTERVAL, REMINDER, STATES, STOPPED,
-    WAITING, Channel, ChannelStopped, failureNotice, reconnectDelay)
+    CLOSE_GRACE, CONNECTED, CONNECTING, IDLE, KEEPALIVE_IDLE, STATES, STOPPED, WAITING,
+    Channel, ChannelStopped)
+from aiengine.channels.policy import (
+    BRIEF_CONNECTION, CHANGED, FIRST, MIN_FAILED_DELAY, REMIND_INTERVAL, REMINDER,
+    failureNotice, reconnectDelay)
 
 __all__ = [
     "Channel", "ChannelStopped", "reconnectDelay", "failureNotice",

@@ -60,13 +60,13 @@ from zope.interface import directlyProvides, implementer, providedBy
 
 from aiengine.broker import Message
 from aiengine.logs import PeerSafeLogger, worthLogging
+from aiengine.channels.policy import BRIEF_CONNECTION, FailureStreak, reconnectDelay
 from aiengine.protocols.base import IMessageReceiver
 from aiengine.tls import clientTLSOptions, describeFailure, verifyResult
 
 __all__ = [
-    "Channel", "ChannelStopped", "reconnectDelay", "failureNotice",
-    "CONNECTED", "CONNECTING", "WAITING", "IDLE", "STOPPED", "STATES",
-    "FIRST", "CHANGED", "REMINDER",
+    "Channel", "ChannelStopped", "CONNECTED", "CONNECTING", "WAITING", "IDLE", "STOPPED",
+    "STATES",
 ]
 
 CONNECTED = "connected"
@@ -79,66 +79,14 @@ IDLE = "idle"
 STOPPED = "stopped"
 STATES = (CONNECTED, CONNECTING, WAITING, IDLE, STOPPED)
 
-#: shortest wait after a failed attempt, so a zero timeout cannot spin
-MIN_FAILED_DELAY = 0.1
-#: a connection proves itself by delivering a message or by staying up this
-#: long without a protocol error; one that ends before that is a failed
-#: attempt, so a server that accepts and hangs up at once is not hammered
-BRIEF_CONNECTION = 1.0
 #: seconds a connection closed by disconnect() gets to flush before it is aborted
 CLOSE_GRACE = 5.0
 #: log the first drop and then every this many
 DROP_LOG_EVERY = 100
-#: seconds between "still failing" reminders while a channel keeps failing
-REMIND_INTERVAL = 300.0
-
-#: what :func:`failureNotice` asks to log
-FIRST = "first"
-CHANGED = "changed"
-REMINDER = "reminder"
 
 
 class ChannelStopped(Exception):
     """The channel was stopped (or disconnected) while the caller waited."""
-
-
-def reconnectDelay(timeout: float, failures: int, random=None) -> float:
-    """Seconds to wait before the next connection attempt.
-
-    ``failures`` counts attempts that failed in a row since the channel was
-    last connected.  With none (a connection that was up has dropped) the
-    channel retries soon: ``uniform(0, min(1, timeout))``.  After a failed
-    attempt it waits about ``timeout`` (``uniform(0.9, 1.1) * timeout``, at
-    least :data:`MIN_FAILED_DELAY`); the jitter keeps many channels from
-    reconnecting in lock-step.  ``random`` is a ``random.Random`` (default:
-    the module's).
-    """
-    rng = _random if random is None else random
-    timeout = max(0.0, float(timeout))
-    if failures <= 0:
-        return rng.uniform(0.0, min(1.0, timeout))
-    return max(MIN_FAILED_DELAY, rng.uniform(0.9, 1.1) * timeout)
-
-
-def failureNotice(streak: int, reasonChanged: bool, sinceLogged: float,
-                  interval: float = REMIND_INTERVAL) -> Optional[str]:
-    """Whether a failed attempt is worth a log line, and which.
-
-    ``streak`` is the number of failed attempts in a row including this one,
-    ``reasonChanged`` whether its reason differs from the previous one's, and
-    ``sinceLogged`` the seconds since the streak last logged.  Returns
-    :data:`FIRST` for the first failure, :data:`CHANGED` when the reason
-    changed, :data:`REMINDER` when ``interval`` seconds have passed, else None:
-    a server that keeps refusing costs a line every ``interval`` seconds, not
-    one per attempt.
-    """
-    if streak <= 1:
-        return FIRST
-    if reasonChanged:
-        return CHANGED
-    if sinceLogged >= interval:
-        return REMINDER
-    return None
 
 
 def _withBody(message, body):
@@ -165,7 +113,7 @@ class _FramerLogger(PeerSafeLogger):
         self._channel = channel
 
     def emit(self, level, format=None, **kwargs):
-        if level == LogLevel.warn and self._channel._streak:
+        if level == LogLevel.warn and self._channel._streak.count:
             return
         PeerSafeLogger.emit(self, level, format, **kwargs)
 
@@ -613,11 +561,8 @@ class Channel:
         # How the last connection ended: (kind, description), kind one of
         # "ours", "idle", "dropped", "failed".
         self._lost = ("ours", "closed")
-        # The current streak of failed attempts, for logging.
-        self._streak = 0
-        self._streakSince = None
-        self._streakReason = None
-        self._lastNotice = None
+        # The current streak of failed attempts, and its log lines.
+        self._streak = FailureStreak(reactor, self.log)
         self._stopping: Optional[_StopFlush] = None
         # Only the http framer (to correlate each response) and an ordered
         # channel (to stamp replies) use a message's attributes: other
@@ -685,7 +630,7 @@ class Channel:
             "tls": bool(self.config.tls),
             "connects": self.connects,
             "failures": self.failures,
-            "failedInRow": self._streak,
+            "failedInRow": self._streak.count,
             "drops": self.drops,
             "resets": self.resets,
             "idleCloses": self.idleCloses,
@@ -1160,7 +1105,7 @@ class Channel:
             return
         self.connects += 1
         self.state = CONNECTED
-        if self._streak:
+        if self._streak.count:
             # Not a recovery yet, and not logged: a server that accepts and
             # hangs up would make a pair of lines per attempt.
             self._protocol.startProofTimer()
@@ -1277,13 +1222,7 @@ class Channel:
         """``connection`` works: a streak of failures, if any, is over."""
         connection.proven = True
         connection._cancel("_proofCall")
-        if self._streak:
-            self.log.info("connected to {host}:{port} again after {n} failed attempt(s) "
-                          "over {elapsed:.1f} s", host=self._host, port=self.config.port,
-                          n=self._streak,
-                          elapsed=self.reactor.seconds() - self._streakSince)
-        self._streak = 0
-        self._streakReason = None
+        self._streak.ended(f"{self._host}:{self.config.port}")
 
     def _connectionClosed(self, connection, reason):
         """Classify how ``connection`` ended, for :meth:`_decideAfterLoss`."""
@@ -1391,14 +1330,7 @@ class Channel:
 
     def _failed(self, why, reason):
         """A failed attempt: count it, retry per policy, log per :func:`failureNotice`."""
-        now = self.reactor.seconds()
         self.failures += 1
-        self._streak += 1
-        if self._streak == 1:
-            self._streakSince = self._lastNotice = now
-        notice = failureNotice(self._streak, why != self._streakReason,
-                               now - self._lastNotice)
-        previous, self._streakReason = self._streakReason, why
         self.lastError = why
         if self.config.permanent:
             delay = self._factory.retry()
@@ -1408,18 +1340,7 @@ class Channel:
             self.state = IDLE
             then = f"; {len(self._queue)} message(s) stay queued until the next send"
             self._failConnectWaiters(reason)
-        if notice is not None:
-            self._lastNotice = now
-            if notice == FIRST:
-                self.log.warn("{why}{then}", why=why, then=then)
-            elif notice == CHANGED:
-                self.log.warn("{why} (before: {previous}); {n} failed attempts in a "
-                              "row{then}", why=why, previous=previous, n=self._streak,
-                              then=then)
-            else:
-                self.log.warn("still failing after {n} attempts over {elapsed:.0f} s: "
-                              "{why}{then}", n=self._streak,
-                              elapsed=now - self._streakSince, why=why, then=then)
+        self._streak.failed(why, then)
         self._stopFlushProgress()
 
     def _failConnectWaiters(self, reason):
