@@ -13,8 +13,8 @@ The pieces, each in a module of its own:
 """
 
 from aiengine.channels.channel import (
-    CLOSE_GRACE, CONNECTED, CONNECTING, IDLE, KEEPALIVE_IDLE, STATES, STOPPED, WAITING,
-    Channel, ChannelStopped)
+    CONNECTED, CONNECTING, IDLE, STATES, STOPPED, WAITING, Channel, ChannelStopped)
+from aiengine.channels.connection import CLOSE_GRACE, KEEPALIVE_IDLE
 from aiengine.channels.policy import (
     BRIEF_CONNECTION, CHANGED, FIRST, MIN_FAILED_DELAY, REMIND_INTERVAL, REMINDER,
     failureNotice, reconnectDelay)

@@ -45,24 +45,22 @@ queue.  A queued message whose caller gave up (a withdrawn request) or whose
 from __future__ import annotations
 
 import random as _random
-import socket
 from collections import deque
 from typing import Optional
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
-from twisted.internet.interfaces import IHandshakeListener, IPushProducer
-from twisted.internet.protocol import Protocol, ReconnectingClientFactory
+from twisted.internet.protocol import ReconnectingClientFactory
 from twisted.logger import LogLevel
-from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin
 from twisted.python.failure import Failure
-from zope.interface import directlyProvides, implementer, providedBy
+from zope.interface import implementer
 
 from aiengine.broker import Message
+from aiengine.channels.connection import CLOSE_GRACE, ChannelConnection, IConnectionOwner
+from aiengine.channels.policy import FailureStreak, reconnectDelay
 from aiengine.logs import PeerSafeLogger, worthLogging
-from aiengine.channels.policy import BRIEF_CONNECTION, FailureStreak, reconnectDelay
 from aiengine.protocols.base import IMessageReceiver
-from aiengine.tls import clientTLSOptions, describeFailure, verifyResult
+from aiengine.tls import clientTLSOptions, describeFailure
 
 __all__ = [
     "Channel", "ChannelStopped", "CONNECTED", "CONNECTING", "WAITING", "IDLE", "STOPPED",
@@ -79,8 +77,6 @@ IDLE = "idle"
 STOPPED = "stopped"
 STATES = (CONNECTED, CONNECTING, WAITING, IDLE, STOPPED)
 
-#: seconds a connection closed by disconnect() gets to flush before it is aborted
-CLOSE_GRACE = 5.0
 #: log the first drop and then every this many
 DROP_LOG_EVERY = 100
 
@@ -118,262 +114,6 @@ class _FramerLogger(PeerSafeLogger):
         PeerSafeLogger.emit(self, level, format, **kwargs)
 
 
-@implementer(IPushProducer)
-class _WriteGate:
-    """Registered with a connection's transport: tells whether the server reads.
-
-    While the transport's buffer is full the channel keeps new messages in its
-    bounded queue instead of the transport's unbounded buffer.
-    """
-
-    def __init__(self, channel):
-        self.channel = channel
-        self.paused = False
-
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
-        self.channel._writable()
-
-    def stopProducing(self):
-        self.paused = True
-
-
-#: TCP keepalive timing: the first probe after this many idle seconds, then
-#: one every KEEPALIVE_INTERVAL, giving up after KEEPALIVE_PROBES.  The
-#: system's default waits two hours before the first probe; a server that
-#: vanished without closing is noticed within about two minutes instead.
-KEEPALIVE_IDLE = 60
-KEEPALIVE_INTERVAL = 15
-KEEPALIVE_PROBES = 4
-
-
-def _tuneKeepAlive(transport) -> None:
-    """Shorten the keepalive timing of ``transport``'s socket where the
-    system lets us (Linux has all three options; others may lack some)."""
-    getHandle = getattr(transport, "getHandle", None)
-    if getHandle is None:
-        return
-    try:
-        sock = getHandle()
-        for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE),
-                            ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
-                            ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
-            option = getattr(socket, name, None)
-            if option is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, option, value)
-    except (OSError, AttributeError):
-        pass  # not a TCP socket (a test transport, TLS wrapper...): keep defaults
-
-
-@implementer(IHandshakeListener)
-class _Connection(ProtocolWrapper, TimeoutMixin):
-    """One connection of a channel, around its framer.
-
-    Counts the bytes each way, closes the connection after the idle timeout
-    (traffic either way restarts it), turns TCP keepalive on, holds the
-    framer back until a TLS handshake is done (within ``connect-timeout``)
-    and tells the channel when the server stops reading.
-    """
-
-    def __init__(self, factory, framer, channel):
-        ProtocolWrapper.__init__(self, factory, framer)
-        self.channel = channel
-        self.tls = bool(channel.config.tls)
-        self.gate = _WriteGate(channel)
-        self.idleClosed = False
-        self.closedByUs = False
-        #: the framer is connected (after the handshake, with TLS)
-        self.up = False
-        self.connectedAt = None
-        self.bytesIn = 0
-        self.messagesIn = 0
-        self.messagesOut = 0
-        self.proven = False
-        #: a protocol error just reported, until a message or a write follows
-        self.pendingError: Optional[str] = None
-        #: the protocol error the framer closed this connection for
-        self.protocolFailure: Optional[str] = None
-        #: replies=ordered: the attributes of each message written and not yet
-        #: answered (in-reply-to, session), oldest first
-        self.awaiting = deque() if channel._ordered else ()
-        #: why it failed, when we know better than the connection-lost reason
-        self.failReason: Optional[str] = None
-        self.verifyResult = None
-        # A plain attribute (the framers read it for every message): set by
-        # ProtocolWrapper.loseConnection and by our aborts.
-        self.disconnecting = False
-        self._gateRegistered = False
-        self._abortCall = None
-        self._handshakeCall = None
-        self._proofCall = None
-        self._responseCall = None
-
-    def callLater(self, period, func):
-        return self.channel.reactor.callLater(period, func)
-
-    def makeConnection(self, transport):
-        # ProtocolWrapper's, except that the framer hears of the connection
-        # only once TLS is up.
-        directlyProvides(self, providedBy(transport))
-        Protocol.makeConnection(self, transport)
-        self.factory.registerProtocol(self)
-        if not self.tls:
-            self._up()
-        elif not self.disconnecting:
-            timeout = self.channel.config.connect_timeout
-            self._handshakeCall = self.callLater(timeout, self._handshakeTimedOut)
-
-    def connectionMade(self):
-        if self.channel.config.keepalive:
-            setKeepAlive = getattr(self.transport, "setTcpKeepAlive", None)
-            if setKeepAlive is not None:
-                setKeepAlive(1)
-                _tuneKeepAlive(self.transport)
-
-    def handshakeCompleted(self):
-        """TLS is up and the certificate verified: now the framer may talk."""
-        self._cancel("_handshakeCall")
-        if not self.disconnecting and not self.up:
-            self._up()
-
-    def _handshakeTimedOut(self):
-        self._handshakeCall = None
-        self.failReason = (f"TLS handshake did not complete within "
-                           f"{self.channel.config.connect_timeout:g} s")
-        self.disconnecting = True
-        self.transport.abortConnection()
-
-    def _up(self):
-        self.up = True
-        self.connectedAt = self.channel.reactor.seconds()
-        idle = self.channel.config.effective_idle_timeout
-        if idle and idle > 0:
-            self.setTimeout(idle)
-        try:
-            self.transport.registerProducer(self.gate, True)
-            self._gateRegistered = True
-        except RuntimeError:
-            pass  # someone else's producer: do without flow control
-        self.wrappedProtocol.makeConnection(self)
-
-    def awaitResponse(self, waiting: bool):
-        """Replies are owed (``waiting``), or not: the next must complete
-        within ``response-timeout`` seconds of now."""
-        self._cancel("_responseCall")
-        timeout = self.channel.config.response_timeout
-        if waiting and timeout > 0 and not self.disconnecting:
-            self._responseCall = self.callLater(timeout, self._responseTimedOut)
-
-    def _responseTimedOut(self):
-        self._responseCall = None
-        self.channel._responseTimedOut(self)
-
-    def startProofTimer(self):
-        """After failures: recovery is declared once this connection holds."""
-        if self._proofCall is None and not self.proven:
-            self._proofCall = self.callLater(BRIEF_CONNECTION, self._heldUp)
-
-    def _heldUp(self):
-        self._proofCall = None
-        if self.protocolFailure is None:
-            self.channel._connectionProven(self)
-
-    def livedLongEnough(self) -> bool:
-        return (self.up and
-                self.channel.reactor.seconds() - self.connectedAt >= BRIEF_CONNECTION)
-
-    def isProven(self, clean) -> bool:
-        """Did this connection work, as opposed to being a failed attempt?"""
-        if self.proven:
-            return True
-        if not self.up or self.protocolFailure is not None:
-            return False
-        # A clean close after we wrote: the server may well have taken our
-        # messages and be done (on-demand request/close style).
-        return self.livedLongEnough() or (clean and self.messagesOut > 0)
-
-    def dataReceived(self, data):
-        self.bytesIn += len(data)
-        self.channel.bytesIn += len(data)
-        if self.timeOut:
-            self.resetTimeout()
-        self.wrappedProtocol.dataReceived(data)
-
-    def write(self, data):
-        self.channel.bytesOut += len(data)
-        if self.timeOut:
-            self.resetTimeout()
-        self.transport.write(data)
-
-    def writeSequence(self, data):
-        data = list(data)
-        self.channel.bytesOut += sum(len(d) for d in data)
-        self.resetTimeout()
-        ProtocolWrapper.writeSequence(self, data)
-
-    def loseConnection(self):
-        if (self.pendingError is not None and self.protocolFailure is None
-                and not self.closedByUs and not self.idleClosed):
-            # The framer closes right after reporting: the server broke the
-            # protocol.  Up long enough before that, it had proven itself.
-            if self.livedLongEnough():
-                self.proven = True
-            self.protocolFailure = self.pendingError
-        # A registered producer would keep a TLS transport from shutting down.
-        self._releaseGate()
-        ProtocolWrapper.loseConnection(self)
-
-    def _releaseGate(self):
-        if self._gateRegistered:
-            self._gateRegistered = False
-            self.transport.unregisterProducer()
-
-    def timeoutConnection(self):
-        self.idleClosed = True
-        self.channel.log.info("no traffic for {idle} s: closing the connection",
-                              idle=self.timeOut)
-        self.loseConnection()
-
-    def close(self, grace=CLOSE_GRACE):
-        """Close; abort if the peer has not let us flush within ``grace`` seconds."""
-        self.closedByUs = True
-        if not self.disconnecting:
-            self.loseConnection()
-        if grace <= 0:
-            self._abort()
-        elif self._abortCall is None:
-            self._abortCall = self.callLater(grace, self._abort)
-
-    def _abort(self):
-        self._abortCall = None
-        abort = getattr(self.transport, "abortConnection", None)
-        if abort is not None and self.connected:
-            self.channel.log.warn("connection did not close in time: aborting")
-            self.disconnecting = True
-            abort()
-
-    def _cancel(self, name):
-        call = getattr(self, name)
-        if call is not None and call.active():
-            call.cancel()
-        setattr(self, name, None)
-
-    def connectionLost(self, reason):
-        self.connected = False
-        self.setTimeout(None)
-        for name in ("_abortCall", "_handshakeCall", "_proofCall", "_responseCall"):
-            self._cancel(name)
-        if self.tls and not self.up:
-            self.verifyResult = verifyResult(self.transport)
-        self.channel._connectionClosed(self, reason)
-        self.factory.unregisterProtocol(self)
-        if self.up:
-            self.wrappedProtocol.connectionLost(reason)
-
-
 class _ChannelFactory(ReconnectingClientFactory):
     """The channel's ``ReconnectingClientFactory``.
 
@@ -400,7 +140,8 @@ class _ChannelFactory(ReconnectingClientFactory):
         channel = self.channel
         framer = _buildFramer(channel.config.protocol, channel, channel._framerLog,
                               channel.config.host, channel.config.port)
-        return _Connection(self, framer, channel)
+        return ChannelConnection(self, framer, channel, channel.config, channel.reactor,
+                                 channel.log)
 
     # ProtocolWrapper's registration hooks.
     def registerProtocol(self, p):
@@ -501,7 +242,7 @@ class _Waiter:
 
 
 
-@implementer(IMessageReceiver)
+@implementer(IMessageReceiver, IConnectionOwner)
 class Channel:
     """One configured outbound connection and everything queued for it.
 
@@ -530,8 +271,9 @@ class Channel:
         self.idleCloses = 0
         self.messagesIn = 0
         self.messagesOut = 0
-        self.bytesIn = 0
-        self.bytesOut = 0
+        # bytes of connections that have ended (the current one counts its own)
+        self._bytesIn = 0
+        self._bytesOut = 0
         self.dropped = 0
         self.inboxDropped = 0
         self.unsent = 0
@@ -546,7 +288,7 @@ class Channel:
         self._tlsOptions = clientTLSOptions(config, host) if config.tls else None
         self._factory = _ChannelFactory(self)
         self._connector = None
-        self._protocol: Optional[_Connection] = None
+        self._protocol: Optional[ChannelConnection] = None
         self._framer = None
         self._producer = None
         self._subscription = None
@@ -599,6 +341,18 @@ class Channel:
 
     def __repr__(self):
         return f"<Channel {self.name} {self.state} {self.config.host}:{self.config.port}>"
+
+    @property
+    def bytesIn(self) -> int:
+        """Bytes read, over every connection."""
+        protocol = self._protocol
+        return self._bytesIn + (protocol.bytesIn if protocol is not None else 0)
+
+    @property
+    def bytesOut(self) -> int:
+        """Bytes written, over every connection."""
+        protocol = self._protocol
+        return self._bytesOut + (protocol.bytesOut if protocol is not None else 0)
 
     @property
     def queued(self) -> int:
@@ -1032,7 +786,7 @@ class Channel:
             protocol = self._protocol
             if self._ordered:
                 protocol.awaiting.append(attributes)
-            if protocol._responseCall is None:
+            if not protocol.awaitingResponse:
                 protocol.awaitResponse(self._inFlight(protocol) > 0)
 
     def _replyArrived(self, connection):
@@ -1042,7 +796,7 @@ class Channel:
         if self._queue or self._drained is not None:
             self._writable()
 
-    def _responseTimedOut(self, connection):
+    def responseOverdue(self, connection):
         """A reply did not complete within response-timeout: the server is
         stuck or trickling, and everything behind it waits; start over."""
         self.responseTimeouts += 1
@@ -1083,6 +837,10 @@ class Channel:
                 if self._stale(ticket, now):
                     continue
             self._write(body, attributes)
+
+    def connectionWritable(self, connection):
+        """The server reads again: send what waited for it."""
+        self._writable()
 
     def _writable(self):
         """The server reads (or answers) again: send what waited for it."""
@@ -1141,7 +899,7 @@ class Channel:
             connection.messagesIn += count
             connection.pendingError = None
             if not connection.proven and connection.protocolFailure is None:
-                self._connectionProven(connection)
+                self.connectionProven(connection)
 
     def messageReceived(self, message, attributes):
         """One inbound message: publish it (redirect-in) or keep it for receive()."""
@@ -1202,7 +960,7 @@ class Channel:
         """The peer broke the framing: count it (the framer logs and acts).
 
         When the framer closes the connection for it, the connection was not
-        a working one (see :meth:`_Connection.loseConnection`).
+        a working one (see :meth:`ChannelConnection.loseConnection`).
         """
         if self._protocol is not None:
             self._protocol.pendingError = description
@@ -1213,20 +971,21 @@ class Channel:
         self.lastError = description
 
     def framerDisconnected(self, reason):
-        """The framer's connection ended (see :meth:`_connectionClosed`)."""
+        """The framer's connection ended (see :meth:`connectionClosed`)."""
         self._framer = None
 
-    # -- connection events (from _Connection and _ChannelFactory) -------------
+    # -- IConnectionOwner, and the factory's events ---------------------------
 
-    def _connectionProven(self, connection):
+    def connectionProven(self, connection):
         """``connection`` works: a streak of failures, if any, is over."""
-        connection.proven = True
-        connection._cancel("_proofCall")
+        connection.markProven()
         self._streak.ended(f"{self._host}:{self.config.port}")
 
-    def _connectionClosed(self, connection, reason):
+    def connectionClosed(self, connection, reason):
         """Classify how ``connection`` ended, for :meth:`_decideAfterLoss`."""
         self._framer = None
+        self._bytesIn += connection.bytesIn
+        self._bytesOut += connection.bytesOut
         if connection.awaiting:
             # A reply on the next connection cannot answer what was written
             # on this one.
