@@ -619,7 +619,9 @@ class MemoryTests(MemoryHarness, unittest.TestCase):
         ch.start()
         protocol, transport = self.succeed(ch)
         protocol.dataReceived(b"1\n2\n3\n4\n")
-        self.assertEqual((ch.status()["inbox"], ch.inboxDropped, ch.messagesIn), (2, 2, 4))
+        status = ch.status()
+        self.assertEqual((status["inbox"], status["inboxDropped"], status["messagesIn"]),
+                         (2, 2, 4))
         first = self.successResultOf(ch.receive(timeout=1))
         second = self.successResultOf(ch.receive(timeout=1))
         self.assertEqual((first.body, second.body), (b"3", b"4"))
@@ -697,7 +699,7 @@ class MemoryTests(MemoryHarness, unittest.TestCase):
         protocol.dataReceived(b"".join(b"m%d;" % i for i in range(1000)))
         self.assertEqual([self.successResultOf(d).body for d in waits[1::2]],
                          [b"m%d" % i for i in range(1000)])
-        self.assertEqual((len(ch._waiters), ch.status()["inbox"]), (0, 0))
+        self.assertEqual((ch.inbox.waiting, ch.status()["inbox"]), (False, 0))
         later = ch.receive(timeout=1)
         protocol.dataReceived(b"last;")
         self.assertEqual(self.successResultOf(later).body, b"last")

@@ -55,8 +55,8 @@ from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from aiengine.broker import Message
 from aiengine.channels.connection import CLOSE_GRACE, ChannelConnection, IConnectionOwner
+from aiengine.channels.inbox import Inbox
 from aiengine.channels.policy import FailureStreak, reconnectDelay
 from aiengine.logs import PeerSafeLogger, worthLogging
 from aiengine.protocols.base import IMessageReceiver
@@ -83,11 +83,6 @@ DROP_LOG_EVERY = 100
 
 class ChannelStopped(Exception):
     """The channel was stopped (or disconnected) while the caller waited."""
-
-
-def _withBody(message, body):
-    return Message(message.topic, message.id, body, message.msgtype, message.source,
-                   message.session, message.attributes)
 
 
 def _buildFramer(protocol, receiver, log, host, port):
@@ -227,21 +222,6 @@ class _StopFlush:
         self.finishing = False
 
 
-class _Waiter:
-    __slots__ = ("deferred", "size", "buf", "first", "timer", "done")
-
-    def __init__(self, size):
-        self.deferred = None
-        self.size = size
-        self.buf = bytearray()
-        self.first = None
-        self.timer = None
-        #: answered or given up; it leaves the queue of waiters when it is
-        #: at its head (a removal from the middle would cost O(n))
-        self.done = False
-
-
-
 @implementer(IMessageReceiver, IConnectionOwner)
 class Channel:
     """One configured outbound connection and everything queued for it.
@@ -275,10 +255,10 @@ class Channel:
         self._bytesIn = 0
         self._bytesOut = 0
         self.dropped = 0
-        self.inboxDropped = 0
         self.unsent = 0
         self.errors = 0
-        self.receiveTimeouts = 0
+        # Media.request timeouts (reads count theirs in the inbox)
+        self._requestTimeouts = 0
         self.lastError: Optional[str] = None
         host = config.host
         if host.startswith("[") and host.endswith("]"):
@@ -295,11 +275,10 @@ class Channel:
         # True while the channel must not connect: before start, after
         # stop() or disconnect(), until connect().
         self._held = True
-        # _queue, _inbox and _waiters start as the class's empty tuples and
-        # become deques when first filled (see _deque).
+        # _queue starts as the class's empty tuple and becomes a deque when
+        # first filled (see _deque).
         self._connectWaiters: list = []
         self._closeWaiters: list = []
-        self._inboxSeq = 0
         # How the last connection ended: (kind, description), kind one of
         # "ours", "idle", "dropped", "failed".
         self._lost = ("ours", "closed")
@@ -323,7 +302,8 @@ class Channel:
 
     # Empty until used: a deque costs about 600 bytes, and a daemon may run
     # tens of thousands of channels.
-    _queue = _inbox = _waiters = ()
+    _queue = ()
+    _inbox = None  # an Inbox, made when first used (see inbox)
     #: Media.request calls waiting for their reply, by request id (a dict
     #: once the first is made)
     _replyWaiters = None
@@ -400,9 +380,10 @@ class Channel:
             "withdrawn": self.withdrawn,
             "unanswered": self.unanswered,
             "unsent": self.unsent,
-            "inbox": len(self._inbox),
-            "inboxDropped": self.inboxDropped,
-            "receiveTimeouts": self.receiveTimeouts,
+            "inbox": len(self._inbox) if self._inbox is not None else 0,
+            "inboxDropped": self._inbox.dropped if self._inbox is not None else 0,
+            "receiveTimeouts": self._requestTimeouts + (
+                self._inbox.timeouts if self._inbox is not None else 0),
             "errors": self.errors,
             "lastError": self.lastError,
         }
@@ -444,12 +425,8 @@ class Channel:
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
-        waiters, self._waiters = self._waiters, ()
-        for waiter in waiters:
-            if not waiter.done:
-                waiter.done = True
-                self._endWaiter(waiter)
-                waiter.deferred.errback(ChannelStopped(f"channel {self.name} stopped"))
+        if self._inbox is not None:
+            self._inbox.failAll(ChannelStopped(f"channel {self.name} stopped"))
         for d in list(self._replyWaiters.values()) if self._replyWaiters else ():
             d.errback(ChannelStopped(f"channel {self.name} stopped"))
         self._purgeStale()
@@ -685,7 +662,7 @@ class Channel:
     def _requestTimedOut(self, requestId, timeout):
         d = self._replyWaiters.get(requestId)
         if d is not None:
-            self.receiveTimeouts += 1
+            self._requestTimeouts += 1
             d.errback(TimeoutError(f"no reply from channel {self.name} within "
                                    f"{timeout:g} s"))
 
@@ -884,7 +861,8 @@ class Channel:
         """Several messages from one packet: published together when redirected in."""
         connection = self._protocol
         topic = self._topicIn
-        if topic is None or self._waiters or connection is None or self._ordered:
+        if (topic is None or connection is None or self._ordered
+                or (self._inbox is not None and self._inbox.waiting)):
             for message in messages:
                 self.messageReceived(message, None)
             return
@@ -917,44 +895,19 @@ class Channel:
             waiter = self._replyWaiters.get(attributes.get("in-reply-to"))
             if waiter is not None:
                 # The caller's alone: neither published nor kept in the inbox.
-                self._inboxSeq += 1
-                waiter.callback(Message(self.name, f"{self.name}-{self._inboxSeq}",
-                                        message, self.config.msgtype, self.name, None,
-                                        attributes))
+                waiter.callback(self.inbox.message(message, self.config.msgtype,
+                                                   attributes))
                 return
-        session = attributes.get("session") if attributes else None
-        config = self.config
         topic = self._topicIn
         if topic is not None:
-            published = topic.message(message, config.msgtype, self.name, session,
+            session = attributes.get("session") if attributes else None
+            published = topic.message(message, self.config.msgtype, self.name, session,
                                       attributes)
             topic.publish(published)
-            if self._waiters:
-                self._deque("_inbox").append(published)
-                self._serve()
-                # Only waiting readers get it; a part a fixed-size read left
-                # over (a new Message object) stays for the next receive.
-                if self._inbox and self._inbox[-1] is published:
-                    self._inbox.pop()
+            if self._inbox is not None and self._inbox.waiting:
+                self._inbox.offer(published)
             return
-        self._inboxSeq += 1
-        kept = Message(self.name, f"{self.name}-{self._inboxSeq}", message,
-                       config.msgtype, self.name, session, attributes)
-        if len(self._inbox) >= config.inbox_size:
-            if not self._inbox:
-                self._dropInbound()
-                return
-            self._inbox.popleft()
-            self._dropInbound()
-        self._deque("_inbox").append(kept)
-        self._serve()
-
-    def _dropInbound(self):
-        self.inboxDropped += 1
-        if worthLogging(self.inboxDropped, DROP_LOG_EVERY):
-            self.log.warn("inbox full ({size} messages nobody received): dropped the "
-                          "oldest; {dropped} dropped so far",
-                          size=self.config.inbox_size, dropped=self.inboxDropped)
+        self.inbox.keep(self.inbox.message(message, self.config.msgtype, attributes))
 
     def protocolError(self, description):
         """The peer broke the framing: count it (the framer logs and acts).
@@ -1115,7 +1068,7 @@ class Channel:
         Waits up to ``timeout`` seconds (default ``protocol.wait-time-sec``),
         then fails with ``TimeoutError``.
         """
-        return self._wait(_Waiter(None), timeout)
+        return self.inbox.receive(self._waitTime(timeout))
 
     def receiveFixed(self, size: int, timeout: Optional[float] = None) -> Deferred:
         """Exactly ``size`` bytes of the inbound stream, across messages.
@@ -1138,75 +1091,14 @@ class Channel:
             # The bytes gathered for it are held outside the bounded inbox.
             return fail(ValueError(f"size must be at most {limit} bytes (the channel's "
                                    f"protocol.max-packet-size), not {size}"))
-        return self._wait(_Waiter(size), timeout)
+        return self.inbox.receiveFixed(size, self._waitTime(timeout))
 
-    def _wait(self, waiter, timeout):
-        if timeout is None:
-            timeout = self.config.protocol.inbound.wait_time_sec
-        timeout = max(0.0, float(timeout))
+    @property
+    def inbox(self):
+        """The :class:`~aiengine.channels.inbox.Inbox` (made when first used)."""
+        if self._inbox is None:
+            self._inbox = Inbox(self.name, self.config.inbox_size, self.reactor, self.log)
+        return self._inbox
 
-        def cancel(d):
-            self._giveUp(waiter)
-
-        waiter.deferred = Deferred(cancel)
-        self._deque("_waiters").append(waiter)
-        self._serve()
-        if not waiter.deferred.called:
-            waiter.timer = self.reactor.callLater(timeout, self._timedOut, waiter, timeout)
-        return waiter.deferred
-
-    def _timedOut(self, waiter, timeout):
-        waiter.timer = None
-        if self._giveUp(waiter):
-            self.receiveTimeouts += 1
-            what = ("message" if waiter.size is None else f"{waiter.size} bytes")
-            waiter.deferred.errback(TimeoutError(
-                f"no {what} from channel {self.name} within {timeout:g} s"))
-
-    def _giveUp(self, waiter):
-        """Forget ``waiter``; put back the bytes it took.  False if it was done."""
-        if waiter.done:
-            return False
-        waiter.done = True
-        waiters = self._waiters
-        while waiters and waiters[0].done:
-            waiters.popleft()
-        self._endWaiter(waiter)
-        if waiter.buf:
-            self._deque("_inbox").appendleft(_withBody(waiter.first, bytes(waiter.buf)))
-            waiter.buf = bytearray()
-            self._serve()
-        return True
-
-    def _endWaiter(self, waiter):
-        if waiter.timer is not None and waiter.timer.active():
-            waiter.timer.cancel()
-        waiter.timer = None
-
-    def _serve(self):
-        while self._waiters and self._inbox:
-            waiter = self._waiters[0]
-            if waiter.done:
-                self._waiters.popleft()
-                continue
-            if waiter.size is None:
-                self._waiters.popleft()
-                waiter.done = True
-                self._endWaiter(waiter)
-                waiter.deferred.callback(self._inbox.popleft())
-                continue
-            message = self._inbox[0]
-            if waiter.first is None:
-                waiter.first = message
-            need = waiter.size - len(waiter.buf)
-            if len(message.body) <= need:
-                self._inbox.popleft()
-                waiter.buf += message.body
-            else:
-                waiter.buf += message.body[:need]
-                self._inbox[0] = _withBody(message, message.body[need:])
-            if len(waiter.buf) == waiter.size:
-                self._waiters.popleft()
-                waiter.done = True
-                self._endWaiter(waiter)
-                waiter.deferred.callback(bytes(waiter.buf))
+    def _waitTime(self, timeout):
+        return self.config.protocol.inbound.wait_time_sec if timeout is None else timeout
