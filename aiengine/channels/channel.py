@@ -45,7 +45,6 @@ queue.  A queued message whose caller gave up (a withdrawn request) or whose
 from __future__ import annotations
 
 import random as _random
-from collections import deque
 from typing import Optional
 
 from twisted.internet import error
@@ -57,8 +56,9 @@ from zope.interface import implementer
 
 from aiengine.channels.connection import CLOSE_GRACE, ChannelConnection, IConnectionOwner
 from aiengine.channels.inbox import Inbox
+from aiengine.channels.outbox import Deadline, Outbox
 from aiengine.channels.policy import FailureStreak, reconnectDelay
-from aiengine.logs import PeerSafeLogger, worthLogging
+from aiengine.logs import PeerSafeLogger
 from aiengine.protocols.base import IMessageReceiver
 from aiengine.tls import clientTLSOptions, describeFailure
 
@@ -202,16 +202,6 @@ class _ChannelFactory(ReconnectingClientFactory):
         return None
 
 
-class _Deadline:
-    """When a message sent without a broker message (the media API) goes stale."""
-
-    __slots__ = ("expires", "withdrawn")
-
-    def __init__(self, expires):
-        self.expires = expires
-        self.withdrawn = False
-
-
 class _StopFlush:
     """A stop() in progress that is still trying to send queued messages."""
 
@@ -254,8 +244,6 @@ class Channel:
         # bytes of connections that have ended (the current one counts its own)
         self._bytesIn = 0
         self._bytesOut = 0
-        self.dropped = 0
-        self.unsent = 0
         self.errors = 0
         # Media.request timeouts (reads count theirs in the inbox)
         self._requestTimeouts = 0
@@ -275,8 +263,6 @@ class Channel:
         # True while the channel must not connect: before start, after
         # stop() or disconnect(), until connect().
         self._held = True
-        # _queue starts as the class's empty tuple and becomes a deque when
-        # first filled (see _deque).
         self._connectWaiters: list = []
         self._closeWaiters: list = []
         # How the last connection ended: (kind, description), kind one of
@@ -291,10 +277,8 @@ class Channel:
         self._ordered = config.replies == "ordered"
         self._http = config.protocol.outbound.name == "http"
         self._replyAttributes = self._ordered or self._http
-        # Fired when a server that stopped reading reads again: returned to
-        # the broker meanwhile, so topic-out's publishers are paused rather
-        # than this channel's queue overflowing.
-        self._drained: Optional[Deferred] = None
+        # What waits to be written, and topic-out's publishers meanwhile.
+        self._outbox = Outbox(config.queue_size, reactor, self.log)
         # Pinned: this channel keeps the object, so the broker must not
         # forget the topic while nothing else holds it.
         self._topicIn = (broker.topic(config.topic_in, pin=True)
@@ -302,22 +286,13 @@ class Channel:
 
     # Empty until used: a deque costs about 600 bytes, and a daemon may run
     # tens of thousands of channels.
-    _queue = ()
     _inbox = None  # an Inbox, made when first used (see inbox)
     #: Media.request calls waiting for their reply, by request id (a dict
     #: once the first is made)
     _replyWaiters = None
     _requestSeq = 0
     # Counters that most channels never move: on the class until they do.
-    expired = withdrawn = unanswered = responseTimeouts = 0
-
-    def _deque(self, name) -> deque:
-        """The deque called ``name``, made when first needed."""
-        value = self.__dict__.get(name)
-        if value.__class__ is not deque:
-            value = deque(value or ())
-            setattr(self, name, value)
-        return value
+    unanswered = responseTimeouts = 0
 
     def __repr__(self):
         return f"<Channel {self.name} {self.state} {self.config.host}:{self.config.port}>"
@@ -334,10 +309,16 @@ class Channel:
         protocol = self._protocol
         return self._bytesOut + (protocol.bytesOut if protocol is not None else 0)
 
+    # The outbox's counters (see status()).
+    dropped = property(lambda self: self._outbox.dropped)
+    expired = property(lambda self: self._outbox.expired)
+    withdrawn = property(lambda self: self._outbox.withdrawn)
+    unsent = property(lambda self: self._outbox.unsent)
+
     @property
     def queued(self) -> int:
         """Outbound messages waiting for a connection (or for the server to read)."""
-        return len(self._queue)
+        return len(self._outbox)
 
     def status(self) -> dict:
         """State, address and counters, for the console and the media API.
@@ -375,11 +356,11 @@ class Channel:
             "queued": self.queued,
             "inFlight": self._inFlight(self._protocol),
             "responseTimeouts": self.responseTimeouts,
-            "dropped": self.dropped,
-            "expired": self.expired,
-            "withdrawn": self.withdrawn,
+            "dropped": self._outbox.dropped,
+            "expired": self._outbox.expired,
+            "withdrawn": self._outbox.withdrawn,
             "unanswered": self.unanswered,
-            "unsent": self.unsent,
+            "unsent": self._outbox.unsent,
             "inbox": len(self._inbox) if self._inbox is not None else 0,
             "inboxDropped": self._inbox.dropped if self._inbox is not None else 0,
             "receiveTimeouts": self._requestTimeouts + (
@@ -405,7 +386,7 @@ class Channel:
             self._beginConnecting()
         elif self.state == STOPPED:
             self.state = IDLE
-            if self._queue:
+            if self._outbox:
                 self._beginConnecting()
 
     def stop(self) -> Deferred:
@@ -429,8 +410,8 @@ class Channel:
             self._inbox.failAll(ChannelStopped(f"channel {self.name} stopped"))
         for d in list(self._replyWaiters.values()) if self._replyWaiters else ():
             d.errback(ChannelStopped(f"channel {self.name} stopped"))
-        self._purgeStale()
-        if self._queue and self._mayFlushOnStop():
+        self._outbox.purgeStale()
+        if self._outbox and self._mayFlushOnStop():
             return self._beginStopFlush()
         d = self._shutDown("stopped", grace=max(0.0, self.config.flush_timeout))
         self._reportUnsent()
@@ -531,7 +512,7 @@ class Channel:
         flush.waiters.append(d)
         self._failConnectWaiters(ChannelStopped(f"channel {self.name} stopped"))
         self.log.info("stopping: trying for up to {timeout} s to send {n} queued "
-                      "message(s)", timeout=self.config.flush_timeout, n=len(self._queue))
+                      "message(s)", timeout=self.config.flush_timeout, n=len(self._outbox))
         if self.state == CONNECTED:
             self._flush()
         elif self.state in (WAITING, IDLE):
@@ -545,7 +526,7 @@ class Channel:
         if flush is None or flush.finishing:
             return
         if self.state == CONNECTED:
-            if not self._queue:
+            if not self._outbox:
                 self._finishStop()
             return
         if self.state == CONNECTING:
@@ -588,10 +569,8 @@ class Channel:
         return d.addBoth(done)
 
     def _reportUnsent(self):
-        n = len(self._queue)
+        n = self._outbox.discard()
         if n:
-            self.unsent += n
-            self._queue.clear()
             self.log.warn("stopped with {n} queued message(s) not sent", n=n)
 
     # -- outbound ----------------------------------------------------------
@@ -610,24 +589,12 @@ class Channel:
         """
         if body.__class__ is not bytes:
             body = body.encode("utf-8") if isinstance(body, str) else bytes(body)
-        if not self._queue and self._canWrite():
+        if not self._outbox and self._canWrite():
             self._write(body, attributes)
             return
         if ttl is not None:
-            ticket = _Deadline(self.reactor.seconds() + ttl)
-        if len(self._queue) >= self.config.queue_size:
-            self._purgeStale()
-        if len(self._queue) >= self.config.queue_size:
-            self.dropped += 1
-            if worthLogging(self.dropped, DROP_LOG_EVERY):
-                why = ("the server is not reading" if self.state == CONNECTED
-                       else f"not connected ({self.state})")
-                self.log.warn(
-                    "{why} and {n} message(s) already queued: dropped a message; "
-                    "{dropped} dropped so far",
-                    why=why, n=len(self._queue), dropped=self.dropped)
-        else:
-            self._deque("_queue").append((body, attributes, ticket))
+            ticket = Deadline(self.reactor.seconds() + ttl)
+        self._outbox.add(body, attributes, ticket, self._whyNotWriting)
         if self._canWrite():
             self._flush()
         elif not self.config.permanent and self.state == IDLE:
@@ -649,7 +616,7 @@ class Channel:
             timeout = self.config.protocol.inbound.wait_time_sec
         self._requestSeq += 1
         requestId = f"{self.name}-request-{self._requestSeq}"
-        ticket = _Deadline(self.reactor.seconds() + timeout)
+        ticket = Deadline(self.reactor.seconds() + timeout)
         d = Deferred()  # cancelled: CancelledError, and _replied cleans up
         if self._replyWaiters is None:
             self._replyWaiters = {}
@@ -674,34 +641,6 @@ class Channel:
             timer.cancel()
         return result
 
-    def _purgeStale(self):
-        """Drop queued messages that are withdrawn or expired (counted)."""
-        queue = self._queue
-        if not queue:
-            return
-        now = self.reactor.seconds()
-        kept = [entry for entry in queue
-                if entry[2] is None or not self._stale(entry[2], now)]
-        if len(kept) != len(queue):
-            queue.clear()
-            queue.extend(kept)
-
-    def _stale(self, ticket, now) -> bool:
-        """Whether a queued message must not be sent any more; counts it."""
-        if ticket.withdrawn:
-            self.withdrawn += 1
-            if worthLogging(self.withdrawn, DROP_LOG_EVERY):
-                self.log.info("dropped a queued request its caller gave up on; {n} so "
-                              "far", n=self.withdrawn)
-            return True
-        if ticket.expires is not None and now >= ticket.expires:
-            self.expired += 1
-            if worthLogging(self.expired, DROP_LOG_EVERY):
-                self.log.info("dropped a queued message whose ttl ran out; {n} so far",
-                              n=self.expired)
-            return True
-        return False
-
     def _fromTopicOut(self, message):
         if self._replyAttributes:
             self.send(message.body, {"in-reply-to": message.id,
@@ -712,7 +651,7 @@ class Channel:
 
     def _fromTopicOutBatch(self, messages):
         """Several messages from topic-out at once: one write when possible."""
-        if self._replyAttributes or self._queue or not self._canWrite():
+        if self._replyAttributes or self._outbox or not self._canWrite():
             for message in messages:
                 self._fromTopicOut(message)
         else:
@@ -726,15 +665,12 @@ class Channel:
         protocol = self._protocol
         if self.state == CONNECTED and protocol is not None and (
                 protocol.gate.paused or self._inFlightFull(protocol)):
-            if self._drained is None:
-                self._drained = Deferred()
-            return self._drained
+            return self._outbox.holdPublishers()
         return None
 
-    def _releasePublishers(self):
-        drained, self._drained = self._drained, None
-        if drained is not None:
-            drained.callback(None)
+    def _whyNotWriting(self) -> str:
+        return ("the server is not reading" if self.state == CONNECTED
+                else f"not connected ({self.state})")
 
     def _canWrite(self):
         if self.state != CONNECTED or self._framer is None:
@@ -770,7 +706,7 @@ class Channel:
         """A reply came (http, replies=ordered): the next is owed from now,
         and there may be room for what waits."""
         connection.awaitResponse(self._inFlight(connection) > 0)
-        if self._queue or self._drained is not None:
+        if self._outbox or self._outbox.holdingPublishers:
             self._writable()
 
     def responseOverdue(self, connection):
@@ -804,16 +740,12 @@ class Channel:
         return count > 0
 
     def _flush(self):
-        queue = self._queue
-        now = None
-        while queue and self._canWrite():
-            body, attributes, ticket = queue.popleft()
-            if ticket is not None:
-                if now is None:
-                    now = self.reactor.seconds()
-                if self._stale(ticket, now):
-                    continue
-            self._write(body, attributes)
+        outbox = self._outbox
+        while outbox and self._canWrite():
+            entry = outbox.take()
+            if entry is None:
+                return
+            self._write(entry[0], entry[1])
 
     def connectionWritable(self, connection):
         """The server reads again: send what waited for it."""
@@ -825,7 +757,7 @@ class Channel:
         protocol = self._protocol
         if protocol is not None and not protocol.gate.paused and not \
                 self._inFlightFull(protocol):
-            self._releasePublishers()
+            self._outbox.releasePublishers()
         self._stopFlushProgress()
 
     # -- IMessageReceiver ----------------------------------------------------
@@ -949,7 +881,7 @@ class Channel:
                           "so far", n=n, total=self.unanswered)
         # Not connected, messages wait in the bounded queue (or are dropped):
         # publishers must not stay paused on a connection that is gone.
-        self._releasePublishers()
+        self._outbox.releasePublishers()
         if self._producer is not None:
             self._topicIn.unregisterProducer(self._producer)
             self._producer = None
@@ -1018,7 +950,7 @@ class Channel:
             self.state = IDLE
             self.log.info("disconnected from {host}:{port}: {why}", host=self._host,
                           port=self.config.port, why=why)
-            if self._queue or self._connectWaiters:
+            if self._outbox or self._connectWaiters:
                 self._beginConnecting()
             self._stopFlushProgress()
             return
@@ -1050,7 +982,7 @@ class Channel:
             then = ("" if delay is None else f"; next attempt in {delay:.2f} s")
         else:
             self.state = IDLE
-            then = f"; {len(self._queue)} message(s) stay queued until the next send"
+            then = f"; {len(self._outbox)} message(s) stay queued until the next send"
             self._failConnectWaiters(reason)
         self._streak.failed(why, then)
         self._stopFlushProgress()
