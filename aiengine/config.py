@@ -76,6 +76,13 @@ class ProtocolConfig:
         """Whether each direction has a protocol of its own."""
         return self.name == "asymmetric"
 
+    @classmethod
+    def of(cls, name: str, **settings) -> "ProtocolConfig":
+        """Protocol ``name`` both ways, with :class:`ProtocolSettings`
+        ``settings``: ``ProtocolConfig.of("text-messages", delimiter=b"\\r\\n")``."""
+        both = ProtocolSettings(name=name, **settings)
+        return cls(name, both, both)
+
 
 @dataclass(frozen=True, slots=True)
 class ListenerConfig:

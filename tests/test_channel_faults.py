@@ -14,7 +14,6 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel
 from twisted.protocols.basic import LineReceiver
-from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from aiengine import channels
@@ -23,9 +22,8 @@ from aiengine.channels import (
     CHANGED, CONNECTED, CONNECTING, FIRST, REMINDER, WAITING, Channel, failureNotice,
 )
 from aiengine.config import ChannelConfig, ProtocolConfig, ProtocolSettings
-from tests.test_channels import (
-    FakeTransport, LogCapture, LoopbackMixin, makeConfig, stopInMemory,
-)
+from aiengine.testing import lastAttempt
+from tests.test_channels import LogCapture, LoopbackMixin, makeConfig, stopInMemory
 
 
 class FaultConnection(LineReceiver):
@@ -370,20 +368,25 @@ class FaultMemoryTests(unittest.TestCase):
         self.broker = Broker(self.reactor)
 
     def make(self, **kw):
-        ch = Channel(makeConfig(**kw), self.broker, self.reactor)
-        ch._factory.random = Bounds()
+        ch = Channel(makeConfig(**kw), self.broker, self.reactor, random=Bounds())
         self.addCleanup(stopInMemory, ch)
         return ch
 
     def refuse(self, ch, exception=None):
-        ch._factory.clientConnectionFailed(
-            ch._factory.connector, Failure(exception or error.ConnectionRefusedError()))
+        lastAttempt(self.reactor, channel=ch).refuse(exception)
+
+    def delay(self, ch):
+        """Seconds until the channel's next attempt."""
+        return ch._retryCall.getTime() - self.reactor.seconds()
+
+    def accept(self, ch):
+        return lastAttempt(self.reactor, channel=ch).accept()
 
     def runAttempts(self, ch, n, exception=None):
         for _ in range(n):
             self.assertEqual(ch.state, CONNECTING)
             self.refuse(ch, exception)
-            self.reactor.advance(ch._factory.delay)
+            self.reactor.advance(self.delay(ch))
 
     def test_hundredRefusedAttemptsLogFourLines(self):
         logs = LogCapture(self)
@@ -400,8 +403,7 @@ class FaultMemoryTests(unittest.TestCase):
         # All in all: the four warnings; nothing per attempt.
         self.assertEqual(len(logs.events), 4)
 
-        protocol = ch._factory.buildProtocol(None)
-        protocol.makeConnection(FakeTransport())
+        self.accept(ch)
         self.assertEqual(len(logs.events), 4)  # not a recovery yet
         self.reactor.advance(channels.BRIEF_CONNECTION)
         self.assertEqual(ch.status()["failedInRow"], 0)
@@ -428,13 +430,9 @@ class FaultMemoryTests(unittest.TestCase):
         ch = self.make(reconnection_timeout=10.0)
         ch.start()
         for attempt in range(20):
-            protocol = ch._factory.buildProtocol(None)
-            protocol.makeConnection(FakeTransport())
-            protocol.connectionLost(Failure(error.ConnectionDone()))
-            ch._factory.clientConnectionLost(ch._factory.connector,
-                                             Failure(error.ConnectionDone()))
+            self.accept(ch).close()
             self.assertEqual(ch.state, WAITING)
-            delay = ch._factory.delay
+            delay = self.delay(ch)
             self.assertEqual(delay, 10.0)
             self.reactor.advance(delay)
         status = ch.status()
@@ -444,9 +442,7 @@ class FaultMemoryTests(unittest.TestCase):
         self.assertEqual(len(logs.events), 2)
         self.assertEqual(len(logs.warnings()), 1)
         # A message proves the next connection at once.
-        protocol = ch._factory.buildProtocol(None)
-        protocol.makeConnection(FakeTransport())
-        protocol.dataReceived(b"hello\n")
+        self.accept(ch).send(b"hello\n")
         self.assertEqual(ch.status()["failedInRow"], 0)
         self.assertIn("again after", logs.events[-1]["log_format"])
         self.assertEqual(logs.events[-1]["n"], 20)
@@ -455,38 +451,32 @@ class FaultMemoryTests(unittest.TestCase):
     def test_protocolErrorBeforeProofIsAFailedAttempt(self):
         ch = self.make(maxPacket=5, reconnection_timeout=10.0)
         ch.start()
-        protocol = ch._factory.buildProtocol(None)
-        transport = FakeTransport()
-        protocol.makeConnection(transport)
-        protocol.dataReceived(b"far too long\n")
+        server = self.accept(ch)
+        transport = server.transport
+        server.send(b"far too long\n")
         self.assertTrue(transport.disconnecting)
-        protocol.connectionLost(Failure(error.ConnectionDone()))
-        ch._factory.clientConnectionLost(ch._factory.connector,
-                                         Failure(error.ConnectionDone()))
+        server.close()
         status = ch.status()
         self.assertEqual((status["state"], status["failures"], status["drops"],
                           status["errors"]), (WAITING, 1, 0, 1))
         self.assertIn("protocol error from 127.0.0.1:4000: message longer",
                       status["lastError"])
-        self.assertEqual(ch._factory.delay, 10.0)
+        self.assertEqual(self.delay(ch), 10.0)
 
     def test_protocolErrorAfterProofIsADrop(self):
         ch = self.make(maxPacket=5, reconnection_timeout=10.0)
         ch.start()
-        protocol = ch._factory.buildProtocol(None)
-        transport = FakeTransport()
-        protocol.makeConnection(transport)
+        server = self.accept(ch)
+        transport = server.transport
         self.reactor.advance(channels.BRIEF_CONNECTION + 1)
-        protocol.dataReceived(b"far too long\n")
+        server.send(b"far too long\n")
         self.assertTrue(transport.disconnecting)
-        protocol.connectionLost(Failure(error.ConnectionDone()))
-        ch._factory.clientConnectionLost(ch._factory.connector,
-                                         Failure(error.ConnectionDone()))
+        server.close()
         status = ch.status()
         self.assertEqual((status["state"], status["failures"], status["drops"],
                           status["errors"]), (WAITING, 0, 1, 1))
         self.assertIn("closed after a protocol error", status["lastError"])
-        self.assertEqual(ch._factory.delay, 0.5)  # a drop: retried soon
+        self.assertEqual(self.delay(ch), 0.5)  # a drop: retried soon
 
 
 class FailureNoticeTests(unittest.TestCase):

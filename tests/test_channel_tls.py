@@ -16,9 +16,10 @@ from twisted.trial import unittest
 from aiengine.broker import Broker
 from aiengine.channels import CONNECTED, CONNECTING, STOPPED, WAITING, Channel
 from aiengine.config import ConfigError
+from aiengine.testing import FakeTransport
 from tests.certs import makeCertificates
 from tests.test_channels import (
-    FakeTransport, LogCapture, LoopbackMixin, ServerFactory, makeConfig, stopInMemory,
+    LogCapture, LoopbackMixin, ServerFactory, makeConfig, stopInMemory,
 )
 
 
@@ -209,7 +210,7 @@ class TLSMemoryTests(unittest.TestCase):
         self.assertTrue(transport.aborted)
         protocol.connectionLost(
             Failure(error.ConnectionAborted()))
-        factory.clientConnectionLost(factory.connector,
+        factory.clientConnectionLost(None,
                                      Failure(error.ConnectionAborted()))
         status = ch.status()
         self.assertEqual((status["state"], status["failures"], status["connects"]),

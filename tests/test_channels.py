@@ -10,13 +10,11 @@ import random
 import socket
 
 from twisted.internet import defer, error, reactor, task
-from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import Factory
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import WrappingFactory
-from twisted.python.failure import Failure
 from twisted.trial import unittest
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -29,6 +27,7 @@ from aiengine.channels import (
 )
 from aiengine.config import ChannelConfig, ProtocolConfig, ProtocolSettings
 from aiengine.protocols.base import FramingProtocol
+from aiengine.testing import FakeServer, attempts, lastAttempt, stopChannel
 from tests.test_broker import Producer
 
 
@@ -377,23 +376,6 @@ class LoopbackTests(LoopbackMixin, unittest.TestCase):
 
 # -- fakes for memory-reactor tests -------------------------------------------
 
-class FakeTransport(StringTransport):
-    """A StringTransport that remembers keepalive and abort calls."""
-
-    def __init__(self):
-        StringTransport.__init__(self, IPv4Address("TCP", "127.0.0.1", 50000),
-                                 IPv4Address("TCP", "127.0.0.1", 4000))
-        self.keepalive = None
-        self.aborted = False
-
-    def setTcpKeepAlive(self, enable):
-        self.keepalive = enable
-
-    def abortConnection(self):
-        self.aborted = True
-        StringTransport.abortConnection(self)
-
-
 class RecordingFramer(FramingProtocol):
     """Each packet is a reply to ``out-1`` for session S1; records what is sent."""
 
@@ -411,15 +393,8 @@ class RecordingFramer(FramingProtocol):
         FramingProtocol.sendMessage(self, message, attributes)
 
 
-def stopInMemory(ch):
-    """Stop ``ch``; a StringTransport never reports its close, so do it here."""
-    d = ch.stop()
-    protocol = ch._protocol
-    if protocol is not None:
-        reason = Failure(error.ConnectionDone())
-        protocol.connectionLost(reason)
-        ch._factory.clientConnectionLost(ch._factory.connector, reason)
-    return d
+#: stop a channel of a memory-reactor test, closing its fake servers
+stopInMemory = stopChannel
 
 
 class MemoryHarness:
@@ -430,6 +405,7 @@ class MemoryHarness:
     def setUp(self):
         self.reactor = MemoryReactorClock()
         self.broker = Broker(self.reactor)
+        self.servers = {}  # the server end of each connection, by the client protocol
 
     def make(self, **kw):
         ch = Channel(makeConfig(**kw), self.broker, self.reactor)
@@ -437,26 +413,19 @@ class MemoryHarness:
         return ch
 
     def attempt(self, index=-1):
-        host, port, factory, timeout, bind = self.reactor.tcpClients[index]
-        return factory
+        return FakeServer(self.reactor, index).factory
 
     def succeed(self, ch, transport=None):
         """Complete the current attempt: build the protocol, connect it."""
-        factory = ch._factory
-        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 4000))
-        transport = transport or FakeTransport()
-        transport.protocol = protocol
-        protocol.makeConnection(transport)
-        return protocol, transport
+        server = lastAttempt(self.reactor, channel=ch).accept(transport)
+        self.servers[server.protocol] = server
+        return server.protocol, server.transport
 
     def drop(self, ch, protocol, reason=None):
-        reason = Failure(reason or error.ConnectionLost("peer went away"))
-        protocol.connectionLost(reason)
-        ch._factory.clientConnectionLost(ch._factory.connector, reason)
+        self.servers[protocol].close(reason or error.ConnectionLost("peer went away"))
 
     def refuse(self, ch):
-        ch._factory.clientConnectionFailed(ch._factory.connector,
-                                           Failure(error.ConnectionRefusedError()))
+        lastAttempt(self.reactor, channel=ch).refuse()
 
     def pendingDelay(self):
         calls = self.reactor.getDelayedCalls()
@@ -464,11 +433,14 @@ class MemoryHarness:
         return calls[0].getTime() - self.reactor.seconds()
 
     def countConnects(self, ch):
-        counter = []
-        connector = ch._connector
-        connector.connect = lambda: (counter.append(1),
-                                     ch._factory.startedConnecting(connector))
-        return counter
+        """Attempts from now on (len() of it)."""
+        reactor, start = self.reactor, attempts(self.reactor)
+
+        class Since:
+            def __len__(self):
+                return attempts(reactor) - start
+
+        return Since()
 
 
 
@@ -514,7 +486,6 @@ class MemoryTests(MemoryHarness, unittest.TestCase):
             self.assertTrue(3.6 <= delay <= 4.4, delay)
             self.reactor.advance(delay)
         protocol, transport = self.succeed(ch)
-        self.assertEqual(ch._factory.failures, 0)
         self.reactor.advance(5)  # up long enough to count as a real connection
         self.drop(ch, protocol)
         delay = self.pendingDelay()
@@ -758,6 +729,22 @@ class MemoryTests(MemoryHarness, unittest.TestCase):
         self.assertIs(self.successResultOf(again[0]), ch)
         self.assertEqual(ch.connects, 2)
 
+    def test_connectWhileClosingAttemptsWhenClosed(self):
+        # connect() before the old connection's close completes: the next
+        # attempt starts as soon as it does, with no retry delay.
+        ch = self.make(reconnection_timeout=30.0)
+        ch.start()
+        protocol, transport = self.succeed(ch)
+        connects = self.countConnects(ch)
+        ch.disconnect()
+        d = ch.connect()
+        self.assertEqual((len(connects), ch.state), (0, CONNECTING))
+        self.drop(ch, protocol, error.ConnectionDone())
+        self.assertEqual((len(connects), self.reactor.getDelayedCalls()), (1, []))
+        self.succeed(ch)
+        self.assertIs(self.successResultOf(d), ch)
+        self.assertEqual((ch.connects, ch.failures, ch.drops), (2, 0, 0))
+
     def test_protocolErrorCountedAndRemembered(self):
         ch = self.make(maxPacket=5)
         ch.start()
@@ -864,10 +851,10 @@ class MemoryTests(MemoryHarness, unittest.TestCase):
         ch = self.make(flush_timeout=5.0)
         ch.start()
         protocol, transport = self.succeed(ch)
-        protocol.gate.pauseProducing()
+        transport.producer.pauseProducing()
         ch.send(b"a")
         first = ch.stop()
-        protocol.gate.resumeProducing()  # flushed: the stop is closing now
+        transport.producer.resumeProducing()  # flushed: the stop is closing now
         second = ch.disconnect()
         third = ch.disconnect()
         self.drop(ch, protocol, error.ConnectionDone())
@@ -880,14 +867,14 @@ class MemoryTests(MemoryHarness, unittest.TestCase):
         ch.start()
         protocol, transport = self.succeed(ch)
         self.assertIs(transport.producer, protocol.gate)
-        protocol.gate.pauseProducing()  # what a full transport buffer does
+        transport.producer.pauseProducing()  # what a full transport buffer does
         ch.send(b"a")
         ch.send(b"b")
         self.assertEqual((transport.value(), ch.queued), (b"", 2))
         d = ch.stop()
         self.reactor.advance(2)
         self.assertNoResult(d)
-        protocol.gate.resumeProducing()
+        transport.producer.resumeProducing()
         self.assertEqual(transport.value(), b"a\nb\n")
         self.assertTrue(transport.disconnecting)
         self.drop(ch, protocol, error.ConnectionDone())
@@ -902,12 +889,12 @@ class MemoryTests(MemoryHarness, unittest.TestCase):
         protocol, transport = self.succeed(ch)
         publisher = StringTransport()
         self.broker.topic("out").registerProducer(publisher)
-        protocol.gate.pauseProducing()  # what a full transport buffer does
+        transport.producer.pauseProducing()  # what a full transport buffer does
         for n in range(10):
             self.broker.publish("out", b"%d" % n)
         self.assertEqual(publisher.producerState, "paused")
         self.assertEqual(ch.dropped, 0)
-        protocol.gate.resumeProducing()
+        transport.producer.resumeProducing()
         self.assertEqual(publisher.producerState, "producing")
         self.assertEqual(transport.value(), b"".join(b"%d\n" % n for n in range(10)))
         self.assertEqual(ch.dropped, 0)
@@ -926,10 +913,10 @@ class MemoryTests(MemoryHarness, unittest.TestCase):
         inbound.dataReceived(b"1\n2\n3\n")
         self.assertEqual(writes, [b"1\n2\n3\n"])
         self.assertEqual((a.messagesIn, b.messagesOut), (3, 3))
-        outbound.gate.pauseProducing()
+        transport.producer.pauseProducing()
         inbound.dataReceived(b"4\n5\n")  # queued: the server is not reading
         self.assertEqual(b.queued, 2)
-        outbound.gate.resumeProducing()
+        transport.producer.resumeProducing()
         inbound.dataReceived(b"6\n7\n")
         self.assertEqual(b"".join(writes), b"".join(b"%d\n" % n for n in range(1, 8)))
         self.assertEqual(self.broker.topic("relay").published, 7)
@@ -940,7 +927,7 @@ class MemoryTests(MemoryHarness, unittest.TestCase):
         protocol, transport = self.succeed(ch)
         publisher = StringTransport()
         self.broker.topic("out").registerProducer(publisher)
-        protocol.gate.pauseProducing()
+        transport.producer.pauseProducing()
         self.broker.publish("out", b"x")
         self.assertEqual(publisher.producerState, "paused")
         self.drop(ch, protocol)
@@ -951,7 +938,7 @@ class MemoryTests(MemoryHarness, unittest.TestCase):
         ch = self.make(flush_timeout=2.0)
         ch.start()
         protocol, transport = self.succeed(ch)
-        protocol.gate.pauseProducing()
+        transport.producer.pauseProducing()
         ch.send(b"a")
         d = ch.stop()
         self.reactor.advance(2.1)
@@ -1157,8 +1144,7 @@ class AttributeTests(unittest.TestCase):
         ch = Channel(config, self.broker, self.reactor)
         self.addCleanup(stopInMemory, ch)
         ch.start()
-        protocol = ch._factory.buildProtocol(None)
-        protocol.makeConnection(FakeTransport())
+        protocol = lastAttempt(self.reactor).accept().protocol
         framer, host, port = self.framers[0]
         self.assertEqual((host, port), ("example.org", 8080))
         request = self.broker.publish("out", b"GET", session="S1")
@@ -1191,8 +1177,7 @@ class AttributeTests(unittest.TestCase):
         ch = Channel(makeConfig(), self.broker, self.reactor)
         self.addCleanup(stopInMemory, ch)
         ch.start()
-        protocol = ch._factory.buildProtocol(None)
-        protocol.makeConnection(FakeTransport())
+        lastAttempt(self.reactor).accept()
         self.framers[0][0].sendMessage = boom
         ch.send(b"x")
         self.assertEqual(ch.errors, 1)
@@ -1226,3 +1211,26 @@ class ReconnectDelayTests(unittest.TestCase):
         delays = [reconnectDelay(10, 1, rng) for _ in range(50)]
         self.assertTrue(all(9.0 <= d <= 11.0 for d in delays))
         self.assertGreater(len(set(delays)), 40)
+
+
+class MachineTests(unittest.TestCase):
+    """The transition table refuses moves it does not have."""
+
+    def test_tableMovesAreAllowedOthersRefused(self):
+        from aiengine.channels.machine import (
+            STATES, TRANSITIONS, ChannelMachine, InvalidTransition)
+        for here in STATES:
+            for to in STATES:
+                machine = ChannelMachine()
+                machine.state = here
+                if (here, to) in TRANSITIONS:
+                    machine.move(to)
+                    self.assertEqual(machine.state, to)
+                else:
+                    e = self.assertRaises(InvalidTransition, machine.move, to)
+                    self.assertIn(f"from {here} to {to}", str(e))
+                    self.assertEqual(machine.state, here)
+
+    def test_connectedOnlyFromConnecting(self):
+        from aiengine.channels.machine import TRANSITIONS
+        self.assertEqual({a for a, b in TRANSITIONS if b == CONNECTED}, {CONNECTING})

@@ -1,7 +1,9 @@
 """Outbound channels ("active sockets"): connections aiengine opens to other servers.
 
-Each configured ``<channel>`` becomes a :class:`Channel` with its own
-``ReconnectingClientFactory``.  A channel frames its connection with the
+Each configured ``<channel>`` becomes a :class:`Channel`; its states and
+their moves are :mod:`aiengine.channels.machine`'s table, and it makes every
+connection attempt itself, when its policy says
+(:mod:`aiengine.channels.policy`).  A channel frames its connection with the
 configured protocol (:func:`aiengine.protocols.buildFramer`), writes the
 messages published on its ``topic-out`` (redirect-out) and publishes what it
 reads on its ``topic-in`` (redirect-in).  The media API reaches it directly:
@@ -49,13 +51,16 @@ from typing import Optional
 
 from twisted.internet import error
 from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
-from twisted.internet.protocol import ReconnectingClientFactory
+from twisted.internet.error import NotConnectingError
+from twisted.internet.protocol import ClientFactory
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from aiengine.channels.connection import CLOSE_GRACE, ChannelConnection, IConnectionOwner
 from aiengine.channels.inbox import Inbox
+from aiengine.channels.machine import (CONNECTED, CONNECTING, IDLE, STATES, STOPPED,
+                                       WAITING, ChannelMachine)
 from aiengine.channels.outbox import Deadline, Outbox
 from aiengine.channels.policy import FailureStreak, reconnectDelay
 from aiengine.logs import PeerSafeLogger
@@ -67,15 +72,6 @@ __all__ = [
     "STATES",
 ]
 
-CONNECTED = "connected"
-CONNECTING = "connecting"
-#: waiting for the next connection attempt (permanent channels)
-WAITING = "waiting"
-#: on-demand channel without a connection
-IDLE = "idle"
-#: not started, stopped, or disconnected on request
-STOPPED = "stopped"
-STATES = (CONNECTED, CONNECTING, WAITING, IDLE, STOPPED)
 
 #: log the first drop and then every this many
 DROP_LOG_EVERY = 100
@@ -109,27 +105,19 @@ class _FramerLogger(PeerSafeLogger):
         PeerSafeLogger.emit(self, level, format, **kwargs)
 
 
-class _ChannelFactory(ReconnectingClientFactory):
-    """The channel's ``ReconnectingClientFactory``.
+class _AttemptFactory(ClientFactory):
+    """Builds each attempt's connection and reports how attempts end to
+    ``channel`` (the :class:`Channel` it belongs to).
 
-    ``continueTrying`` is on only for permanent channels that should be up;
-    the delay comes from :func:`reconnectDelay`, with ``failures`` reset by
-    :meth:`resetDelay` on every successful connection.
+    When to try again is the channel's to decide (its policy:
+    :func:`~aiengine.channels.policy.reconnectDelay`), so this is a plain
+    ``ClientFactory``, not a ``ReconnectingClientFactory`` with its own.
     """
 
     noisy = False
-    jitter = 0  # reconnectDelay has its own
-    factor = 1.0
-    continueTrying = 0
 
     def __init__(self, channel):
         self.channel = channel
-        self.clock = channel.reactor
-        self.failures = 0
-        # The module's shared generator: one of its own per channel would cost
-        # 2.5 KB and a seeding from the system each.
-        self.random = _random
-        self.protocol = None
 
     def buildProtocol(self, addr):
         channel = self.channel
@@ -140,66 +128,17 @@ class _ChannelFactory(ReconnectingClientFactory):
 
     # ProtocolWrapper's registration hooks.
     def registerProtocol(self, p):
-        self.protocol = p
         self.channel._protocol = p
 
     def unregisterProtocol(self, p):
-        if self.protocol is p:
-            self.protocol = None
         if self.channel._protocol is p:
             self.channel._protocol = None
 
-    def startedConnecting(self, connector):
-        self.connector = connector
-
     def clientConnectionFailed(self, connector, reason):
-        self.connector = connector
-        self.failures += 1
         self.channel._attemptFailed(reason)
 
     def clientConnectionLost(self, connector, reason):
-        self.connector = connector
         self.channel._afterConnectionLost(reason)
-
-    def resetDelay(self):
-        """After a successful connection: the next drop retries soon again."""
-        keep = self.continueTrying  # RCF turns it on; on-demand channels keep it off
-        ReconnectingClientFactory.resetDelay(self)
-        self.continueTrying = keep
-        self.failures = 0
-
-    def retry(self, connector=None) -> Optional[float]:
-        """Schedule the next attempt; returns its delay (None when not trying)."""
-        if not self.continueTrying:
-            return None
-        if connector is None:
-            connector = self.connector
-        if connector is None:
-            raise ValueError("no connector to retry")
-        self.retries += 1
-        self.delay = reconnectDelay(self.channel.config.reconnection_timeout,
-                                    self.failures, self.random)
-
-        def reconnector():
-            self._callID = None
-            self.channel._reconnecting()
-            connector.connect()
-
-        self._callID = self.clock.callLater(self.delay, reconnector)
-        return self.delay
-
-    def cancelRetry(self):
-        """Forget a scheduled attempt, if any."""
-        if self._callID is not None:
-            if self._callID.active():
-                self._callID.cancel()
-            self._callID = None
-
-    def retryTime(self) -> Optional[float]:
-        """When the scheduled attempt runs (reactor seconds), or None."""
-        if self._callID is not None and self._callID.active():
-            return self._callID.getTime()
-        return None
 
 
 class _StopFlush:
@@ -224,7 +163,7 @@ class Channel:
     :raises ConfigError: ``tls.ca`` holds no usable certificate.
     """
 
-    def __init__(self, config, broker, reactor=None):
+    def __init__(self, config, broker, reactor=None, random=None):
         if reactor is None:
             from twisted.internet import reactor
         self.name = config.name
@@ -233,7 +172,7 @@ class Channel:
         self.reactor = reactor
         self.log = PeerSafeLogger(namespace=f"ActiveSocket::{self.name}")
         self._framerLog = _FramerLogger(self)
-        self.state = STOPPED
+        self._machine = ChannelMachine()
         self.connects = 0
         self.failures = 0
         self.drops = 0
@@ -254,15 +193,21 @@ class Channel:
         self._host = host
         self._tlsName = config.tls_hostname or host
         self._tlsOptions = clientTLSOptions(config, host) if config.tls else None
-        self._factory = _ChannelFactory(self)
+        self._factory = _AttemptFactory(self)
+        # The attempt in progress (or the last one).
         self._connector = None
+        # The next attempt, when one is scheduled (WAITING).
+        self._retryCall = None
+        # Failed attempts in a row, for the retry delay (reset when a
+        # connection is made, and by connect()).
+        self._failedAttempts = 0
+        # The module's shared generator by default: one per channel would
+        # cost 2.5 KB and a seeding from the system each.
+        self._random = _random if random is None else random
         self._protocol: Optional[ChannelConnection] = None
         self._framer = None
         self._producer = None
         self._subscription = None
-        # True while the channel must not connect: before start, after
-        # stop() or disconnect(), until connect().
-        self._held = True
         self._connectWaiters: list = []
         self._closeWaiters: list = []
         # How the last connection ended: (kind, description), kind one of
@@ -371,9 +316,13 @@ class Channel:
 
     # -- lifecycle ---------------------------------------------------------
 
+    @property
+    def state(self) -> str:
+        """One of :data:`~aiengine.channels.machine.STATES`."""
+        return self._machine.state
+
     def start(self) -> None:
         """Begin: subscribe to topic-out; a permanent channel connects now."""
-        self._held = False
         self._subscribe()
         if self.config.redirect_in and not self.config.topic_in:
             self.log.warn("redirect-in is on but no topic-in is configured: inbound "
@@ -383,9 +332,9 @@ class Channel:
                           "not checked, anyone on the way can pose as the server",
                           host=self._host, port=self.config.port)
         if self.config.permanent:
-            self._beginConnecting()
+            self._beginConnecting(resume=True)
         elif self.state == STOPPED:
-            self.state = IDLE
+            self._machine.move(IDLE)
             if self._outbox:
                 self._beginConnecting()
 
@@ -431,14 +380,13 @@ class Channel:
         """
         if self._stopping is not None:
             return fail(ChannelStopped(f"channel {self.name} is stopping"))
-        self._held = False
         self._subscribe()
-        self._factory.failures = 0  # asked for: start the delays over
+        self._failedAttempts = 0  # asked for: start the delays over
         if self.state == CONNECTED and self._canWrite():
             return succeed(self)
         d = Deferred()
         self._connectWaiters.append(d)
-        self._beginConnecting()
+        self._beginConnecting(resume=True)
         return d
 
     def _subscribe(self):
@@ -452,9 +400,15 @@ class Channel:
             batchCallback=self._fromTopicOutBatch)
 
     def _shutDown(self, why, grace=CLOSE_GRACE):
-        self._held = True
-        self._factory.stopTrying()  # may report a cancelled attempt right here
-        self.state = STOPPED
+        self._cancelRetry()
+        attempting = self.state == CONNECTING and self._protocol is None
+        self._machine.move(STOPPED)
+        if attempting and self._connector is not None:
+            try:
+                # Reports the cancelled attempt (clientConnectionFailed) here.
+                self._connector.stopConnecting()
+            except NotConnectingError:
+                pass
         self._failConnectWaiters(ChannelStopped(f"channel {self.name} {why}"))
         if self._protocol is None:
             return succeed(None)
@@ -463,43 +417,58 @@ class Channel:
         self._protocol.close(grace)
         return d
 
-    def _beginConnecting(self):
-        if self._held or self.state in (CONNECTING, CONNECTED):
+    def _beginConnecting(self, resume=False):
+        """Connect, unless already connecting or connected; a stopped channel
+        only when ``resume`` (start() and connect() are asked to)."""
+        state = self.state
+        if state in (CONNECTING, CONNECTED) or (state == STOPPED and not resume):
             return
-        factory = self._factory
-        factory.continueTrying = 1 if self.config.permanent else 0
-        factory.cancelRetry()
-        self.state = CONNECTING
+        self._cancelRetry()
+        self._machine.move(CONNECTING)
         if self._protocol is not None:
             # The old connection is still closing; its end starts the next.
             return
-        connector = self._connector
-        if connector is None:
-            config = self.config
-            if config.tls:
-                self.log.info("connecting to {host}:{port} with TLS ({check})",
-                              host=self._host, port=config.port,
-                              check=(f"certificate checked for {self._tlsName!r}"
-                                     if config.tls_verify else "certificate NOT checked"))
-                self._connector = self.reactor.connectSSL(
-                    self._host, config.port, factory, self._tlsOptions,
-                    timeout=config.connect_timeout)
-            else:
-                # No "connecting" line: "connected to" or the failure follows,
-                # and with thousands of channels every start-up line counts.
-                self._connector = self.reactor.connectTCP(
-                    self._host, config.port, factory, timeout=config.connect_timeout)
-            factory.connector = self._connector
-        elif getattr(connector, "state", "disconnected") == "disconnected":
-            connector.connect()
+        self._attempt()
 
-    def _reconnecting(self):
-        self.state = CONNECTING
+    def _attempt(self):
+        """Start one connection attempt (the reactor reports its outcome to
+        the factory)."""
+        config = self.config
+        if config.tls:
+            self.log.info("connecting to {host}:{port} with TLS ({check})",
+                          host=self._host, port=config.port,
+                          check=(f"certificate checked for {self._tlsName!r}"
+                                 if config.tls_verify else "certificate NOT checked"))
+            self._connector = self.reactor.connectSSL(
+                self._host, config.port, self._factory, self._tlsOptions,
+                timeout=config.connect_timeout)
+        else:
+            # No "connecting" line: "connected to" or the failure follows,
+            # and with thousands of channels every start-up line counts.
+            self._connector = self.reactor.connectTCP(
+                self._host, config.port, self._factory, timeout=config.connect_timeout)
+
+    def _scheduleRetry(self) -> float:
+        """The next attempt, after the policy's delay; returns the delay."""
+        delay = reconnectDelay(self.config.reconnection_timeout, self._failedAttempts,
+                               self._random)
+        self._retryCall = self.reactor.callLater(delay, self._retryDue)
+        return delay
+
+    def _retryDue(self):
+        self._retryCall = None
+        self._machine.move(CONNECTING)
+        self._attempt()
+
+    def _cancelRetry(self):
+        call, self._retryCall = self._retryCall, None
+        if call is not None and call.active():
+            call.cancel()
 
     # -- stopping with queued messages ------------------------------------------
 
     def _mayFlushOnStop(self):
-        if self.config.flush_timeout <= 0 or self._held:
+        if self.config.flush_timeout <= 0 or self.state == STOPPED:
             return False
         return self.state in (CONNECTED, CONNECTING, WAITING) or (
             not self.config.permanent and self.state == IDLE)
@@ -531,8 +500,8 @@ class Channel:
             return
         if self.state == CONNECTING:
             return
-        retryAt = self._factory.retryTime()
-        if retryAt is None or retryAt >= flush.deadline.getTime():
+        retry = self._retryCall
+        if retry is None or retry.getTime() >= flush.deadline.getTime():
             # No further attempt within the window.
             self._finishStop()
 
@@ -765,13 +734,13 @@ class Channel:
     def framerConnected(self, framer):
         """The connection is up: send what is queued, then wake connect() callers."""
         self._framer = framer
-        self._factory.resetDelay()
-        if self._held:
+        self._failedAttempts = 0
+        if self.state == STOPPED:
             # stop()/disconnect() came while the attempt was finishing.
             self._protocol.close()
             return
         self.connects += 1
-        self.state = CONNECTED
+        self._machine.move(CONNECTED)
         if self._streak.count:
             # Not a recovery yet, and not logged: a server that accepts and
             # hangs up would make a pair of lines per attempt.
@@ -887,7 +856,7 @@ class Channel:
             self._producer = None
         clean = bool(reason.check(error.ConnectionDone))
         address = f"{self._host}:{self.config.port}"
-        if self._held or connection.closedByUs:
+        if self.state == STOPPED or connection.closedByUs:
             self._lost = ("ours", "closed" if clean else reason.getErrorMessage())
             return
         if reason.check(error.ConnectionLost) and connection.failReason is None:
@@ -937,36 +906,36 @@ class Channel:
     def _decideAfterLoss(self):
         kind, why = self._lost
         self._lost = ("ours", "closed")
-        if self._held:
-            self.state = STOPPED
+        if self.state == STOPPED:
             self.log.info("disconnected from {host}:{port}: {why}", host=self._host,
                           port=self.config.port, why=why)
             return
         if kind == "failed":
-            self._factory.failures += 1
             self._failed(why, Failure(error.ConnectError(string=why)))
             return
+        if self.state == CONNECTING:
+            # connect() came while this connection was closing: go on now.
+            self.log.info("disconnected from {host}:{port}: {why}", host=self._host,
+                          port=self.config.port, why=why)
+            self._attempt()
+            return
         if not self.config.permanent:
-            self.state = IDLE
+            self._machine.move(IDLE)
             self.log.info("disconnected from {host}:{port}: {why}", host=self._host,
                           port=self.config.port, why=why)
             if self._outbox or self._connectWaiters:
                 self._beginConnecting()
             self._stopFlushProgress()
             return
-        delay = self._factory.retry()
-        if delay is None:
-            self.state = STOPPED
-            return
-        self.state = WAITING
+        delay = self._scheduleRetry()
+        self._machine.move(WAITING)
         self.log.info("disconnected from {host}:{port}: {why}; reconnecting in "
                       "{delay:.2f} s", host=self._host, port=self.config.port, why=why,
                       delay=delay)
         self._stopFlushProgress()
 
     def _attemptFailed(self, reason):
-        if self._held:
-            self.state = STOPPED
+        if self.state == STOPPED:
             self.log.info("connection attempt cancelled")
             return
         why = f"cannot connect to {self._host}:{self.config.port}: {describeFailure(reason)}"
@@ -975,13 +944,14 @@ class Channel:
     def _failed(self, why, reason):
         """A failed attempt: count it, retry per policy, log per :func:`failureNotice`."""
         self.failures += 1
+        self._failedAttempts += 1
         self.lastError = why
         if self.config.permanent:
-            delay = self._factory.retry()
-            self.state = STOPPED if delay is None else WAITING
-            then = ("" if delay is None else f"; next attempt in {delay:.2f} s")
+            delay = self._scheduleRetry()
+            self._machine.move(WAITING)
+            then = f"; next attempt in {delay:.2f} s"
         else:
-            self.state = IDLE
+            self._machine.move(IDLE)
             then = f"; {len(self._outbox)} message(s) stay queued until the next send"
             self._failConnectWaiters(reason)
         self._streak.failed(why, then)
