@@ -62,7 +62,8 @@ from aiengine.channels.inbox import Inbox
 from aiengine.channels.machine import (CONNECTED, CONNECTING, IDLE, STATES, STOPPED,
                                        WAITING, ChannelMachine)
 from aiengine.channels.outbox import Deadline, Outbox
-from aiengine.channels.policy import FailureStreak, reconnectDelay
+from aiengine.channels.policy import (DROPPED, FAILED, IDLE_END, OURS, FailureStreak,
+                                      classifyEnd, reconnectDelay)
 from aiengine.logs import PeerSafeLogger
 from aiengine.protocols.base import IMessageReceiver
 from aiengine.tls import clientTLSOptions, describeFailure
@@ -210,9 +211,8 @@ class Channel:
         self._subscription = None
         self._connectWaiters: list = []
         self._closeWaiters: list = []
-        # How the last connection ended: (kind, description), kind one of
-        # "ours", "idle", "dropped", "failed".
-        self._lost = ("ours", "closed")
+        # How the last connection ended: classifyEnd's (kind, description).
+        self._lost = (OURS, "closed")
         # The current streak of failed attempts, and its log lines.
         self._streak = FailureStreak(reactor, self.log)
         self._stopping: Optional[_StopFlush] = None
@@ -836,7 +836,8 @@ class Channel:
         self._streak.ended(f"{self._host}:{self.config.port}")
 
     def connectionClosed(self, connection, reason):
-        """Classify how ``connection`` ended, for :meth:`_decideAfterLoss`."""
+        """Count how ``connection`` ended (:func:`classifyEnd`), for
+        :meth:`_decideAfterLoss`."""
         self._framer = None
         self._bytesIn += connection.bytesIn
         self._bytesOut += connection.bytesOut
@@ -854,44 +855,18 @@ class Channel:
         if self._producer is not None:
             self._topicIn.unregisterProducer(self._producer)
             self._producer = None
-        clean = bool(reason.check(error.ConnectionDone))
         address = f"{self._host}:{self.config.port}"
-        if self.state == STOPPED or connection.closedByUs:
-            self._lost = ("ours", "closed" if clean else reason.getErrorMessage())
+        kind, why = self._lost = classifyEnd(connection, reason, address, self._tlsName,
+                                             ours=self.state == STOPPED)
+        if kind == OURS:
             return
         if reason.check(error.ConnectionLost) and connection.failReason is None:
             self.resets += 1  # the peer reset it (or died)
-        if connection.idleClosed:
+        if kind == IDLE_END:
             self.idleCloses += 1
-            self._lost = ("idle", "idle timeout")
-        elif connection.isProven(clean):
+        elif kind == DROPPED:
             self.drops += 1
-            if connection.protocolFailure is not None:
-                why = f"closed after a protocol error: {connection.protocolFailure}"
-            elif clean:
-                why = "closed by the server"
-            else:
-                why = reason.getErrorMessage()
             self.lastError = f"connection to {address} lost: {why}"
-            self._lost = ("dropped", why)
-        elif connection.failReason is not None:
-            self._lost = ("failed", f"connection to {address} failed: "
-                                    f"{connection.failReason}")
-        elif not connection.up:
-            self._lost = ("failed", f"connection to {address} failed: " + describeFailure(
-                reason, self._tlsName, connection.verifyResult))
-        elif connection.protocolFailure is not None:
-            self._lost = ("failed", f"protocol error from {address}: "
-                                    f"{connection.protocolFailure}")
-        elif clean:
-            self._lost = ("failed", f"connection to {address} closed by the server "
-                                    f"right after it was made")
-        elif connection.bytesIn:
-            self._lost = ("failed", f"connection to {address} lost before a whole "
-                                    f"message arrived: {reason.getErrorMessage()}")
-        else:
-            self._lost = ("failed", f"connection to {address} lost right after it "
-                                    f"was made: {reason.getErrorMessage()}")
 
     def _afterConnectionLost(self, reason):
         try:
@@ -905,12 +880,12 @@ class Channel:
 
     def _decideAfterLoss(self):
         kind, why = self._lost
-        self._lost = ("ours", "closed")
+        self._lost = (OURS, "closed")
         if self.state == STOPPED:
             self.log.info("disconnected from {host}:{port}: {why}", host=self._host,
                           port=self.config.port, why=why)
             return
-        if kind == "failed":
+        if kind == FAILED:
             self._failed(why, Failure(error.ConnectError(string=why)))
             return
         if self.state == CONNECTING:

@@ -6,7 +6,12 @@ from __future__ import annotations
 import random as _random
 from typing import Optional
 
-__all__ = ["reconnectDelay", "failureNotice", "FailureStreak", "MIN_FAILED_DELAY",
+from twisted.internet import error
+
+from aiengine.tls import describeFailure
+
+__all__ = ["reconnectDelay", "failureNotice", "FailureStreak", "classifyEnd",
+           "OURS", "IDLE_END", "DROPPED", "FAILED", "MIN_FAILED_DELAY",
            "BRIEF_CONNECTION", "REMIND_INTERVAL", "FIRST", "CHANGED", "REMINDER"]
 
 #: shortest wait after a failed attempt, so a zero timeout cannot spin
@@ -18,10 +23,50 @@ BRIEF_CONNECTION = 1.0
 #: seconds between "still failing" reminders while a channel keeps failing
 REMIND_INTERVAL = 300.0
 
+#: how a connection ended (:func:`classifyEnd`): closed by us, by its idle
+#: timer, a working connection lost, or a failed attempt
+OURS = "ours"
+IDLE_END = "idle"
+DROPPED = "dropped"
+FAILED = "failed"
+
 #: what :func:`failureNotice` asks to log
 FIRST = "first"
 CHANGED = "changed"
 REMINDER = "reminder"
+
+
+def classifyEnd(connection, reason, address: str, tlsName: Optional[str] = None,
+                ours: bool = False) -> tuple:
+    """How ``connection`` (a :class:`~aiengine.channels.connection.ChannelConnection`)
+    ended, from what it recorded and the ``reason`` Failure: ``(kind,
+    description)``, kind one of :data:`OURS`, :data:`IDLE_END`,
+    :data:`DROPPED` (a working connection lost: retried soon) and
+    :data:`FAILED` (an attempt that did not prove itself: retried after the
+    reconnection timeout).  ``ours``: the channel was stopping.
+    """
+    clean = bool(reason.check(error.ConnectionDone))
+    if ours or connection.closedByUs:
+        return OURS, "closed" if clean else reason.getErrorMessage()
+    if connection.idleClosed:
+        return IDLE_END, "idle timeout"
+    if connection.isProven(clean):
+        if connection.protocolFailure is not None:
+            return DROPPED, f"closed after a protocol error: {connection.protocolFailure}"
+        return DROPPED, "closed by the server" if clean else reason.getErrorMessage()
+    if connection.failReason is not None:
+        why = f"failed: {connection.failReason}"
+    elif not connection.up:
+        why = "failed: " + describeFailure(reason, tlsName, connection.verifyResult)
+    elif connection.protocolFailure is not None:
+        return FAILED, f"protocol error from {address}: {connection.protocolFailure}"
+    elif clean:
+        why = "closed by the server right after it was made"
+    elif connection.bytesIn:
+        why = f"lost before a whole message arrived: {reason.getErrorMessage()}"
+    else:
+        why = f"lost right after it was made: {reason.getErrorMessage()}"
+    return FAILED, f"connection to {address} {why}"
 
 
 def reconnectDelay(timeout: float, failures: int, random=None) -> float:
