@@ -2,14 +2,15 @@
 
 A server that refuses, accepts and closes, accepts and never reads, answers
 garbage or resets mid-message; DNS that fails; a subscriber that raises.
-Real loopback servers on 127.0.0.1 (port 0 or a port just freed) where
-sockets are the point, a ``MemoryReactorClock`` for the long runs (100
-refused attempts, reminders).
+Real loopback servers on 127.0.0.1 (port 0, or a port the test holds until
+its server starts) where sockets are the point, a fake resolver on the
+reactor for DNS (no real lookup), a ``MemoryReactorClock`` for the long runs
+(100 refused attempts, reminders).
 """
 
 import random
 
-from twisted.internet import defer, error, reactor, task, tcp
+from twisted.internet import defer, error, reactor, task
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel
@@ -23,6 +24,7 @@ from aiengine.channels import (
 )
 from aiengine.config import ChannelConfig, ProtocolConfig, ProtocolSettings
 from aiengine.testing import lastAttempt
+from tests.support import fakeDNS
 from tests.test_channels import LogCapture, LoopbackMixin, makeConfig, stopInMemory
 
 
@@ -106,27 +108,6 @@ class FaultHTTPServer(FaultServer):
     protocol = FaultHTTP
 
 
-class ResolvingReactor:
-    """The real reactor, except that host names are resolved by ``answer``.
-
-    Injected into one channel, it fakes DNS for that channel only.
-    """
-
-    def __init__(self, answer):
-        self.answer = answer
-
-    def __getattr__(self, name):
-        return getattr(reactor, name)
-
-    def resolve(self, name, timeout=(1, 3, 11, 45)):
-        return defer.maybeDeferred(self.answer, name)
-
-    def connectTCP(self, host, port, factory, timeout=30, bindAddress=None):
-        connector = tcp.Connector(host, port, factory, timeout, bindAddress, self)
-        connector.connect()
-        return connector
-
-
 class FaultLoopbackTests(LoopbackMixin, unittest.TestCase):
     """Each fault against a real socket, then the server gets well."""
 
@@ -152,16 +133,16 @@ class FaultLoopbackTests(LoopbackMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def test_refusingServer(self):
         logs = LogCapture(self)
-        port = yield self.freePort()
+        reserved = self.reservePort()
         broker = Broker(reactor)
-        ch = self.channel(self.config(port), broker)
+        ch = self.channel(self.config(reserved.port), broker)
         ch.start()
         yield self.waitFor(lambda: ch.failures >= 5, what="five refused attempts")
         self.assertEqual(len(logs.warnings()), 1)
         self.assertIn("refused", ch.lastError)
         self.assertEqual(ch.status()["failedInRow"], ch.failures)
 
-        self.listen(FaultServer(), port)
+        self.listen(FaultServer(), reserved)
         yield self.waitFor(lambda: ch.state == CONNECTED, what="connected")
         failed = ch.failures
         yield self.echoes(broker)
@@ -290,11 +271,15 @@ class FaultLoopbackTests(LoopbackMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def test_dnsFailsForInvalidName(self):
         logs = LogCapture(self)
-        # RFC 2606: .invalid never resolves.  connect-timeout bounds a slow resolver.
+        # The reactor's resolver knows no name (RFC 2606: .invalid never
+        # resolves anyway); the channel connects by name as configured.
+        dns = fakeDNS(self, lambda name: None)
         ch = self.channel(self.config(4000, host="aiengine-test.invalid",
                                       connect_timeout=1.0))
         ch.start()
         yield self.waitFor(lambda: ch.failures >= 3, timeout=3, what="failed lookups")
+        self.assertEqual(set(dns.lookups), {"aiengine-test.invalid"})
+        self.assertGreaterEqual(len(dns.lookups), 3)
         self.assertIn("aiengine-test.invalid", ch.lastError)
         self.assertIn("DNS lookup failed", ch.lastError)
         self.assertIn(ch.state, (WAITING, CONNECTING))
@@ -308,14 +293,11 @@ class FaultLoopbackTests(LoopbackMixin, unittest.TestCase):
 
         def answer(name):
             lookups.append(name)
-            if len(lookups) <= 3:
-                raise error.DNSLookupError(f"no such name {name}")
-            return "127.0.0.1"
+            return None if len(lookups) <= 3 else "127.0.0.1"
 
+        fakeDNS(self, answer)
         broker = Broker(reactor)
-        ch = Channel(self.config(port, host="service.example"), broker,
-                     ResolvingReactor(answer))
-        self.addCleanup(ch.stop)
+        ch = self.channel(self.config(port, host="service.example"), broker)
         ch.start()
         yield self.waitFor(lambda: ch.state == CONNECTED, what="connected")
         self.assertEqual(lookups, ["service.example"] * 4)

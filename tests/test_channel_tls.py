@@ -10,6 +10,7 @@ import os
 from twisted.internet import defer, error, reactor, ssl
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import MemoryReactorClock
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -33,8 +34,17 @@ class TLSLoopbackTests(LoopbackMixin, unittest.TestCase):
         with open(self.certs["certificate"]) as c, open(self.certs["key"]) as k:
             self.serverTLS = ssl.PrivateCertificate.loadPEM(c.read() + k.read()).options()
 
-    def listenTLS(self, factory, port=0):
-        listening = reactor.listenSSL(port, factory, self.serverTLS, interface="127.0.0.1")
+    def listenTLS(self, factory, reserved=None):
+        """Serve ``factory`` with TLS on a new port, or on ``reserved`` (see
+        :meth:`~tests.test_channels.LoopbackMixin.reservePort`)."""
+        if reserved is None:
+            listening = reactor.listenSSL(0, factory, self.serverTLS,
+                                          interface="127.0.0.1")
+        else:
+            # What listenSSL listens with: TLS wrapped around the factory.
+            tlsFactory = TLSMemoryBIOFactory(self.serverTLS, False, factory)
+            tlsFactory.noisy = False
+            listening = reserved.listen(tlsFactory)
 
         def cleanup():
             for conn in list(factory.open):
@@ -138,12 +148,13 @@ class TLSLoopbackTests(LoopbackMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def test_silentServerHandshakeTimesOutThenRecovers(self):
         # A plain TCP server that accepts and never answers the ClientHello.
+        # Held across the restart: nobody else can take the port meanwhile.
+        reserved = self.reservePort(restartable=True)
         silent = ServerFactory(echo=False)
-        listening = self.listen(silent)
-        port = listening.getHost().port
+        listening = self.listen(silent, reserved)
         broker = Broker(reactor)
-        ch = self.channel(self.tlsConfig(port, connect_timeout=0.2, **self.topics()),
-                          broker)
+        ch = self.channel(self.tlsConfig(reserved.port, connect_timeout=0.2,
+                                         **self.topics()), broker)
         ch.start()
         yield self.waitFor(lambda: ch.failures >= 2, what="handshake timeouts")
         self.assertIn("TLS handshake did not complete within 0.2 s", ch.lastError)
@@ -153,7 +164,7 @@ class TLSLoopbackTests(LoopbackMixin, unittest.TestCase):
         yield listening.stopListening()
         for conn in list(silent.open):
             conn.transport.loseConnection()
-        self.listenTLS(ServerFactory(echo=True), port)
+        self.listenTLS(ServerFactory(echo=True), reserved)
         yield self.waitFor(lambda: ch.state == CONNECTED, timeout=3, what="connected")
         yield self.roundTrip(ch, broker)
         self.assertEqual(ch.status()["failedInRow"], 0)

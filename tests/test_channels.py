@@ -28,6 +28,7 @@ from aiengine.channels import (
 from aiengine.config import ChannelConfig, ProtocolConfig, ProtocolSettings
 from aiengine.protocols.base import FramingProtocol
 from aiengine.testing import FakeServer, attempts, lastAttempt, stopChannel
+from tests.support import ReservedPort, pendingCalls
 from tests.test_broker import Producer
 
 
@@ -94,8 +95,13 @@ class ServerFactory(Factory):
 class LoopbackMixin:
     """Servers on 127.0.0.1 and channels on the real reactor, cleaned up."""
 
-    def listen(self, factory, port=0):
-        listening = reactor.listenTCP(port, factory, interface="127.0.0.1")
+    def listen(self, factory, reserved=None):
+        """Serve ``factory`` on a new port, or on ``reserved`` (a
+        :class:`~tests.support.ReservedPort` from :meth:`reservePort`)."""
+        if reserved is None:
+            listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        else:
+            listening = reserved.listen(factory)
 
         def cleanup():
             for conn in list(factory.open):
@@ -106,12 +112,12 @@ class LoopbackMixin:
         self.addCleanup(cleanup)
         return listening
 
-    @defer.inlineCallbacks
-    def freePort(self):
-        listening = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
-        port = listening.getHost().port
-        yield listening.stopListening()
-        return port
+    def reservePort(self, restartable=False):
+        """A port held for this test: refused until :meth:`listen` serves on
+        it, and nobody else's meanwhile (see :class:`~tests.support.ReservedPort`)."""
+        reserved = ReservedPort(restartable)
+        self.addCleanup(reserved.close)
+        return reserved
 
     def channel(self, config, broker=None):
         broker = broker or Broker(reactor)
@@ -126,6 +132,24 @@ class LoopbackMixin:
             if reactor.seconds() > deadline:
                 self.fail(f"timed out waiting for {what}")
             yield task.deferLater(reactor, 0.01, lambda: None)
+
+    @defer.inlineCallbacks
+    def assertNoAttempt(self, ch, server, seconds=0.1):
+        """``ch`` does not connect by itself.
+
+        The proof does not depend on timing: it is not connecting (every
+        attempt starts in CONNECTING) and nothing of aiengine's is scheduled
+        (no retry timer), so nothing can start an attempt without a call
+        from outside.  The short wait then lets real sockets agree: the
+        server sees no new connection.
+        """
+        before = (ch.state, ch.connects, ch.failures, len(server.connections))
+        self.assertNotIn(ch.state, (CONNECTING, CONNECTED))
+        self.assertEqual(pendingCalls(), [])
+        yield task.deferLater(reactor, seconds, lambda: None)
+        self.assertEqual((ch.state, ch.connects, ch.failures, len(server.connections)),
+                         before)
+        self.assertEqual(pendingCalls(), [])
 
 
 class LoopbackTests(LoopbackMixin, unittest.TestCase):
@@ -163,26 +187,27 @@ class LoopbackTests(LoopbackMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_refusedThenServerStartsOnSamePort(self):
-        port = yield self.freePort()
-        ch = self.channel(makeConfig(port, reconnection_timeout=0.2))
+        reserved = self.reservePort()
+        ch = self.channel(makeConfig(reserved.port, reconnection_timeout=0.2))
         ch.start()
         yield self.waitFor(lambda: ch.failures >= 1 and ch.state == WAITING,
                            what="a failed attempt")
         self.assertIn("cannot connect", ch.status()["lastError"])
         self.assertEqual(ch.connects, 0)
         server = ServerFactory()
-        self.listen(server, port)
+        self.listen(server, reserved)
         yield self.waitFor(lambda: ch.state == CONNECTED, what="connected")
         self.assertEqual(ch.connects, 1)
         yield self.waitFor(lambda: len(server.connections) == 1, what="server side")
 
     @defer.inlineCallbacks
     def test_serverRestartDeliversOutageMessagesInOrder(self):
+        # Held across the restart: nobody else can take the port meanwhile.
+        reserved = self.reservePort(restartable=True)
         server = ServerFactory(echo=False)
-        listening = self.listen(server)
-        port = listening.getHost().port
+        listening = self.listen(server, reserved)
         broker = Broker(reactor)
-        ch = self.channel(makeConfig(port, redirect_out=True, topic_out="out",
+        ch = self.channel(makeConfig(reserved.port, redirect_out=True, topic_out="out",
                                      reconnection_timeout=0.2), broker)
         ch.start()
         yield self.waitFor(lambda: ch.state == CONNECTED, what="connected")
@@ -200,7 +225,7 @@ class LoopbackTests(LoopbackMixin, unittest.TestCase):
         self.assertEqual(ch.queued, 3)
 
         restarted = ServerFactory(echo=False)
-        self.listen(restarted, port)
+        self.listen(restarted, reserved)
         yield self.waitFor(lambda: len(restarted.lines) == 3, what="queued messages")
         self.assertEqual(restarted.lines, [b"b", b"c", b"d"])
         self.assertEqual(ch.connects, 2)
@@ -241,7 +266,7 @@ class LoopbackTests(LoopbackMixin, unittest.TestCase):
                                      reconnection_timeout=0.05))
         ch.start()
         self.assertEqual(ch.state, IDLE)
-        yield task.deferLater(reactor, 0.1, lambda: None)
+        yield self.assertNoAttempt(ch, server)
         self.assertEqual(server.connections, [])
 
         ch.send(b"ping")
@@ -252,7 +277,7 @@ class LoopbackTests(LoopbackMixin, unittest.TestCase):
         yield self.waitFor(lambda: ch.state == IDLE, what="idle close")
         yield server.connections[0].lost
         # No reconnect by itself.
-        yield task.deferLater(reactor, 0.3, lambda: None)
+        yield self.assertNoAttempt(ch, server)
         self.assertEqual(len(server.connections), 1)
         self.assertEqual((ch.state, ch.connects), (IDLE, 1))
         self.assertEqual(ch.status()["idleCloses"], 1)
@@ -273,7 +298,7 @@ class LoopbackTests(LoopbackMixin, unittest.TestCase):
         self.assertEqual(ch.state, STOPPED)
         yield server.connections[0].lost
         ch.send(b"later")
-        yield task.deferLater(reactor, 0.3, lambda: None)
+        yield self.assertNoAttempt(ch, server)
         self.assertEqual((len(server.connections), ch.state, ch.queued), (1, STOPPED, 1))
 
         result = yield ch.connect()
@@ -297,17 +322,21 @@ class LoopbackTests(LoopbackMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_stopFlushesToServerThatComesBack(self):
-        port = yield self.freePort()
-        ch = self.channel(makeConfig(port, reconnection_timeout=0.1, flush_timeout=3.0))
+        reserved = self.reservePort()
+        ch = self.channel(makeConfig(reserved.port, reconnection_timeout=0.1,
+                                     flush_timeout=3.0))
         ch.start()
         yield self.waitFor(lambda: ch.failures >= 1, what="a failed attempt")
         for body in (b"a", b"b", b"c"):
             ch.send(body)
-        started = reactor.seconds()
+        started, failures = reactor.seconds(), ch.failures
         stopped = ch.stop()
-        yield task.deferLater(reactor, 0.3, lambda: None)
+        # The stop keeps trying while the server is down: at once, then again.
+        yield self.waitFor(lambda: ch.failures >= failures + 2,
+                           what="two failed attempts while stopping")
+        self.assertFalse(stopped.called)
         server = ServerFactory(echo=False)
-        self.listen(server, port)
+        self.listen(server, reserved)
         yield stopped
         self.assertLess(reactor.seconds() - started, 2.0)
         yield self.waitFor(lambda: len(server.lines) == 3, what="the queued messages")
@@ -317,8 +346,9 @@ class LoopbackTests(LoopbackMixin, unittest.TestCase):
     @defer.inlineCallbacks
     def test_stopGivesUpOnServerThatNeverComesBack(self):
         logs = LogCapture(self)
-        port = yield self.freePort()
-        ch = self.channel(makeConfig(port, reconnection_timeout=0.1, flush_timeout=0.4))
+        reserved = self.reservePort()
+        ch = self.channel(makeConfig(reserved.port, reconnection_timeout=0.1,
+                                     flush_timeout=0.4))
         ch.start()
         yield self.waitFor(lambda: ch.failures >= 1, what="a failed attempt")
         for body in (b"a", b"b", b"c"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import socket
 import sys
 from types import SimpleNamespace
 
@@ -26,6 +25,7 @@ from aiengine.console.builtins import registerBuiltins
 from aiengine.console.protocol import ConsoleFactory
 from aiengine.console.registry import CallRegistry
 from tests.certs import makeCertificates
+from tests.support import ReservedPort
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(aiengine.__file__)))
 
@@ -150,10 +150,11 @@ class ClientTests(unittest.TestCase):
 
     @inlineCallbacks
     def test_connectionRefused(self):
-        probe = socket.socket()
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        probe.close()
+        # Held (bound, not listening) while the client runs: refused, and no
+        # other process can start listening on it meanwhile.
+        reserved = ReservedPort()
+        self.addCleanup(reserved.close)
+        port = reserved.port
         out, err, status = yield runClient("-s", f"127.0.0.1:{port}", stdin=PING)
         self.assertEqual(status, 2)
         self.assertTrue(err.startswith(f"ERROR: cannot connect to 127.0.0.1:{port}"), err)

@@ -10,7 +10,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
@@ -22,6 +22,7 @@ from aiengine.console.protocol import ConsoleFactory
 from aiengine.console.registry import CallRegistry
 from aiengine.console.results import TERMINATOR
 from aiengine.protocols.xmlsplit import Document, XmlSplitter
+from tests.support import waitFor
 
 WAIT = 5  # seconds before a test waiting for replies gives up
 
@@ -500,10 +501,7 @@ class ConcurrencyTests(ConsoleTestCase):
     def waitingCall(self, tag):
         client = yield self.connect()
         client.transport.write(xmlcall("Slow", "wait", "1", tag=tag))
-        for _ in range(100):
-            if tag in self.slow.waiting:
-                break
-            yield deferLater(reactor, 0.01, lambda: None)
+        yield waitFor(lambda: tag in self.slow.waiting, what=f"call {tag} running")
         return client
 
     @inlineCallbacks
@@ -522,10 +520,16 @@ class ConcurrencyTests(ConsoleTestCase):
         """A peer that closed (it may have half-closed, to read its answers)
         keeps its running calls for halfCloseTimeout, then they are cancelled."""
         self.factory.halfCloseTimeout = 0.2
+        # Real sockets, the console's time on a Clock: exactly 0.2 s, on any machine.
+        clock = self.factory.clock = Clock()
         client = yield self.waitingCall("C")
         client.transport.loseWriteConnection()
-        yield deferLater(reactor, 0.1, lambda: None)
+        yield waitFor(clock.getDelayedCalls, what="the half-close seen")
+        clock.advance(0.199)
         self.assertFalse(self.slow.waiting["C"].called)
+        self.assertFalse(client.lost.called)
+        clock.advance(0.001)
+        self.assertTrue(self.slow.waiting["C"].called)
         yield client.lost
         self.assertTrue(self.slow.waiting["C"].called)
         [answer] = client.results()
@@ -801,8 +805,7 @@ class TopicsTests(ConsoleTestCase):
                 calls.append(self.call(client, xmlcall(
                     "Topics", "request", f"{c}-{i}", topic_out="questions",
                     topic_in="answers", message=f"q {c}-{i}")))
-        while len(pending) < 50:
-            yield deferLater(reactor, 0.01, lambda: None)
+        yield waitFor(lambda: len(pending) == 50, what="50 requests published")
         for request in reversed(pending):
             self.broker.publish("answers", b"re: " + request.body,
                                 attributes={"in-reply-to": request.id})

@@ -10,7 +10,7 @@ import time
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import StringTransport
 from twisted.logger import formatEvent, globalLogPublisher
 
@@ -274,6 +274,8 @@ class AuthTests(ConsoleCase):
 
     @inlineCallbacks
     def test_wrongSecretCloses(self):
+        # Real sockets, the throttle's time on a Clock: on any machine.
+        clock = self.factory.throttle.clock = Clock()
         client = yield self.connect()
         client.transport.write(xmlcall("Engine", "login", "in", secret="guess")
                                + xmlcall("Engine", "ping", "after"))
@@ -282,7 +284,7 @@ class AuthTests(ConsoleCase):
         self.assertEqual((doc.get("requestId"), doc.findtext("exception")),
                          ("in", "authentication failed"))
         self.assertEqual(self.factory.authFailures, 1)
-        yield deferLater(reactor, 0.5, lambda: None)  # the wait after one failure
+        clock.advance(0.5)  # the wait after one failure
         yield self.assertServes()
 
     @inlineCallbacks
@@ -290,6 +292,9 @@ class AuthTests(ConsoleCase):
         """After a failed login, the next try from that address within the
         wait is refused without being checked (even the right secret); the
         wait doubles with each failure."""
+        # Real sockets, the throttle's time on a Clock: "within the wait" and
+        # "after it" hold on any machine.
+        clock = self.factory.throttle.clock = Clock()
         self.factory.throttle.first = 0.2
         for expected in ("authentication failed",
                          "too many failed logins from this address: try again in"):
@@ -302,18 +307,18 @@ class AuthTests(ConsoleCase):
         yield client.lost
         self.assertIn("try again in", client.docs[0].findtext("exception"))
         self.assertEqual((self.factory.authFailures, self.factory.loginsThrottled), (1, 2))
-        yield deferLater(reactor, 0.25, lambda: None)
+        clock.advance(0.25)
         client = yield self.connect()
         client.transport.write(xmlcall("Engine", "login", "in", secret="guess 2"))
         yield client.lost
         self.assertEqual(self.factory.authFailures, 2)
         # Two failures in a row: 0.4 s now.
-        yield deferLater(reactor, 0.25, lambda: None)
+        clock.advance(0.25)
         client = yield self.connect()
         client.transport.write(xmlcall("Engine", "login", "in", secret=SECRET.decode()))
         yield client.lost
         self.assertEqual(self.factory.loginsThrottled, 3)
-        yield deferLater(reactor, 0.2, lambda: None)
+        clock.advance(0.2)
         yield self.assertServes()
 
     @inlineCallbacks

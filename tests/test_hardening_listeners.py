@@ -33,6 +33,7 @@ from aiengine.listeners import (GuardFactory, ListenerConnection, ListenerFactor
                                 ListenerService)
 from aiengine.tls import serverTLSOptions
 from tests.certs import makeCertificates
+from tests.support import waitFor
 from tests.test_broker import Producer
 from tests.test_listeners import LineClient, settle, textProtocol
 
@@ -43,15 +44,6 @@ def xmlProtocol():
 
 SECRET = b"s3cret-Pa55"
 
-
-@defer.inlineCallbacks
-def waitFor(predicate, timeout=5.0, what="condition"):
-    """Poll ``predicate`` every 10 ms; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        yield settle(0.01)
 
 
 def openFds():
@@ -230,12 +222,15 @@ class IdleTimeoutTests(Harness, unittest.TestCase):
     def test_idleConnectionClosed(self):
         events = self.captureLogs()
         port = self.startListener(idleTimeout=0.2)
-        started = time.monotonic()
+        # Real sockets, the guard's time on a Clock: exactly 0.2 s, on any machine.
+        clock = self.guard.reactor = Clock()
         client = yield self.connect(port)
+        yield waitFor(lambda: self.guard.protocols, what="the server side")
+        clock.advance(0.199)
+        self.assertEqual(self.guard.timedOut, 0)
+        self.assertFalse(client.closed.called)
+        clock.advance(0.001)
         yield client.closed
-        elapsed = time.monotonic() - started
-        self.assertGreaterEqual(elapsed, 0.19)
-        self.assertLess(elapsed, 2.0)
         self.assertEqual(self.guard.timedOut, 1)
         self.assertEqual(self.logLines(events, "idle for 0.2 s, closing")[0],
                          "lines.1: idle for 0.2 s, closing")
@@ -539,9 +534,15 @@ class FlowControlSocketTests(Harness, unittest.TestCase):
         slow, fast = yield self.slowAndFast(300, receiveBuffer=4096)
         self.assertGreater(self.factory.connections["lines.1"].dropped, 0)  # stuck
         self.service.closeGrace = 0.2
-        started = time.monotonic()
-        yield self.service.stopService()
-        self.assertLess(time.monotonic() - started, 2.0)
+        # The grace runs on a Clock: the stop ends when it is over, on any machine.
+        clock = self.guard.reactor = Clock()
+        stopping = self.service.stopService()
+        yield waitFor(lambda: len(self.guard.protocols) == 1, what="the fast peer closed")
+        clock.advance(0.199)
+        self.assertEqual(self.guard.aborted, 0)
+        self.assertFalse(stopping.called)
+        clock.advance(0.001)
+        yield stopping
         slow.transport.resumeProducing()  # a client that does not read sees no close
         yield slow.closed
         self.assertGreaterEqual(self.guard.aborted, 1)
@@ -573,7 +574,8 @@ class AuthenticationTests(Harness, unittest.TestCase):
         client.sendLine(SECRET[:-1] + b"X")
         client.sendLine(b"never published")
         yield client.closed
-        yield settle()
+        # Once the server side is gone too, nothing of it can be published.
+        yield waitFor(lambda: not self.guard.protocols, what="the server side closed")
         self.assertEqual(self.received, [])
         self.assertEqual(self.factory.authFailures, 1)
         failed = self.logLines(events, "authentication failed")
@@ -585,7 +587,7 @@ class AuthenticationTests(Harness, unittest.TestCase):
         client.sendLine(SECRET)
         client.sendLine(b"still not published")
         yield client.closed
-        yield settle()
+        yield waitFor(lambda: not self.guard.protocols, what="the server side closed")
         self.assertEqual(self.received, [])
         self.assertEqual((self.factory.authFailures, self.factory.authThrottled), (1, 1))
 
@@ -600,14 +602,15 @@ class AuthenticationTests(Harness, unittest.TestCase):
         self.broker.publish("out", b"private", session="lines.1",
                             attributes={"in-reply-to": "in-1"})
         self.assertEqual((yield member.waitLines(1)), [b"news"])
-        yield settle()
         self.assertEqual(outsider.lines, [])
         self.assertEqual(self.factory.withheld, 2)
         outsider.sendLine(SECRET)
         yield waitFor(lambda: self.factory.authenticated == 2, what="authentication")
         self.broker.publish("out", b"later", session="lines.1",
                             attributes={"in-reply-to": "in-2"})
-        self.assertEqual((yield outsider.waitLines(1)), [b"later"])
+        yield outsider.waitLines(1)
+        # Anything written to it before would have arrived first: one stream.
+        self.assertEqual(outsider.lines, [b"later"])
 
     def test_noSecondGuessInTheSamePacket(self):
         """Data read together with a wrong secret is not tried as a secret."""
@@ -694,20 +697,28 @@ class TLSTests(Harness, unittest.TestCase):
         self.patch(GuardFactory, "handshakeTimeout", 0.2)
         options = serverTLSOptions("lines", self.files["certificate"], self.files["key"])
         port = self.startListener(tls=options)
+        # Real sockets, the guard's time on a Clock: exactly 0.2 s, on any machine.
+        clock = self.guard.reactor = Clock()
         silent = yield self.connect(port, Closer())
         half = yield self.connect(port, Closer())
         half.transport.write(b"\x16\x03\x01\x00")  # the start of a ClientHello
-        started = time.monotonic()
+        yield waitFor(lambda: len(self.guard.protocols) == 2, what="both accepted")
+        clock.advance(0.199)
+        self.assertEqual(self.guard.handshakeTimeouts, 0)
+        clock.advance(0.001)
         yield silent.closed
         yield half.closed
-        self.assertLess(time.monotonic() - started, 2.0)
         self.assertEqual(self.guard.handshakeTimeouts, 2)
-        # A client that completes its handshake is not affected.
+        # A client that completes its handshake is not affected, however long
+        # after it the handshake timeout would have been.
         client = yield self.connect(port, ca=self.files["ca"])
-        yield settle(0.4)
         client.sendLine(b"after the handshake")
         yield waitFor(lambda: self.received, what="a message over TLS")
+        clock.advance(10 * GuardFactory.handshakeTimeout)
         self.assertEqual(self.guard.handshakeTimeouts, 2)
+        self.assertFalse(client.closed.called)
+        client.sendLine(b"still there")
+        yield waitFor(lambda: len(self.received) == 2, what="a second message")
 
     def writeFile(self, name, data):
         path = os.path.join(os.path.dirname(self.files["ca"]), name)

@@ -9,7 +9,7 @@ from twisted.internet.protocol import Factory, Protocol
 
 from tests.test_console import xmlcall
 from tests.test_hardening_listeners import waitFor
-from tests.test_routing import RoutingTestCase, channel, settle
+from tests.test_routing import RoutingTestCase, channel
 
 
 class HalfCloseTests(RoutingTestCase):
@@ -63,9 +63,20 @@ class CallLimitTests(RoutingTestCase):
         self.slow = Slow()
         self.engine.registry.register(self.slow)
         client = yield self.console()
-        client.transport.write(b"".join(xmlcall("Slow", "wait", requestId=str(i),
-                                                tag=str(i)) + b"\x01"
-                                        for i in range(1000)))
+        # Count what the console reads, to know when it has read everything.
+        yield waitFor(lambda: self.consoleFactory().openProtocols, what="the connection")
+        [console] = self.consoleFactory().openProtocols
+        self.bytesRead = 0
+        read = console.dataReceived
+
+        def counting(data):
+            self.bytesRead += len(data)
+            return read(data)
+
+        console.dataReceived = counting
+        self.sent = b"".join(xmlcall("Slow", "wait", requestId=str(i), tag=str(i)) + b"\x01"
+                             for i in range(1000))
+        client.transport.write(self.sent)
         yield waitFor(lambda: len(self.slow.waiting) == 100, what="100 calls running")
         return client
 
@@ -76,7 +87,9 @@ class CallLimitTests(RoutingTestCase):
     def test_thousandCallsInOnePacket(self):
         """1,000 waiting calls in one packet: 100 run, the others wait their turn."""
         client = yield self.startWithSlowCalls()
-        yield settle(0.1)
+        # Until all 1,000 have been read more could start: count the running
+        # ones once the console has read everything.
+        yield waitFor(lambda: self.bytesRead == len(self.sent), what="all 1,000 calls read")
         self.assertEqual(len(self.slow.waiting), 100)
         for tag in list(self.slow.waiting)[:10]:
             self.slow.waiting[tag].callback(None)
@@ -175,6 +188,7 @@ class LyingHttpServer(Protocol):
 
     def dataReceived(self, data):
         self.factory.received += data.count(b"GET ")
+        self.factory.bytes += len(data)
         self.buffer += data
         if b"\r\n\r\n" not in self.buffer or self.factory.mode == "mute":
             return
@@ -205,7 +219,7 @@ class HttpLimitTests(RoutingTestCase):
     @defer.inlineCallbacks
     def startLiar(self, mode, **properties):
         server = Factory.forProtocol(LyingHttpServer)
-        server.mode, server.connections, server.received = mode, [], 0
+        server.mode, server.connections, server.received, server.bytes = mode, [], 0, 0
         self.addCleanup(lambda: [c.transport.abortConnection()
                                  for c in server.connections if c.transport.connected])
         port = self.listen(server)
@@ -227,8 +241,11 @@ class HttpLimitTests(RoutingTestCase):
         server = yield self.startLiar("mute", **{"max-in-flight": "3"})
         for i in range(10):
             self.engine.broker.publish("req", f"/page/{i}")
-        yield waitFor(lambda: server.received == 3, what="3 requests")
-        yield settle(0.1)
+        self.assertEqual(self.channel.status()["inFlight"], 3)
+        # Everything the channel wrote has arrived (bytes in = bytes out), so
+        # no fourth request is on its way.
+        yield waitFor(lambda: server.bytes == self.channel.bytesOut > 0,
+                      what="what the channel wrote")
         self.assertEqual((server.received, self.channel.status()["inFlight"]), (3, 3))
         yield waitFor(lambda: len(self.responses) == 3, what="3 status-0 answers")
         self.assertEqual([m.attributes["status"] for m in self.responses], [0, 0, 0])
@@ -269,10 +286,18 @@ class HttpLimitTests(RoutingTestCase):
         +233 MB)."""
         server = yield self.startLiar("mute")
         self.engine.broker.publish("req", "/" + "a" * 100000)
-        self.assertEqual(self.channel.status()["inFlight"], 0)
-        self.assertIn("address longer than 8192 bytes", self.channel.status()["lastError"])
-        yield settle(0.1)
-        self.assertEqual(server.received, 0)
+        status = self.channel.status()
+        self.assertEqual((status["inFlight"], status["queued"], status["bytesOut"]),
+                         (0, 0, 0))
+        self.assertIn("address longer than 8192 bytes", status["lastError"])
+        # A request after it is the first, and only, to reach the server.
+        self.engine.broker.publish("req", "/next")
+        yield waitFor(lambda: server.received == 1, what="the next request")
+        yield waitFor(lambda: server.bytes == self.channel.bytesOut,
+                      what="what the channel wrote")
+        [connection] = server.connections
+        self.assertTrue(connection.buffer.startswith(b"GET /next "), connection.buffer[:50])
+        self.assertEqual(server.received, 1)
 
 
 class EventFanOutTests(RoutingTestCase):

@@ -108,12 +108,15 @@ class ListenerTests(unittest.TestCase):
                             attributes={"in-reply-to": "in-2"})
         self.broker.publish("out", b"said by two", session="lines.2")
         self.broker.publish("out", b"everyone again")
-        lines = yield second.waitLines(4)
+        # Last, for everyone: once it has arrived, whatever was written to a
+        # connection before it has arrived too (one stream, in order).
+        self.broker.publish("out", b"the end")
+        lines = yield second.waitLines(5)
         self.assertEqual(lines, [b"everyone", b"only two", b"said by two",
-                                 b"everyone again"])
-        lines = yield first.waitLines(3)
-        yield settle()
-        self.assertEqual(first.lines, [b"everyone", b"said by two", b"everyone again"])
+                                 b"everyone again", b"the end"])
+        yield first.waitLines(4)
+        self.assertEqual(first.lines, [b"everyone", b"said by two", b"everyone again",
+                                       b"the end"])
 
     @defer.inlineCallbacks
     def test_replyForClosedConnectionCounted(self):
@@ -154,9 +157,20 @@ class ListenerTests(unittest.TestCase):
         client = yield self.connect(port)
         while not self.factory.connections:
             yield settle(0.01)
+        [connection] = self.factory.connections.values()
+        written = []
+        transport = connection.framer.transport
+        self.patch(transport, "write", written.append)
+        self.patch(transport, "writeSequence", written.extend)
+        # Writing is synchronous: had the message been for this connection,
+        # it would be in ``written`` now, whatever the speed of the sockets.
         self.broker.publish("out", b"not for sockets")
+        self.assertEqual((written, self.factory.messagesOut), ([], 0))
+        # Nor can it come later: the listener does not even subscribe to the
+        # topic.  The short wait lets real sockets agree.
+        self.assertEqual(list(self.broker.topic("out").subscriptions), [])
         yield settle()
-        self.assertEqual(client.lines, [])
+        self.assertEqual((written, client.lines), ([], []))
 
     def test_xmlFramingNotParsedTwice(self):
         """With xml-messages framing, msgtype=xml does not parse each message again."""

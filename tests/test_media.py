@@ -8,6 +8,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.trial import unittest
 from twisted.web import resource, server
@@ -339,12 +340,18 @@ class DefaultConsoleTests(unittest.TestCase):
         """Channels start a slice at a time after the listeners, and a stop
         that comes first stops what has started and the rest never starts."""
         config = parse(CONFIG.format(web=1, lines=2).encode())
-        engine = Engine(config, reactor)
+        # On a MemoryReactorClock the slices run only when the test turns the
+        # clock: "never starts" is then certain, not a matter of waiting long.
+        clock = MemoryReactorClock()
+        engine = Engine(config, clock)
         engine.startService()
         self.assertEqual({c.state for c in engine.channels.values()}, {"stopped"})
         yield engine.stopService()
-        yield settle(0.05)
+        for _ in range(10):
+            clock.advance(0)
         self.assertEqual({c.state for c in engine.channels.values()}, {"stopped"})
+        self.assertEqual(clock.tcpClients, [])
+        self.assertEqual(clock.getDelayedCalls(), [])
         self.assertIsNone(engine._starting)
 
     def test_badCertificateNamesFileAndLine(self):

@@ -23,6 +23,7 @@ from twisted.web import resource, server
 
 from aiengine.config import parse
 from aiengine.engine import Engine
+from tests.support import ReservedPort
 from tests.test_console import xmlcall
 from tests.test_hardening_listeners import waitFor
 from tests.test_listeners import LineClient
@@ -309,7 +310,13 @@ class RequestReplyTests(RoutingTestCase):
         for n, client in enumerate(clients):
             lines = yield client.waitLines(3)
             self.assertEqual(sorted(lines), [b"page /c%d/%d" % (n, i) for i in range(3)])
-        yield settle(0.1)
+        # Nothing more is on its way to any client: each request was written
+        # once and answered once, nothing waits, and the listener wrote each
+        # answer to one connection only (it counts every line it writes).
+        status = self.engine.channels["google"].status()
+        self.assertEqual((status["messagesOut"], status["messagesIn"], status["inFlight"],
+                          status["queued"]), (60, 60, 0, 0))
+        self.assertEqual(self.engine.listeners["gate"].factory.messagesOut, 60)
         self.assertEqual([len(c.lines) for c in clients], [3] * 20)
 
 
@@ -425,25 +432,21 @@ class ExpiryTests(RoutingTestCase):
     """Requests whose callers gave up are not sent when the server comes back."""
 
     def reservedPort(self):
-        """A bound, not yet listening socket: connections to it are refused
-        until :meth:`comeBack` makes it listen (no free-then-reuse race)."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        self.addCleanup(sock.close)
-        return sock
+        """A port held for the test: connections to it are refused until
+        :meth:`comeBack` makes it listen (no free-then-reuse race)."""
+        reserved = ReservedPort()
+        self.addCleanup(reserved.close)
+        return reserved
 
-    def comeBack(self, sock, factory):
-        sock.listen(50)
-        sock.setblocking(False)
-        port = reactor.adoptStreamPort(sock.fileno(), socket.AF_INET, factory)
-        self.addCleanup(port.stopListening)
+    def comeBack(self, reserved, factory):
+        reserved.listen(factory)
 
     @defer.inlineCallbacks
     def test_withdrawnAndExpiredNotSent(self):
-        sock = self.reservedPort()
+        reserved = self.reservedPort()
         echo = Factory.forProtocol(InOrderEcho)
         echo.received = []
-        yield self.startEngine(channels=channel("echo", sock.getsockname()[1],
+        yield self.startEngine(channels=channel("echo", reserved.port,
                                                 topicIn="echo.in", topicOut="echo.out",
                                                 replies="ordered"))
         client = yield self.console()
@@ -457,24 +460,29 @@ class ExpiryTests(RoutingTestCase):
             xmlcall("Media", "send", requestId="keeps", channel="echo", message="fresh"),
         ]), ["gives-up", "ttl", "pttl", "keeps"])
         self.assertEqual(answers[0].findtext("exception"), "no reply on echo.in within 0.2 s")
+        # Time itself must pass here: the ttl of 0.2 s runs out while the
+        # server is down (a wait can only be longer than asked, never shorter).
         yield settle(0.3)
-        self.comeBack(sock, echo)
-        yield waitFor(lambda: echo.received, what="the fresh message")
-        yield settle(0.1)
-        self.assertEqual(echo.received, [b"fresh"])
-        status = self.engine.channels["echo"].status()
+        self.comeBack(reserved, echo)
+        ch = self.engine.channels["echo"]
+        # Its answer back too: the echo server has nothing left to do.
+        yield waitFor(lambda: ch.messagesIn == 1, what="the fresh message answered")
+        status = ch.status()
         self.assertEqual((status["withdrawn"], status["expired"], status["queued"]),
                          (1, 2, 0))
+        # The channel wrote that one message and has nothing left to write.
+        self.assertEqual(status["messagesOut"], 1)
+        self.assertEqual(echo.received, [b"fresh"])
 
     @defer.inlineCallbacks
     def test_requestPageNotSentAfterItsTimeout(self):
         """testRequestPage against a server that is down answers Exception, and
         its GET is not sent when the server comes back."""
-        sock = self.reservedPort()
+        reserved = self.reservedPort()
         pages = Pages()
         site = server.Site(pages)
         site.noisy = False
-        yield self.startEngine(channels=channel("google", sock.getsockname()[1],
+        yield self.startEngine(channels=channel("google", reserved.port,
                                                 protocol="http", topicIn="http.response",
                                                 topicOut="http.request"))
         self.engine.registry.get("TestDirectChannels").timeout = 0.2
@@ -482,7 +490,7 @@ class ExpiryTests(RoutingTestCase):
         [answer] = yield self.call(client, xmlcall(
             "TestDirectChannels", "testRequestPage", requestId="X", page="/old"), ["X"])
         self.assertEqual(answer.findtext("exception"), "No response from google page=/old")
-        self.comeBack(sock, site)
+        self.comeBack(reserved, site)
         yield waitFor(lambda: self.engine.channels["google"].state == "connected",
                       what="google connected")
         self.engine.registry.get("TestDirectChannels").timeout = 5
@@ -496,10 +504,10 @@ class ExpiryTests(RoutingTestCase):
     def test_callerGoneWithdraws(self):
         """A console connection that closes while its request waits in the
         queue: the request is withdrawn, not sent when the server comes back."""
-        sock = self.reservedPort()
+        reserved = self.reservedPort()
         echo = Factory.forProtocol(InOrderEcho)
         echo.received = []
-        yield self.startEngine(channels=channel("echo", sock.getsockname()[1],
+        yield self.startEngine(channels=channel("echo", reserved.port,
                                                 topicIn="echo.in", topicOut="echo.out"))
         client = yield self.console()
         client.transport.write(xmlcall("Topics", "request", requestId="gone",
@@ -512,8 +520,12 @@ class ExpiryTests(RoutingTestCase):
         yield waitFor(lambda: self.engine.broker.topic("echo.in").waiting == 0,
                       what="the request given up")
         self.engine.media.send("echo", "after")
-        self.comeBack(sock, echo)
-        yield waitFor(lambda: echo.received, what="the later message")
-        yield settle(0.1)
+        self.comeBack(reserved, echo)
+        ch = self.engine.channels["echo"]
+        # Its answer back too: the echo server has nothing left to do.
+        yield waitFor(lambda: ch.messagesIn == 1, what="the later message answered")
+        # The channel wrote that one message and has nothing left to write.
+        status = ch.status()
+        self.assertEqual((status["messagesOut"], status["queued"], status["withdrawn"]),
+                         (1, 0, 1))
         self.assertEqual(echo.received, [b"after"])
-        self.assertEqual(self.engine.channels["echo"].status()["withdrawn"], 1)
