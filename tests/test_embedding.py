@@ -1,6 +1,7 @@
 """aiengine as a library: its public names, an engine configured in code, and
 the test doubles of :mod:`aiengine.testing` (docs/embedding.md)."""
 
+from lxml import etree
 from twisted.internet import defer, reactor
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
@@ -8,6 +9,7 @@ from twisted.trial import unittest
 
 import aiengine
 from aiengine.config import ChannelConfig, ListenerConfig, ProtocolConfig, ServiceConfig
+from aiengine.console.interfaces import CallError, ConsoleClass, Param, method
 from aiengine.testing import FakeEngine, lastAttempt, stopChannel
 
 
@@ -158,4 +160,64 @@ class FakeEngineTests(unittest.TestCase):
         self.assertEqual(channel.state, "waiting")
         self.engine.reactor.advance(channel.config.reconnection_timeout * 2)
         lastAttempt(self.engine.reactor, channel=channel).refuse()
+        self.assertEqual(channel.status()["failures"], 1)
+
+
+# The examples of docs/embedding.md and docs/console.md, as written there.
+
+class Clock(ConsoleClass):
+    """Console class ``Clock``: the daemon's idea of the time."""
+
+    name = "Clock"
+    description = "Time on the daemon."
+
+    @method("Seconds since the epoch.", Param("digits", "Decimals to keep.", default="0"))
+    def now(self, call):
+        try:
+            digits = int(call.params["digits"])
+        except ValueError:
+            raise CallError("digits must be a whole number")
+        element = etree.Element("now")
+        element.text = f"{call.engine.reactor.seconds():.{digits}f}"
+        return element
+
+
+class DocExampleTests(unittest.TestCase):
+    """docs/embedding.md's tests, run as written."""
+
+    def setUp(self):
+        self.engine = FakeEngine()
+        self.engine.registry.register(Clock())
+        self.addCleanup(self.engine.close)
+
+    def test_now(self):
+        self.engine.reactor.advance(12.5)
+        result = self.successResultOf(self.engine.call("Clock", "now", digits="1"))
+        self.assertEqual(result.get("status"), "OK")
+        self.assertEqual(result.findtext("now"), "12.5")
+
+    def test_badDigits(self):
+        result = self.successResultOf(self.engine.call("Clock", "now", digits="x"))
+        self.assertEqual(result.get("status"), "Exception")
+        self.assertEqual(result.findtext("exception"), "digits must be a whole number")
+
+    def test_subscribersSeeEveryMessage(self):
+        seen = []
+        self.engine.broker.subscribe("news", seen.append, name="mine")
+        self.successResultOf(self.engine.call("Topics", "subscribe", topic="news"))
+        self.engine.broker.publish("news", "item 1")
+        self.assertEqual([m.text for m in seen], ["item 1"])
+        self.assertEqual([e.text for e in self.engine.events()], ["item 1"])
+
+    def test_channelRetriesThenDelivers(self):
+        config = ChannelConfig(name="backend", host="127.0.0.1", port=9000,
+                               protocol=ProtocolConfig.of("text-messages"),
+                               reconnection_timeout=5.0)
+        channel = self.engine.addChannel(config)
+        self.addCleanup(stopChannel, channel)
+        lastAttempt(self.engine.reactor, channel=channel).refuse()
+        channel.send(b"queued while down")
+        self.engine.reactor.advance(10)
+        server = lastAttempt(self.engine.reactor, channel=channel).accept()
+        self.assertEqual(server.received(), b"queued while down\n")
         self.assertEqual(channel.status()["failures"], 1)
