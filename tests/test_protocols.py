@@ -389,7 +389,7 @@ class AsymmetricTests(TestCase):
 
     def test_sendMessagesOfOwnWriter(self):
         """A protocol that writes its own way is not bypassed by sendMessages."""
-        class Shouting(TextMessagesProtocol):
+        class Shouting(FramingProtocol):
             def sendMessage(self, message, attributes=None):
                 self.transport.write(message.upper() + b"!")
 
@@ -399,6 +399,28 @@ class AsymmetricTests(TestCase):
         framer.makeConnection(transport)
         framer.sendMessages([b"a", b"b"])
         self.assertEqual(transport.value(), b"A!B!")
+
+    def test_sendMessagesJoinedIsSendMessageInOneWrite(self):
+        """Protocols whose wire form is message + delimiter write a batch in
+        one piece, exactly as message by message; logging them writes each."""
+        for cls, name, delimiter in ((TextMessagesProtocol, "text-messages", b"\n"),
+                                     (XmlMessagesProtocol, "xml-messages", b"\x01"),
+                                     (BinaryStreamProtocol, "binary-stream", b"|"),
+                                     (TextStreamProtocol, "text-stream", None)):
+            for show in (False, True):
+                writes = []
+                settings = ProtocolSettings(name, delimiter=delimiter, show_packets=show)
+                framer = cls(settings, Recorder(), log=Logger(namespace="quiet"))
+                framer.makeConnection(StringTransport())
+                framer.transport.write = writes.append
+                framer.sendMessages([b"<a/>", b"<b/>"])
+                one = StringTransport()
+                single = cls(settings, Recorder(), log=Logger(namespace="quiet"))
+                single.makeConnection(one)
+                single.sendMessage(b"<a/>")
+                single.sendMessage(b"<b/>")
+                self.assertEqual(b"".join(writes), one.value(), name)
+                self.assertEqual(len(writes), 2 if show else 1, (name, show))
 
     def test_oneConnection(self):
         """The receiver sees one framer, connected and disconnected once."""

@@ -106,14 +106,20 @@ class FramingProtocol(Protocol):
     # -- outbound -----------------------------------------------------------
 
     def sendMessages(self, messages):
-        """Write several messages (bytes) at once, in order."""
-        cls = type(self)
-        if (self._showMessages or self._showPackets
-                or cls.encode is not FramingProtocol.encode
-                or cls.sendMessage is not FramingProtocol.sendMessage):
-            # A protocol with its own way of writing writes each message so.
+        """Write several messages (bytes), in order: each with
+        :meth:`sendMessage`, so a protocol that writes its own way (http) is
+        never bypassed.  Protocols whose wire form is only message +
+        delimiter override this with :meth:`writeJoined`; a subclass of one
+        of those that overrides ``sendMessage`` overrides this too."""
+        for message in messages:
+            self.sendMessage(message)
+
+    def writeJoined(self, messages):
+        """Write ``messages`` as :meth:`sendMessage` would, in one transport
+        write (one by one while messages or packets are logged)."""
+        if self._showMessages or self._showPackets:
             for message in messages:
-                self.sendMessage(message)
+                FramingProtocol.sendMessage(self, message)
             return
         delimiter = self._delimiter
         self.transport.write(delimiter.join(messages) + delimiter)

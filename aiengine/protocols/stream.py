@@ -19,6 +19,10 @@ class BinaryStreamProtocol(FramingProtocol):
     def framedDataReceived(self, data):
         self._deliverChunks(data)
 
+    def sendMessages(self, messages):
+        """Write several messages in one piece."""
+        self.writeJoined(messages)
+
     def _deliverChunks(self, data):
         size = self.maxRead
         start = 0

@@ -98,8 +98,7 @@ class TextMessagesProtocol(FramingProtocol, LineOnlyReceiver):
     def sendMessages(self, messages):
         """Write several messages at once; returns how many were written."""
         delimiter = self._delimiter
-        if not (self._showMessages or self._showPackets
-                or type(self).sendMessage is not TextMessagesProtocol.sendMessage):
+        if not (self._showMessages or self._showPackets):
             data = delimiter.join(messages) + delimiter
             # One scan of what is written: each message adds exactly one
             # delimiter unless it holds one itself.

@@ -24,6 +24,10 @@ class XmlMessagesProtocol(FramingProtocol):
         self.splitter = XmlSplitter(separators=self._delimiter + b"\x01",
                                     maxSize=settings.max_packet_size)
 
+    def sendMessages(self, messages):
+        """Write several documents in one piece."""
+        self.writeJoined(messages)
+
     def framedDataReceived(self, data):
         if self.transport.disconnecting:
             return  # closing (a failure or the receiver's choice): no more messages
