@@ -733,8 +733,9 @@ class _Reader:
     # -- XML structure ------------------------------------------------------
 
     def document(self, data):
-        parser = etree.XMLParser(resolve_entities=False, no_network=True,
-                                 load_dtd=False, huge_tree=False)
+        # Here, not at the top: aiengine.protocols reads this module's PROTOCOLS.
+        from aiengine.protocols.xmlsplit import safeParser
+        parser = safeParser()
         try:
             root = etree.fromstring(data, parser)
         except etree.XMLSyntaxError as e:

@@ -175,13 +175,8 @@ class MediaConsole(ConsoleClass):
     @method("Exactly `size` bytes from the channel's inbound stream.",
             channel, Param("size", "Number of bytes."), timeout)
     def receiveFixed(self, call):
-        try:
-            size = int(call.params["size"])
-        except ValueError:
-            raise CallError("size must be a whole number") from None
-        if size <= 0:
-            raise CallError("size must be positive")
-        d = call.engine.media.receiveFixed(call.params["channel"], size,
+        # The size rules are the channel's (Channel.receiveFixed), in one place.
+        d = call.engine.media.receiveFixed(call.params["channel"], call.params["size"],
                                            _timeout(call.params.get("timeout")))
 
         return d.addCallbacks(lambda data: textElement("data", data), _plainFailure)

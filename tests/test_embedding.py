@@ -155,6 +155,15 @@ class FakeEngineTests(unittest.TestCase):
         self.assertNoResult(answer)
         server.send(b"world\n")
         self.assertIn("world", "".join(self.successResultOf(answer).itertext()))
+        # Sizes follow Channel.receiveFixed's rules, from the console too.
+        empty = self.successResultOf(self.engine.call("Media", "receiveFixed",
+                                                      channel="up", size="0"))
+        self.assertEqual((empty.get("status"), empty.findtext("data")), ("OK", ""))
+        for size, error in (("-1", "size must not be negative (-1)"),
+                            ("x", "size must be a whole number, not 'x'")):
+            refused = self.successResultOf(self.engine.call(
+                "Media", "receiveFixed", channel="up", size=size))
+            self.assertEqual(refused.findtext("exception"), error)
         # A refused attempt, then the retry the channel schedules itself.
         server.close()
         self.assertEqual(channel.state, "waiting")

@@ -6,6 +6,7 @@ for a configured protocol (SPEC section 3).
 
 from __future__ import annotations
 
+from aiengine.config import PROTOCOLS
 from aiengine.protocols.asymmetric import AsymmetricProtocol
 from aiengine.protocols.base import FramingProtocol, IMessageReceiver
 from aiengine.protocols.stream import BinaryStreamProtocol, TextStreamProtocol
@@ -23,9 +24,8 @@ FRAMERS = {
     "binary-stream": BinaryStreamProtocol,
 }
 
-#: every valid value of the ``protocol`` property
-PROTOCOL_NAMES = ("text-messages", "xml-messages", "text-stream", "http",
-                  "binary-stream", "asymmetric")
+#: every valid value of the ``protocol`` property (the configuration's list)
+PROTOCOL_NAMES = PROTOCOLS
 
 
 def framerForSettings(settings, receiver, log=None, host=None, port=None) -> FramingProtocol:
