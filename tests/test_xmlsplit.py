@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import sys
 import tempfile
 import time
 
@@ -11,6 +13,7 @@ from lxml import etree
 from hypothesis import strategies as st
 from twisted.trial.unittest import TestCase
 
+from aiengine.protocols import xmlsplit
 from aiengine.protocols.xmlsplit import (Document, Malformed, TooLarge, XmlSplitter,
                                          parseDocument, safeParser)
 
@@ -21,9 +24,11 @@ _names = st.sampled_from(["a", "b", "root", "x-1", "\u00e9l\u00e9ment"])
 
 
 def _escape(text, quote=False):
-    # "]]>" is not allowed in text: libxml2 only noticed when it came in one piece.
+    # "]]>" is not allowed in text: libxml2 only noticed when it came in one
+    # piece.  Texts are joined ("]]" then ">"): a ">" that starts one or
+    # follows a "]" is escaped.
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace("\r", "&#13;")
-    text = text.replace("]]>", "]]&gt;")
+    text = re.sub(r"(?:^|(?<=\]))>", "&gt;", text)
     return text.replace('"', "&quot;") if quote else text
 
 
@@ -98,6 +103,22 @@ def kinds(items):
     """Items as comparable tuples."""
     return [(type(i).__name__, i.data if not isinstance(i, TooLarge) else None)
             for i in items]
+
+
+def outcome(items):
+    """What must not depend on the packets: the documents, the errors of
+    the malformed ones (how much of those is quoted back may), TooLarge."""
+    return [("Document", i.data) if isinstance(i, Document)
+            else ("Malformed", i.error) if isinstance(i, Malformed) else ("TooLarge",)
+            for i in items]
+
+
+def someSplits(data):
+    """``data`` whole, byte by byte, and cut in two at each place."""
+    yield [data]
+    yield [data[i:i + 1] for i in range(len(data))]
+    for i in range(1, len(data)):
+        yield [data[:i], data[i:]]
 
 
 class _Recorder:
@@ -434,6 +455,84 @@ class SplitterTests(TestCase):
 class SplitInvarianceTests(TestCase):
     """The documents found do not depend on how the stream is cut."""
 
+    def assertSameForAnySplit(self, data, expected, **kw):
+        """Cut anywhere, ``data`` gives what it gives whole: ``expected``,
+        with a part of each error message."""
+        whole = outcome(feedAll(XmlSplitter(**kw), [data]))
+        self.assertEqual(len(whole), len(expected), whole)
+        for item, want in zip(whole, expected):
+            if want[0] == "Malformed":
+                self.assertEqual(item[0], "Malformed", whole)
+                self.assertIn(want[1], item[1])
+            else:
+                self.assertEqual(item, want)
+        for packets in someSplits(data):
+            self.assertEqual(outcome(feedAll(XmlSplitter(**kw), packets)), whole,
+                             [len(p) for p in packets])
+
+    def test_shortMalformedThenMore(self):
+        """A short malformed document followed in the same packet by more
+        than the size limit of other bytes is malformed, not too large, as
+        when its bytes come one by one; the next documents are delivered."""
+        doc = b"<doc>" + b"x" * 40 + b"</doc>"
+        for separators in (b"\x01", b"\n", b"\n\x01", b""):
+            self.assertSameForAnySplit(
+                b"<bad></worse> & junk\n<ok/>\n" + doc + b"\n",
+                [("Malformed", "mismatch: bad line 1 and worse, line 1, column 14"),
+                 ("Document", b"<ok/>"), ("Document", doc)],
+                separators=separators, maxSize=60)
+        # Refused by the head check, unfinished markup, a broken line typed
+        # at a terminal: the same.
+        for bad, error in [(b"<!-- c --><!DOCTYPE a><a/>", "DOCTYPE is not allowed"),
+                           (b"<a>< x y", "invalid element name")]:
+            self.assertSameForAnySplit(bad + b"\nnot xml\n" + doc + b"\n",
+                                       [("Malformed", error),
+                                        ("Malformed", "document does not start with '<'; "
+                                                      "dropped up to the line end"),
+                                        ("Document", doc)], maxSize=60)
+        for packets in someSplits(b"<a><!-- c\n<ok/>\n" + doc + b"\n"):
+            splitter = XmlSplitter(maxSize=60)
+            splitter.lineEnds = True
+            self.assertEqual([kind for kind, *_ in outcome(feedAll(splitter, packets))],
+                             ["Malformed", "Document", "Document"])
+
+    def test_tooLargeAnySplit(self):
+        """What really exceeds the limit raises TooLarge however it comes: a
+        document, a head whose error is past the limit, a malformed
+        document's line, a line of garbage."""
+        limit = 60
+        for data, expected in [
+                (b"<ok/>\n<a>" + b"x" * 70 + b"</a>\n<ok/>\n", [("Document", b"<ok/>")]),
+                (b"<ok/><a>" + b"x" * 54 + b"</a><ok/>", [("Document", b"<ok/>")]),  # 61 bytes
+                (b"<!--" + b" " * 60 + b"--><!DOCTYPE a><a/>\n<ok/>\n", []),
+                (b"<a>&x;" + b"x" * 70 + b"\n<ok/>\n",
+                 [("Malformed", "Entity 'x' not defined")]),
+                (b"junk " * 13 + b"\n<ok/>\n",
+                 [("Malformed", "document does not start with '<'; dropped up to the "
+                                "line end")])]:
+            self.assertSameForAnySplit(data, expected + [("TooLarge",)], maxSize=limit)
+        # At the limit, not past it: no error.
+        self.assertSameForAnySplit(b"junk " * 12 + b"\n<ok/>\n",
+                                   [("Malformed", "document does not start with '<'; "
+                                                  "dropped up to the line end"),
+                                    ("Document", b"<ok/>")], maxSize=limit)
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.data(), st.lists(st.one_of(xmlDocuments(), garbage), min_size=1, max_size=5),
+           st.sampled_from([b"\x01", b"\n", b"\n\x01"]), st.integers(8, 200))
+    def test_sizeLimitWithMalformedAnySplit(self, data, lines, separators, limit):
+        """Documents, malformed documents and TooLarge come out the same
+        whole, byte by byte or cut anywhere, whatever the limit."""
+        stream = b"".join(line + b"\n" for line in lines)
+
+        def result(packets):
+            return outcome(feedAll(XmlSplitter(separators=separators, maxSize=limit),
+                                   packets))
+
+        whole = result([stream])
+        self.assertEqual(result([stream[i:i + 1] for i in range(len(stream))]), whole)
+        self.assertEqual(result(data.draw(splits(stream))), whole)
+
     @settings(max_examples=80, deadline=None)
     @given(st.data(), st.lists(st.tuples(xmlDocuments(), separators), max_size=5))
     def test_anySplit(self, data, docs):
@@ -489,6 +588,39 @@ class SplitInvarianceTests(TestCase):
                                 sum(len(bad) for _, bad in docs))
 
 
+class _SearchCounter:
+    """Wraps a compiled pattern, counting the bytes its searches look at."""
+
+    def __init__(self, pattern):
+        self._pattern = pattern
+        self.searched = 0
+
+    def search(self, data, pos=0, endpos=sys.maxsize):
+        match = self._pattern.search(data, pos, endpos)
+        self.searched += (match.end() if match else min(len(data), endpos)) - pos
+        return match
+
+
+class _Packet(bytes):
+    """A packet that adds the bytes its (and its slices') searches for 0x01
+    look at to a :class:`_SearchCounter`."""
+
+    def __new__(cls, data, counter):
+        packet = super().__new__(cls, data)
+        packet.counter = counter
+        return packet
+
+    def find(self, sub, start=0, *args):
+        at = super().find(sub, start, *args)
+        if sub == b"\x01":
+            self.counter.searched += (at + 1 if at >= 0 else len(self)) - start
+        return at
+
+    def __getitem__(self, key):
+        item = super().__getitem__(key)
+        return _Packet(item, self.counter) if isinstance(key, slice) else item
+
+
 class WholeDocumentPathTests(TestCase):
     """0x01-framed documents parsed whole give what the incremental path gives."""
 
@@ -519,6 +651,25 @@ class WholeDocumentPathTests(TestCase):
             whole = self.items([case])
             trickled = self.items([case[i:i + 1] for i in range(len(case))])
             self.assertEqual(whole, trickled, case)
+
+    def test_searchedOnce(self):
+        """Documents separated by line ends only while 0x01 is a separator:
+        each byte of a packet is searched for the 0x01 that would end a
+        document, and read by the fast path, once at most, not once for
+        each document before it (which was quadratic)."""
+        doc = b"<a>x</a>\n"
+        fastPath = _SearchCounter(xmlsplit._DECL_OR_PI)  # before each parse
+        self.patch(xmlsplit, "_DECL_OR_PI", fastPath)
+        for separators, stream in [(b"\n\x01", doc * 2000), (b"\n\x01", doc * 2000 + b"\x01"),
+                                   (b"\n\x01\x02", (doc * 20 + b"\x02") * 100)]:
+            splitter = XmlSplitter(separators=separators)
+            searches = _SearchCounter(splitter._hardEnd)
+            splitter._hardEnd = searches
+            fastPath.searched = 0
+            self.assertEqual(outcome(splitter.feed(_Packet(stream, searches))),
+                             [("Document", b"<a>x</a>")] * 2000)
+            self.assertLessEqual(searches.searched, len(stream))
+            self.assertLessEqual(fastPath.searched, len(stream))
 
     def test_depthLimitStillApplies(self):
         deep = b"<a>" * 100000 + b"\x01"

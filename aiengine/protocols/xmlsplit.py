@@ -18,7 +18,9 @@ Untrusted input rules, for every document:
 - No network, no file: the parser is built with ``no_network``, without DTD
   loading, and with a resolver that answers every load with nothing.
 - Size: at most ``maxSize`` bytes per document, and at most ``maxSize`` bytes
-  of a malformed line before a line end; more raises :class:`TooLarge`.
+  of a malformed line before a line end; more raises :class:`TooLarge`,
+  however the stream is split into packets (nothing past the limit is looked
+  at, so a short malformed document is malformed whatever follows it).
 - Depth: libxml2's limit without ``huge_tree`` (256 levels) makes a deeper
   document malformed.
 
@@ -187,6 +189,11 @@ class XmlSplitter:
         # line feed and carriage return): one ends an unfinished document.
         illegal = bytes(b for b in separators if b < 0x20 and b not in b"\t\n\r")
         self._hardEnd = _byteClass(illegal) if illegal else None
+        #: (from, at): the last search for a hard end in the packet being
+        #: fed, from ``from``, found one at ``at`` (-1: none); see _nextHardEnd
+        self._lastHardEnd = None
+        #: the fast path is off up to the next hard end (see _whole)
+        self._wholeOff = False
         self._maxSize = maxSize
         self._parser = _pullParser()
         self._fed = False  # whether the parser has bytes of the current document
@@ -229,10 +236,11 @@ class XmlSplitter:
         closed.
         """
         out = []
-        hardEnd = self._hardEnd
-        if hardEnd is None:
+        if self._hardEnd is None:
             self._feed(data, out)
             return out
+        self._lastHardEnd = None  # a new packet
+        self._wholeOff = False
         pos = 0
         while pos < len(data):
             if not (self._inDocument or self._held or self._discarding):
@@ -243,14 +251,34 @@ class XmlSplitter:
                 if pos >= len(data):
                     break
             # A document in progress: never past the next hard end.
-            match = hardEnd.search(data, pos)
-            end = match.end() if match else len(data)
+            at = self._nextHardEnd(data, pos)
+            end = at + 1 if at >= 0 else len(data)
             self._feed(data[pos:end], out)
-            if match is not None and (self._inDocument or self._held):
+            if at >= 0 and (self._inDocument or self._held):
                 self._abandon(out, f"document not finished before the byte "
-                                   f"0x{data[match.start()]:02x}; dropped up to it")
+                                   f"0x{data[at]:02x}; dropped up to it")
+            self._wholeOff = False
             pos = end
         return out
+
+    def _nextHardEnd(self, packet, pos) -> int:
+        """Where the first hard end at or after ``pos`` in the packet being
+        fed is (-1: none).
+
+        Asked by :meth:`feed` and, for each document, by :meth:`_whole`: the
+        last answer is remembered (it holds for every position up to it), so
+        that no byte of the packet is searched twice.  Searching to the
+        packet's end again for each document made a packet of documents
+        without 0x01 (separated by line ends only) cost time quadratic in
+        its length.
+        """
+        last = self._lastHardEnd
+        if last is not None and last[0] <= pos and (last[1] < 0 or pos <= last[1]):
+            return last[1]
+        match = self._hardEnd.search(packet, pos)
+        at = match.start() if match else -1
+        self._lastHardEnd = (pos, at)
+        return at
 
     def _abandon(self, out, error):
         """The current document cannot go on: it is malformed as it stands."""
@@ -272,10 +300,12 @@ class XmlSplitter:
                 match = self._resync.search(data, pos)
                 end = match.end() if match else len(data)
                 self.discarded += end - pos
-                self._run += end - pos
+                # The line counts up to its line end, whether that comes in
+                # this packet or a later one.
+                self._run += (match.start() if match else end) - pos
                 self._discarding = match is None
                 pos = end
-                if self._discarding and self._run > self._maxSize:
+                if self._run > self._maxSize:
                     self._discarding = False
                     raise TooLarge(f"more than {self._maxSize} bytes of malformed data "
                                    f"without a line end", out)
@@ -292,11 +322,12 @@ class XmlSplitter:
                     end = match.end() if match else len(data)
                     out.append(Malformed(data[pos:end], "document does not start "
                                          "with '<'; dropped up to the line end"))
-                    self._startDiscarding(match is None, end - pos, out)
+                    self._startDiscarding(match is None,
+                                          (match.start() if match else end) - pos, out)
                     pos = end
                     continue
-                if self._wholeParser is not None:
-                    end = self._whole(data, pos, out)
+                if self._wholeParser is not None and not self._wholeOff:
+                    end = self._whole(data, pos, out, wholeOnly)
                     if end:
                         pos = end
                         continue
@@ -326,7 +357,10 @@ class XmlSplitter:
                     # Held for the next packet (an unfinished "<..."): a line
                     # end in it may already tell; it is looked at again then.
                     saved = (self._lexState, self._lexCloser, self._lexCarry)
-                    brokenAt = self._lineEndInConstruct(data, pos, len(data))
+                    # Not past the byte after the size limit: coming one by
+                    # one, the bytes after it would raise TooLarge first.
+                    stop = min(len(data), pos + self._maxSize - self._size + 1)
+                    brokenAt = self._lineEndInConstruct(data, pos, stop)
                     self._lexState, self._lexCloser, self._lexCarry = saved
                     if brokenAt >= 0:
                         end = brokenAt  # nothing before it to try
@@ -342,10 +376,6 @@ class XmlSplitter:
                     self._tooLarge(out)
                 break
             else:
-                if self._size + end - pos > self._maxSize:
-                    # Checked before parsing, so the limit holds however the
-                    # stream is split into packets.
-                    self._tooLarge(out, self._size + end - pos)
                 item, rest = self._feedPiece(data[pos:end], complete)
             if item is None and brokenAt >= 0:
                 # The document goes on past the line end it cannot hold.
@@ -364,7 +394,7 @@ class XmlSplitter:
                 pos = 0
         return len(data)
 
-    def _whole(self, data, pos, out) -> int:
+    def _whole(self, data, pos, out, packet) -> int:
         """Parse the bytes from ``pos`` to the next 0x01 as one document.
 
         Only for a document whose first byte opens its root element and
@@ -374,24 +404,38 @@ class XmlSplitter:
         undefined entity, NUL or invalid UTF-8 fails the parse).  Returns
         where the document ends, or 0 to take the incremental path (no
         0x01 yet, another start, too large, or a failed parse: that path
-        then says exactly what is wrong).
+        then says exactly what is wrong; after a failed parse, the documents
+        up to the same 0x01 take it too).  ``packet``: ``data`` is the
+        packet being fed, not just the bytes up to its next hard end.
         """
         if pos + 1 >= len(data) or data[pos + 1] not in _NAME_START:
             return 0
-        end = data.find(b"\x01", pos)
+        if packet:
+            end = self._nextHardEnd(data, pos)
+            if end >= 0 and data[end] != 0x01:
+                return 0  # another hard end comes first: it fails the parse
+        else:
+            # feed() gives the bytes up to the next hard end: a 0x01 can
+            # only be the last one.
+            end = len(data) - 1 if data[-1] == 0x01 else -1
         if end < 0 or end - pos > self._maxSize:
             return 0
         document = data[pos:end]
-        if _DECL_OR_PI.search(document):
-            # Comments, CDATA or PIs: where exactly the root ends is the
-            # incremental path's to say.
-            return 0
-        try:
-            root = etree.fromstring(document, self._wholeParser)
-        except etree.XMLSyntaxError:
-            return 0
-        out.append(Document(document.rstrip(_WHITESPACE), root))
-        return end
+        if _DECL_OR_PI.search(document) is None:
+            try:
+                root = etree.fromstring(document, self._wholeParser)
+            except etree.XMLSyntaxError:
+                pass
+            else:
+                out.append(Document(document.rstrip(_WHITESPACE), root))
+                return end
+        # Comments, CDATA or PIs (where exactly the root ends is the
+        # incremental path's to say), or a failed parse.  The next documents
+        # up to the same 0x01 take that path too: their bytes would be
+        # mostly the same, and trying each would cost time quadratic in the
+        # length of a run of them (documents separated by line ends).
+        self._wholeOff = True
+        return 0
 
     # -- cutting ----------------------------------------------------------------
 
@@ -423,12 +467,21 @@ class XmlSplitter:
         must wait for more.  ``refusal`` is ``(offset in the document,
         message)`` when the head breaks a rule (``end`` then covers what was
         looked at).
+
+        Nothing past the size limit is looked at or fed, so that the outcome
+        does not depend on the packets: a piece past it made a short
+        malformed document followed by more documents in the same packet
+        too large, whereas the same bytes one by one made it malformed.  At
+        the limit, ``end == pos`` (the next byte is one too many).
         """
         chunk = self._chunk
         self._chunk = min(chunk * 2, _PIECE)
+        stop = min(len(data), pos + self._maxSize - self._size)
         if self._head is None:
-            return self._contentCut(data, pos, pos, chunk)
-        chunkEnd = min(len(data), pos + chunk)
+            return self._contentCut(data, pos, pos, chunk, stop)
+        chunkEnd = min(stop, pos + chunk)
+        if chunkEnd == pos:
+            return pos, False, None
         nul = data.find(b"\x00", pos, chunkEnd)
         if nul >= 0:
             chunkEnd = nul
@@ -447,12 +500,13 @@ class XmlSplitter:
         if selfClosing:
             return tagEnd, True, None
         self._endTag = b"</" + name
-        return self._contentCut(data, pos, tagEnd, chunk)
+        return self._contentCut(data, pos, tagEnd, chunk, stop)
 
-    def _contentCut(self, data, pos, start, chunk):
+    def _contentCut(self, data, pos, start, chunk, stop):
         """Cut inside the root element: at its next possible end tag, or
-        before ``chunk`` bytes, never inside an unfinished ``<...``."""
-        limit = min(len(data), pos + chunk)
+        before ``chunk`` bytes or ``stop``, never inside an unfinished
+        ``<...`` but a long one or one that reaches ``stop``."""
+        limit = min(stop, pos + chunk)
         if start >= limit:
             return start, False, None
         if self._anyGt:
@@ -466,10 +520,7 @@ class XmlSplitter:
         if self._falseEnds >= _FALSE_ENDS:
             # Many elements named like the root: feed up to the last possible
             # end in reach at once; _feedPiece finds the exact end afterwards.
-            # Only ends within the size limit: what follows a document's end
-            # must not count against its size.
-            budget = pos + self._maxSize - self._size
-            ends = self._endRe.finditer(data, start, min(limit, budget))
+            ends = self._endRe.finditer(data, start, limit)
             first = next(ends, None)
             if first is not None:
                 last = None
@@ -484,7 +535,7 @@ class XmlSplitter:
             endTag = self._endTag
             at = data.find(endTag, start, limit)
             while at >= 0:
-                match = _SPACE_GT.match(data, at + len(endTag))
+                match = _SPACE_GT.match(data, at + len(endTag), stop)
                 if match is not None:
                     return match.end(), True, None
                 at = data.find(endTag, at + 1, limit)
@@ -689,15 +740,17 @@ class XmlSplitter:
 
     # -- parsing ----------------------------------------------------------------
 
-    def _tooLarge(self, out, size=None):
-        size = self.pending if size is None else size
+    def _tooLarge(self, out):
+        size = self.pending
         self._reset()
         raise TooLarge(f"XML document exceeds {self._maxSize} bytes ({size} so far)", out)
 
-    def _startDiscarding(self, discarding, length, out):
+    def _startDiscarding(self, discarding, run, out):
+        """A malformed line's first ``run`` bytes, before any line end, were
+        reported; drop the rest of the line if ``discarding``."""
         self._discarding = discarding
-        self._run = length
-        if discarding and length > self._maxSize:
+        self._run = run
+        if run > self._maxSize:
             self._discarding = False
             raise TooLarge(f"more than {self._maxSize} bytes of malformed data without "
                            f"a line end", out)
