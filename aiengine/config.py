@@ -406,7 +406,6 @@ _CHANNEL_PROPERTIES = {
     "topic-in": _topic,
     "topic-out": _topic,
     "reconnectionTimeout": _seconds(positive=False),
-    "reconnectionTimeoutSec": _seconds(positive=False),
     "queue-size": _integer(1),
     "inbox-size": _integer(1),
     "idle-timeout": _seconds(positive=False),
@@ -443,9 +442,108 @@ _LISTENER_PROPERTIES = {
 
 _KINDS = {"listener": _LISTENER_PROPERTIES, "channel": _CHANNEL_PROPERTIES}
 _SECTIONS = {"listeners": "listener", "directchannels": "channel"}
-#: the same setting under two names (the original spelled it both ways)
-_SAME_SETTING = {"reconnectionTimeoutSec": "reconnectionTimeout",
-                 "reconnectionTimeout": "reconnectionTimeoutSec"}
+
+
+# -- the original's spellings -------------------------------------------------------
+# Files written for the original use names its code and wiki read.  An alias
+# is read as the property it stands for: errors name the spelling the file
+# used, and giving two spellings of one setting is an error.  A name whose
+# meaning does not map onto ours is refused with what to write instead.
+
+def _sideAliases():
+    # trunk_HLAv3 (SocketProtocol::create) named the sides of an asymmetric
+    # protocol protocol.inbound and protocol.outbound, their settings
+    # protocol.inbound.delimiter and so on
+    aliases = {}
+    for old, new in (("protocol.inbound", "protocol-inbound"),
+                     ("protocol.outbound", "protocol-outbound")):
+        aliases[old] = new
+        for key in _SETTINGS:
+            aliases[f"{old}.{key}"] = f"{new}.{key}"
+    return aliases
+
+
+_PROTOCOL_ALIASES = {
+    # trunk and trunk_HLAv2 (SocketProtocol::create) and the MediaProtocols
+    # wiki page read these unprefixed, for the whole connection
+    "max-packet-size": "protocol.max-packet-size",
+    "max-read-size": "protocol.max-read-size",
+    "wait-time-sec": "protocol.wait-time-sec",
+    **_sideAliases(),
+}
+#: other spelling -> the property it is read as
+_ALIASES = {
+    "listener": _PROTOCOL_ALIASES,
+    "channel": {
+        **_PROTOCOL_ALIASES,
+        # what ActiveSocket::configure read; the wiki wrote reconnectionTimeout
+        "reconnectionTimeoutSec": "reconnectionTimeout",
+    },
+}
+#: trunk_HLAv3 channels: one property gave the topic and switched the
+#: redirection on (ActiveSocket::configure); read as the topic property and
+#: its redirect property set to true
+_REDIRECT_TOPICS = {"redirect-in-topic": ("topic-in", "redirect-in"),
+                    "redirect-out-topic": ("topic-out", "redirect-out")}
+
+
+def _earlyTopic(new):
+    def message(value):
+        return (f"the early layout's spelling of {new}: write "
+                f'<property name="{new}" value="{value}"/> instead')
+    return message
+
+
+def _connectionMode(value):
+    # trunk_HLAv3 ActiveSocket::configure: connection = single, permanent, multiple
+    instead = {
+        "permanent": "permanent=true (connect at start-up, reconnect when dropped)",
+        "single": "permanent=false (connect when there is something to send)",
+    }.get(value)
+    if instead is not None:
+        return f"the original's connection mode: write {instead} instead"
+    if value == "multiple":
+        return ("connection=multiple (a connection per address) has no equivalent: "
+                "declare one channel per server, each with permanent=true or false")
+    return ("the original's connection mode (single, permanent or multiple): write "
+            "permanent=true or permanent=false instead")
+
+
+def _sessionMode(value):
+    # trunk_HLAv3 ActiveSocket::configure: session = permanent,
+    # request-response, request
+    return ("the original's session mode has no equivalent here: remove it (to "
+            "pair each reply with its request on a server that answers in order, "
+            "use replies=ordered)")
+
+
+#: names the original read that do not map onto ours: value -> what to write
+_REFUSED = {
+    "listener": {"topic.in": _earlyTopic("topic-in"),
+                 "topic.out": _earlyTopic("topic-out")},
+    "channel": {"topic.in": _earlyTopic("topic-in"),
+                "topic.out": _earlyTopic("topic-out"),
+                "connection": _connectionMode, "session": _sessionMode},
+}
+#: attributes of the early layout (trunk/aiengine/etc/media.xml:
+#: <listener name="debug" type="tcp" direction="duplex" auth="false">)
+_EARLY_ATTRIBUTES = ("type", "direction", "auth")
+
+
+def _earlyAttributes(node):
+    """What to write instead of the early layout's attributes on ``node``."""
+    found = [a for a in _EARLY_ATTRIBUTES if a in node.attrib]
+    named = " and ".join(", ".join(found).rsplit(", ", 1))
+    todo = []
+    if "type" in found:
+        todo.append(f"remove type=\"{node.get('type')}\" (every listener and channel "
+                    "is TCP)")
+    properties = [f'<property name="{a}" value="{node.get(a).strip()}"/>'
+                  for a in found if a != "type"]
+    if properties:
+        todo.append("write " + " and ".join(properties) + " instead")
+    return (f"attribute{'s' if len(found) > 1 else ''} {named} of the early layout: "
+            + "; ".join(todo))
 
 
 # -- rules on the settings themselves --------------------------------------------
@@ -474,13 +572,14 @@ def _checkRouting(msgtype, direction, topicIn, topicOut, protocol):
                           prop="protocol")
     _checkMsgtype(msgtype, protocol)
     if msgtype == "xmlcall":
-        # the console answers calls itself: it routes nothing
+        # The console answers its connections itself; its topics, both
+        # optional, mirror its traffic and take calls from the broker.
         if direction != "duplex":
             raise ConfigError("msgtype xmlcall answers calls, so direction must be "
                               "duplex", prop="direction")
-        if topicIn is not None or topicOut is not None:
-            raise ConfigError("has no meaning for msgtype xmlcall",
-                              prop="topic-in" if topicIn is not None else "topic-out")
+        if topicIn is not None and topicIn == topicOut:
+            raise ConfigError("must differ from topic-in: the console would read its "
+                              "own answers as calls", prop="topic-out")
     elif direction == "in":
         if topicIn is None:
             raise ConfigError("missing required property (direction in publishes to it)",
@@ -581,7 +680,32 @@ def checkService(config: ServiceConfig) -> ServiceConfig:
                                   f"already used by listener '{other.name}'{where}",
                                   element=_label("listener", listener.name), prop="port")
         bound.setdefault(listener.port, []).append((listener, address))
+    _checkConsoleTopics(config)
     return config
+
+
+def _checkConsoleTopics(config):
+    """No peer reaches a console's calls through its topic-in that could not
+    reach the console itself: a console without authentication takes topic
+    calls, so no listener open to other machines without authentication may
+    publish there."""
+    for console in config.listeners:
+        if (console.msgtype != "xmlcall" or not console.run or console.auth
+                or console.topic_in is None):
+            continue
+        for listener in config.listeners:
+            if (listener is console or not listener.run or listener.auth
+                    or listener.topic_in != console.topic_in
+                    or listener.direction == "out"
+                    or ipaddress.ip_address(listener.interface).is_loopback):
+                continue
+            raise ConfigError(
+                f"publishes to '{console.topic_in}', the topic-in of console "
+                f"'{console.name}', which executes the calls it reads there; a "
+                f"listener on {listener.interface} without authentication would "
+                "open the console to other machines: set auth on one of them, or "
+                "bind a loopback interface",
+                element=_label("listener", listener.name), prop="topic-in")
 
 
 # -- the document ---------------------------------------------------------------
@@ -618,6 +742,8 @@ def _label(kind, name):
 class _Property:
     value: object
     line: Optional[int]
+    #: the name the file used (an alias, or the property's own)
+    name: str
 
 
 class _Element:
@@ -637,9 +763,23 @@ class _Element:
         self.properties = {}
 
     def error(self, message, prop=None):
-        line = self.properties[prop].line if prop in self.properties else self.line
-        return ConfigError(message, path=self.reader.path, line=line,
-                           element=self.label, prop=prop)
+        found = self.properties.get(prop)
+        if found is None:
+            return ConfigError(message, path=self.reader.path, line=self.line,
+                               element=self.label, prop=prop)
+        # named as the file spelt it
+        return ConfigError(message, path=self.reader.path, line=found.line,
+                           element=self.label, prop=found.name)
+
+    def locate(self, error):
+        """Give ``error`` (a ConfigError naming a property by its own name)
+        the line of that property, else the element's, and the spelling
+        the file used."""
+        found = self.properties.get(error.prop)
+        if found is None:
+            error.line = self.line
+        else:
+            error.line, error.prop = found.line, found.name
 
     def missing(self, prop, why=""):
         return self.error("missing required property" + why, prop)
@@ -682,32 +822,58 @@ class _Element:
         if not name:
             raise fail("<property> without a 'name' attribute")
         known = _KINDS[self.kind]
-        if name not in known:
+        refused = _REFUSED[self.kind].get(name)
+        if refused is not None:
+            raise fail(refused((node.get("value") or "").strip()), name)
+        # an alias is kept under the property it stands for
+        prop, implied = _ALIASES[self.kind].get(name, name), None
+        if self.kind == "channel" and name in _REDIRECT_TOPICS:
+            prop, implied = _REDIRECT_TOPICS[name]
+        if prop not in known:
             raise fail(self._unknown(name), name)
-        if name in self.properties:
-            raise fail(f"given twice (first at line {self.properties[name].line})", name)
-        other = _SAME_SETTING.get(name)
-        if other in self.properties:
-            raise fail(f"given together with '{other}' (line "
-                       f"{self.properties[other].line}), which is the same setting", name)
+        for key in (prop, implied):
+            if key in self.properties:
+                raise fail(self._conflict(name, key), name)
         raw = node.get("value")
         if raw is None:
             raise fail("missing 'value' attribute", name)
-        if not name.endswith(".delimiter"):
+        if not prop.endswith(".delimiter"):
             raw = raw.strip()
+        if implied is not None and not raw:
+            raise fail(f"must not be empty (leave {name} out for no redirection)", name)
         try:
-            value = known[name](raw)
+            value = known[prop](raw)
         except ConfigError as e:
             raise fail(e.message, name) from None
-        self.properties[name] = _Property(value, line)
+        self.properties[prop] = _Property(value, line, name)
+        if implied is not None:
+            self.properties[implied] = _Property(True, line, name)
+
+    def _conflict(self, name, prop):
+        """Why ``name`` may not be given: ``prop``, which it sets, is set already."""
+        first = self.properties[prop]
+        if first.name == name:
+            return f"given twice (first at line {first.line})"
+        both = next((n for n in (name, first.name) if n in _REDIRECT_TOPICS), None)
+        if both is not None:
+            topic, redirect = _REDIRECT_TOPICS[both]
+            return (f"given together with '{first.name}' (line {first.line}); {both} "
+                    f"sets both {redirect} and {topic}: give {both} alone, or "
+                    f"{redirect} and {topic}")
+        return (f"given together with '{first.name}' (line {first.line}), which is "
+                "the same setting")
 
     def _unknown(self, name):
-        close = _closest(name, _KINDS[self.kind])
+        def names(kind):
+            spelt = set(_KINDS[kind]) | set(_ALIASES[kind])
+            return spelt | set(_REDIRECT_TOPICS) if kind == "channel" else spelt
+
+        for kind in _KINDS:
+            if kind != self.kind and name in names(kind):
+                return f"unknown property; only a {kind} has it"
+        close = _closest(name, names(self.kind))
         if close:
             return f"unknown property; did you mean '{close}'?"
-        for kind, known in _KINDS.items():
-            if kind != self.kind and name in known:
-                return f"unknown property; only a {kind} has it"
         return "unknown property"
 
 
@@ -818,8 +984,7 @@ class _Reader:
                 owner = next((o for o in self.owners.values() if o.label == e.element),
                              None)
                 if owner is not None:
-                    e.line = (owner.properties[e.prop].line
-                              if e.prop in owner.properties else owner.line)
+                    owner.locate(e)
             raise
         return config
 
@@ -827,6 +992,10 @@ class _Reader:
         """Read the attributes and properties of a listener or channel."""
         line = node.sourceline
         for attribute in node.attrib:
+            if attribute in _EARLY_ATTRIBUTES:
+                name = (node.get("name") or "").strip()
+                raise self.error(_earlyAttributes(node), line=line,
+                                 element=_label(kind, name) if name else kind)
             if attribute not in ("name", "run"):
                 raise self.error(
                     f"unknown attribute '{attribute}'; expected name and run",
@@ -863,9 +1032,11 @@ class _Reader:
         if name == "asymmetric":
             stray = element.first("protocol.")
             if stray:
+                key = stray[len("protocol."):]
                 raise element.error(
-                    "with protocol asymmetric, settings go under "
-                    "protocol-inbound.* and protocol-outbound.*", stray)
+                    "with protocol asymmetric, settings go under protocol-inbound.* "
+                    f"and protocol-outbound.*: write protocol-inbound.{key}, "
+                    f"protocol-outbound.{key} or both", stray)
             inbound, outbound = (self.side(element, side) for side in _SIDES)
             return self.shared(ProtocolConfig(name, inbound, outbound))
         stray = element.first(*_SIDES)
@@ -911,8 +1082,7 @@ class _Reader:
         except ConfigError as e:
             if e.path is None:
                 e.path = self.path
-                e.line = (element.properties[e.prop].line if e.prop in element.properties
-                          else element.line)
+                element.locate(e)
                 e.element = element.label
             raise
 
@@ -980,8 +1150,6 @@ class _Reader:
         tls = element.get("tls", False)
         # Only what the file gives: the rest keeps ChannelConfig's defaults.
         given = _given(element, _CHANNEL_FIELDS)
-        if "reconnectionTimeoutSec" in element:
-            given["reconnection_timeout"] = element.get("reconnectionTimeoutSec")
         return self.located(element, checkChannel, ChannelConfig(
             name=element.name, host=host, port=port, protocol=protocol,
             tls_ca=self.path_(element, "tls.ca") if tls else element.get("tls.ca"),

@@ -459,7 +459,8 @@ class ProtocolTests(Helpers, TestCase):
         self.assertPropertyError(
             channelDoc(base + [("protocol.showmessages", "true")]), "channel 'c'",
             "protocol.showmessages", "with protocol asymmetric, settings go under "
-            "protocol-inbound.* and protocol-outbound.*")
+            "protocol-inbound.* and protocol-outbound.*: write "
+            "protocol-inbound.showmessages, protocol-outbound.showmessages or both")
 
     def test_sideSettingsNeedAsymmetric(self):
         for prop in ("protocol-inbound", "protocol-outbound.showpackets"):
@@ -515,9 +516,15 @@ class CombinationTests(Helpers, TestCase):
                          ).listeners[0]
         self.assertEqual(listener.protocol.name, "xml-messages")
         self.assertEqual((listener.topic_in, listener.topic_out), (None, None))
+        # The original's console named its topics: both optional, both kept.
+        listener = parse(listenerDoc([("port", "1"), ("msgtype", "xmlcall"),
+                                      ("topic-in", "c.in"), ("topic-out", "c.out")]
+                                     ).encode()).listeners[0]
+        self.assertEqual((listener.topic_in, listener.topic_out), ("c.in", "c.out"))
         self.assertPropertyError(
-            listenerDoc(LISTENER + [("msgtype", "xmlcall")]), "listener 'l'", "topic-in",
-            "has no meaning for msgtype xmlcall")
+            listenerDoc([("port", "1"), ("msgtype", "xmlcall"), ("topic-in", "c"),
+                         ("topic-out", "c")]), "listener 'l'", "topic-out",
+            "must differ from topic-in: the console would read its own answers as calls")
         self.assertPropertyError(
             listenerDoc([("port", "1"), ("msgtype", "xmlcall"), ("direction", "in")]),
             "listener 'l'", "direction",
