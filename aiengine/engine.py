@@ -26,6 +26,7 @@ from aiengine.config import (ConfigError, ListenerConfig, ProtocolConfig,
                              ProtocolSettings, ServiceConfig, checkService)
 from aiengine.console.builtins import registerBuiltins
 from aiengine.console.protocol import ConsoleFactory
+from aiengine.console.topics import ConsoleTopics
 from aiengine.console.registry import CallRegistry
 from aiengine.auth import readSecret
 from aiengine.listeners import ListenerFactory, ListenerService
@@ -116,6 +117,9 @@ class Engine(MultiService):
                                          maxSize=lc.protocol.inbound.max_packet_size,
                                          secret=secret,
                                          showMessages=lc.protocol.inbound.show_messages)
+                if lc.topic_in is not None or lc.topic_out is not None:
+                    factory.topics = ConsoleTopics(factory, self.broker, lc.topic_in,
+                                                   lc.topic_out)
             else:
                 factory = ListenerFactory(lc, self.broker, secret=secret)
             tls = (serverTLSOptions(lc.name, lc.tls_certificate, lc.tls_key)

@@ -188,6 +188,9 @@ class Topics(ConsoleClass):
     def subscribe(self, call):
         topic = _topicName(call, "topic")
         connection = call.connection
+        if connection.sendEvent is None:
+            raise CallError("subscribe streams events to a console connection; a call "
+                            "read from topic-in has none")
         subscriptions = self._subscriptions.get(connection)
         if subscriptions is not None and topic in subscriptions:
             raise CallError(f"already subscribed to {topic}")

@@ -82,7 +82,8 @@ from aiengine.console.results import (TERMINATOR, frame, messageElement,
                                       resultElement, xmlSafe)
 from aiengine.protocols.xmlsplit import Document, Malformed, TooLarge, XmlSplitter
 
-__all__ = ["ConsoleProtocol", "ConsoleFactory", "TERMINATOR", "parseParameters"]
+__all__ = ["ConsoleProtocol", "ConsoleFactory", "TERMINATOR", "parseParameters",
+           "prepareCall", "okResult", "failureMessage"]
 
 # Recovers requestId/name from a malformed request's root start tag so that a
 # program waiting for its answer gets it under the right id.
@@ -186,6 +187,57 @@ def _resultChildren(value) -> list:
             raise TypeError(f"console method returned {type(item).__name__}, "
                             f"expected an lxml element, a list of them or None")
     return items
+
+
+def prepareCall(factory, root, connection, authenticated):
+    """The method ``root`` (an ``<xmlcall>``) names, its :class:`Call` and
+    its label (``Class.method``); raises :class:`CallError` for a call that
+    cannot be made."""
+    if root.tag != "xmlcall":
+        raise CallError(f"expected an <xmlcall> document, got <{root.tag}>")
+    className, methodName = root.get("class"), root.get("method")
+    if not authenticated and (className, methodName) != LOGIN:
+        # Before the registry is asked: its errors list what exists.
+        raise CallError("not authenticated: call Engine.login(secret) first")
+    if not className:
+        raise CallError("<xmlcall> has no 'class' attribute")
+    if not methodName:
+        raise CallError("<xmlcall> has no 'method' attribute")
+    method = factory.registry.lookup(className, methodName)
+    label = f"{className}.{methodName}"
+    # Most calls have no parameters: no need to look for them.
+    params = parseParameters(root, method, label) if method.params or len(root) else {}
+    return method, Call(params, connection, factory.engine, element=root,
+                        name=root.get("name"), requestId=root.get("requestId")), label
+
+
+def okResult(value, requestId, name):
+    """The ``status="OK"`` answer for a method's return value; raises
+    ``TypeError`` for a value that cannot be one."""
+    if type(value) is etree._Element:
+        children = (value,)  # the common case, checked without a call
+    else:
+        children = _resultChildren(value)
+    result = resultElement("OK", requestId, name)
+    for child in children:
+        if child.getparent() is not None:
+            # Appending moves an element: keep the method's own tree whole.
+            child = deepcopy(child)
+        result.append(child)
+    return result
+
+
+def failureMessage(failure, log, who, label, requestId) -> str:
+    """The Exception text for a failed call, logged as its kind deserves: a
+    ``CallError`` is the caller's mistake, anything else a traceback."""
+    if failure.check(CallError):
+        message = str(failure.value)
+        log.warn("{session}: {label} {requestId} failed: {message}",
+                 session=who, label=label, requestId=requestId, message=message)
+        return message
+    log.failure("{session}: {label} {requestId} raised", failure,
+                session=who, label=label, requestId=requestId, level=LogLevel.warn)
+    return f"{failure.type.__name__}: {failure.value}"
 
 
 @implementer(IPushProducer, IHalfCloseableProtocol)
@@ -537,7 +589,8 @@ class ConsoleProtocol(Protocol):
         self.transport.loseConnection()
 
     def _request(self, document: Document):
-        self.factory.requests += 1
+        factory = self.factory
+        factory.requests += 1
         root = document.root
         requestId, name = root.get("requestId"), root.get("name")
         if self.factory.showMessages:
@@ -547,10 +600,14 @@ class ConsoleProtocol(Protocol):
             else:
                 self.log.info("{session}: request {data!r}", session=self.session,
                               data=document.data[:_LOG_BYTES])
+        # The console's topics see the call (when someone watches them),
+        # and its answer names the copy published there.
+        mirror = (factory.topics.mirrorCall(self, document.data)
+                  if factory.topics is not None else None)
         try:
-            method, call, label = self._prepare(root, requestId, name)
+            method, call, label = prepareCall(factory, root, self, self.authenticated)
         except CallError as e:
-            self._fail(requestId, name, str(e))
+            self._fail(requestId, name, str(e), mirror)
             return
         try:
             result = method.function(call)
@@ -561,63 +618,35 @@ class ConsoleProtocol(Protocol):
         if isinstance(result, _IMMEDIATE) or not isinstance(result, Deferred):
             # Most calls answer at once: no Deferred machinery for them.
             try:
-                self._succeeded(result, requestId, name, label)
+                self._succeeded(result, requestId, name, label, mirror)
             except Exception:
-                self._internalError(Failure(), requestId, name)
+                self._internalError(Failure(), requestId, name, mirror)
             return
         d = result
         if not d.called:
             self._pending.add(d)
             d.addBoth(self._callEnded, d)
         d.addCallbacks(self._succeeded, self._failed,
-                       callbackArgs=(requestId, name, label),
-                       errbackArgs=(requestId, name, label))
-        d.addErrback(self._internalError, requestId, name)
+                       callbackArgs=(requestId, name, label, mirror),
+                       errbackArgs=(requestId, name, label, mirror))
+        d.addErrback(self._internalError, requestId, name, mirror)
         d.addBoth(self._answered)
-
-    def _prepare(self, root, requestId, name):
-        if root.tag != "xmlcall":
-            raise CallError(f"expected an <xmlcall> document, got <{root.tag}>")
-        className, methodName = root.get("class"), root.get("method")
-        if not self.authenticated and (className, methodName) != LOGIN:
-            # Before the registry is asked: its errors list what exists.
-            raise CallError("not authenticated: call Engine.login(secret) first")
-        if not className:
-            raise CallError("<xmlcall> has no 'class' attribute")
-        if not methodName:
-            raise CallError("<xmlcall> has no 'method' attribute")
-        method = self.factory.registry.lookup(className, methodName)
-        label = f"{className}.{methodName}"
-        # Most calls have no parameters: no need to look for them.
-        params = parseParameters(root, method, label) if method.params or len(root) else {}
-        call = Call(params, self, self.factory.engine, element=root, name=name,
-                    requestId=requestId)
-        return method, call, label
 
     def _callEnded(self, result, d):
         self._pending.discard(d)
         return result
 
-    def _succeeded(self, value, requestId, name, label):
-        if type(value) is etree._Element:
-            children = (value,)  # the common case, checked without a call
-        else:
-            try:
-                children = _resultChildren(value)
-            except TypeError as e:
-                self.log.warn("{session}: {label}: {error}", session=self.session,
-                              label=label, error=e)
-                self._fail(requestId, name, f"{label}: {e}")
-                return
-        result = resultElement("OK", requestId, name)
-        for child in children:
-            if child.getparent() is not None:
-                # Appending moves an element: keep the method's own tree whole.
-                child = deepcopy(child)
-            result.append(child)
-        self._write(result)
+    def _succeeded(self, value, requestId, name, label, mirror=None):
+        try:
+            result = okResult(value, requestId, name)
+        except TypeError as e:
+            self.log.warn("{session}: {label}: {error}", session=self.session,
+                          label=label, error=e)
+            self._fail(requestId, name, f"{label}: {e}", mirror)
+            return
+        self._write(result, mirror)
 
-    def _failed(self, failure: Failure, requestId, name, label):
+    def _failed(self, failure: Failure, requestId, name, label, mirror=None):
         if failure.check(CancelledError) and self._gone:
             self.log.debug("{session}: {label} {requestId} cancelled: connection gone",
                            session=self.session, label=label, requestId=requestId)
@@ -625,37 +654,31 @@ class ConsoleProtocol(Protocol):
         if failure.check(CancelledError) and self._peerDone:
             message = (f"cancelled: the connection was closed by the peer "
                        f"{self.factory.halfCloseTimeout:g} s earlier")
-        elif failure.check(CallError):
-            message = str(failure.value)
-            self.log.warn("{session}: {label} {requestId} failed: {message}",
-                          session=self.session, label=label, requestId=requestId,
-                          message=message)
         else:
-            message = f"{failure.type.__name__}: {failure.value}"
-            self.log.failure("{session}: {label} {requestId} raised", failure,
-                             session=self.session, label=label, requestId=requestId,
-                             level=LogLevel.warn)
+            message = failureMessage(failure, self.log, self.session, label, requestId)
         self.factory.errors += 1
-        self._write(resultElement("Exception", requestId, name, message))
+        self._write(resultElement("Exception", requestId, name, message), mirror)
 
-    def _internalError(self, failure, requestId, name):
+    def _internalError(self, failure, requestId, name, mirror=None):
         """A bug of ours while answering: logged, and the request still gets
         its one answer."""
         self.factory.errors += 1
         self.log.failure("{session}: could not answer {requestId}", failure,
                          session=self.session, requestId=requestId, level=LogLevel.error)
         self._write(resultElement("Exception", requestId, name,
-                                  "internal error serving the request"))
+                                  "internal error serving the request"), mirror)
 
-    def _fail(self, requestId, name, message):
+    def _fail(self, requestId, name, message, mirror=None):
         self.factory.errors += 1
         self.log.warn("{session}: request {requestId} failed: {message}",
                       session=self.session, requestId=requestId, message=message)
-        self._write(resultElement("Exception", requestId, name, message))
+        self._write(resultElement("Exception", requestId, name, message), mirror)
 
     # -- writing --------------------------------------------------------------
 
-    def _write(self, element):
+    def _write(self, element, mirror=None):
+        if mirror is not None:
+            self.factory.topics.mirrorAnswer(self, element, mirror)
         if self._gone or self.transport is None:
             self.factory.undelivered += 1
             self.log.debug("{session}: connection gone, dropping {tag} {requestId}",
@@ -780,6 +803,19 @@ class ConsoleFactory(Factory):
         self.throttle = LoginThrottle(self.clock)
         #: the connections open now
         self.openProtocols: set = set()
+        #: the open connections by session name
+        self.sessions: dict = {}
+        #: the console's topic-in and topic-out (a ConsoleTopics), when it has them
+        self.topics = None
+
+    def startFactory(self):
+        """Listening: take calls from ``topic-in`` too, if it has one."""
+        if self.topics is not None:
+            self.topics.start()
+
+    def stopFactory(self):
+        if self.topics is not None:
+            self.topics.stop()
 
     def buildProtocol(self, addr):
         """A new connection with the next session name."""
@@ -791,11 +827,14 @@ class ConsoleFactory(Factory):
         self.connections += 1
         self.openConnections += 1
         self.openProtocols.add(protocol)
+        self.sessions[protocol.session] = protocol
 
     def connectionClosed(self, protocol):
         """Called by each connection when it is lost."""
         self.openConnections -= 1
         self.openProtocols.discard(protocol)
+        if self.sessions.get(protocol.session) is protocol:
+            del self.sessions[protocol.session]
 
     def closeConnections(self) -> Deferred:
         """Close every open connection (at shutdown); fires when all are gone."""
@@ -810,8 +849,12 @@ class ConsoleFactory(Factory):
         return DeferredList(waits)
 
     def stats(self) -> dict:
-        """The counters, by name."""
-        return {key: getattr(self, key) for key in (
+        """The counters, by name (``topicCalls`` and the like: its topics')."""
+        counters = {key: getattr(self, key) for key in (
             "connections", "openConnections", "requests", "errors", "malformed", "events",
             "undelivered", "discardedBytes", "logins", "authFailures",
             "loginsThrottled")}
+        if self.topics is not None:
+            for key, value in self.topics.stats().items():
+                counters["topic" + key[0].upper() + key[1:]] = value
+        return counters
