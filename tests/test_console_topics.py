@@ -215,25 +215,33 @@ class TopicCallTests(TopicsTestCase):
         self.assertEqual(answers, [])
         self.assertEqual(self.topics.ignored, 1)
 
+    @defer.inlineCallbacks
     def test_stopCancelsRunningCalls(self):
         self.startEngine(console())
         answers = self.watch(CALLS_OUT)
-        # a read that waits: nothing arrives on the topic within its time
+        calls = self.watch(CALLS_IN)
+        # "nowhere.out" has no subscriber: the request fails at once
         self.engine.broker.publish(CALLS_IN, xmlcall(
             "Topics", "request", "w", topic_out="nowhere.out", topic_in="nowhere.in",
             message="m", timeout="30"))
-        # "nowhere.out" has no subscriber: the request fails at once
-        self.assertEqual(len(answers), 1)
+        # every subscriber sees the call before its answer is published
+        self.assertEqual((len(calls), answers), (1, []))
+        yield waitFor(lambda: answers, what="the first answer")
         self.assertIn("reached no one", body(answers[0]).findtext("exception"))
+        # a request that waits: no reply comes on slow.in
         self.watch("slow.out")
         self.engine.broker.publish(CALLS_IN, xmlcall(
             "Topics", "request", "w2", topic_out="slow.out", topic_in="slow.in",
             message="m", timeout="30"))
-        self.assertEqual(len(answers), 1)
+        yield waitFor(lambda: self.engine.broker.topic("slow.in").waiting,
+                      what="the request waiting")
+        # and one not started yet
+        self.engine.broker.publish(CALLS_IN, xmlcall("Engine", "ping", "w3"))
         self.engine.listeners["debug"].factory.stopFactory()
-        self.assertEqual(len(answers), 2)
-        self.assertEqual(body(answers[1]).findtext("exception"),
-                         "cancelled: the console stopped")
+        self.assertEqual(
+            {body(a).get("requestId"): body(a).findtext("exception") for a in answers[1:]},
+            {"w2": "cancelled: the console stopped",
+             "w3": "cancelled: the console stopped"})
 
 
 class AuthTests(TopicsTestCase):
@@ -273,8 +281,12 @@ class AuthTests(TopicsTestCase):
                                       ["pub2"])
         self.assertEqual(published.get("status"), "OK")
         self.engine.broker.publish(CALLS_IN, xmlcall("Engine", "ping", "local"))
-        byId = {body(a).get("requestId"): body(a) for a in answers
-                if body(a).get("requestId") in ("inner", "local")}
+        def byId():
+            return {body(a).get("requestId"): body(a) for a in answers
+                    if body(a).get("requestId") in ("inner", "local")}
+
+        yield waitFor(lambda: len(byId()) == 2, what="both answers")
+        byId = byId()
         self.assertEqual(byId["inner"].get("status"), "OK")
         self.assertEqual(byId["local"].get("status"), "OK")
         self.assertEqual(self.topics.refused, 0)

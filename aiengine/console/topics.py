@@ -101,6 +101,7 @@ class ConsoleTopics:
         self.log = PeerSafeLogger(namespace=f"SocketServer::{factory.name}")
         self._subscription = None
         self._running: set[Deferred] = set()
+        self._scheduled: dict = {}  # message -> DelayedCall of a call not yet run
         self._source = f"console:{factory.name}"
         #: calls read from topic-in and executed (answered OK or Exception)
         self.calls = 0
@@ -128,6 +129,10 @@ class ConsoleTopics:
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
+        for message, delayed in list(self._scheduled.items()):
+            delayed.cancel()
+            del self._scheduled[message]
+            self._cancelled(message)
         for d in list(self._running):
             d.cancel()
 
@@ -182,6 +187,12 @@ class ConsoleTopics:
                               n=self.ignored)
             return
         self.calls += 1
+        # Run on a turn of its own, as a console connection's request is:
+        # every subscriber sees the call before anyone sees its answer.
+        self._scheduled[message] = self.factory.clock.callLater(0, self._run, message)
+
+    def _run(self, message):
+        del self._scheduled[message]
         try:
             root = parseDocument(message.body.strip(b" \t\r\n\x01"),
                                  self.factory.maxSize)
@@ -224,9 +235,9 @@ class ConsoleTopics:
     def _done(self, outcome, message, requestId, name, label):
         if isinstance(outcome, Failure):
             if outcome.check(CancelledError):
-                text = "cancelled: the console stopped"
-            else:
-                text = failureMessage(outcome, self.log, message.topic, label, requestId)
+                self._cancelled(message, requestId, name)
+                return
+            text = failureMessage(outcome, self.log, message.topic, label, requestId)
             self._answer(message, resultElement("Exception", requestId, name, text),
                          failed=True)
             return
@@ -237,6 +248,18 @@ class ConsoleTopics:
                                                 f"{label}: {e}"), failed=True)
             return
         self._answer(message, answer)
+
+    def _cancelled(self, message, requestId=None, name=None):
+        if requestId is None:
+            try:
+                root = parseDocument(message.body.strip(b" \t\r\n\x01"),
+                                     self.factory.maxSize)
+                requestId, name = root.get("requestId"), root.get("name")
+            except ValueError:
+                pass
+        self._answer(message, resultElement("Exception", requestId, name,
+                                            "cancelled: the console stopped"),
+                     failed=True)
 
     def _trusted(self, message) -> bool:
         if not self.factory.authRequired or message.source is None:
