@@ -66,6 +66,13 @@ def setBody(element, body) -> None:
     element.text = base64.b64encode(raw).decode("ascii")
 
 
+def textElement(tag, data):
+    """``<tag>`` holding ``data`` as text (base64 when XML cannot carry it)."""
+    element = etree.Element(tag)
+    setBody(element, data)
+    return element
+
+
 def messageElement(tag: str, message, **extra):
     """An element ``<tag topic=".." id=".." type=".." source="..">body</tag>``
     for a broker :class:`~aiengine.broker.Message`."""
