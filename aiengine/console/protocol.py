@@ -189,7 +189,7 @@ def _resultChildren(value) -> list:
     return items
 
 
-def prepareCall(factory, root, connection, authenticated):
+def prepareCall(factory, root, connection, authenticated, requestId, name):
     """The method ``root`` (an ``<xmlcall>``) names, its :class:`Call` and
     its label (``Class.method``); raises :class:`CallError` for a call that
     cannot be made."""
@@ -207,8 +207,8 @@ def prepareCall(factory, root, connection, authenticated):
     label = f"{className}.{methodName}"
     # Most calls have no parameters: no need to look for them.
     params = parseParameters(root, method, label) if method.params or len(root) else {}
-    return method, Call(params, connection, factory.engine, element=root,
-                        name=root.get("name"), requestId=root.get("requestId")), label
+    return method, Call(params, connection, factory.engine, element=root, name=name,
+                        requestId=requestId), label
 
 
 def okResult(value, requestId, name):
@@ -605,7 +605,8 @@ class ConsoleProtocol(Protocol):
         mirror = (factory.topics.mirrorCall(self, document.data)
                   if factory.topics is not None else None)
         try:
-            method, call, label = prepareCall(factory, root, self, self.authenticated)
+            method, call, label = prepareCall(factory, root, self, self.authenticated,
+                                              requestId, name)
         except CallError as e:
             self._fail(requestId, name, str(e), mirror)
             return
@@ -637,6 +638,12 @@ class ConsoleProtocol(Protocol):
         return result
 
     def _succeeded(self, value, requestId, name, label, mirror=None):
+        if type(value) is etree._Element and value.getparent() is None:
+            # The common case, without a call: one new element.
+            result = resultElement("OK", requestId, name)
+            result.append(value)
+            self._write(result, mirror)
+            return
         try:
             result = okResult(value, requestId, name)
         except TypeError as e:

@@ -211,7 +211,8 @@ class ConsoleTopics:
             return
         caller = TopicCaller(message.session or message.source, True)
         try:
-            method, call, label = prepareCall(self.factory, root, caller, True)
+            method, call, label = prepareCall(self.factory, root, caller, True,
+                                              requestId, name)
         except CallError as e:
             self._answer(message, resultElement("Exception", requestId, name, str(e)),
                          failed=True)

@@ -189,6 +189,8 @@ class XmlSplitter:
         # line feed and carriage return): one ends an unfinished document.
         illegal = bytes(b for b in separators if b < 0x20 and b not in b"\t\n\r")
         self._hardEnd = _byteClass(illegal) if illegal else None
+        # One such byte (0x01, the usual case): _whole looks for it itself.
+        self._hardByte = illegal if len(illegal) == 1 else None
         #: (from, at): the last search for a hard end in the packet being
         #: fed, from ``from``, found one at ``at`` (-1: none); see _nextHardEnd
         self._lastHardEnd = None
@@ -411,7 +413,15 @@ class XmlSplitter:
         if pos + 1 >= len(data) or data[pos + 1] not in _NAME_START:
             return 0
         if packet:
-            end = self._nextHardEnd(data, pos)
+            last = self._lastHardEnd
+            if last is not None and last[0] <= pos and (last[1] < 0 or pos <= last[1]):
+                end = last[1]
+            elif self._hardByte is not None:
+                # _nextHardEnd's work, inline: this runs for every document.
+                end = data.find(self._hardByte, pos)
+                self._lastHardEnd = (pos, end)
+            else:
+                end = self._nextHardEnd(data, pos)
             if end >= 0 and data[end] != 0x01:
                 return 0  # another hard end comes first: it fails the parse
         else:
