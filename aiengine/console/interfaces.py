@@ -35,6 +35,16 @@ def seconds(value, key="timeout", allowZero=False) -> float:
     return result
 
 
+def boolean(value, key) -> bool:
+    """A parameter holding ``true`` or ``false`` (any case, whitespace
+    around ignored), as media.xml's booleans; raises :class:`CallError`
+    otherwise."""
+    lowered = str(value).strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    raise CallError(f"parameter '{key}': expected true or false, got {value.strip()!r}")
+
+
 class Param:
     """One parameter of a console method."""
 

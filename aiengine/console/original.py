@@ -12,8 +12,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from aiengine.broker import NoSubscriber
-from aiengine.config import ConfigError, _bool
-from aiengine.console.interfaces import CallError, ConsoleClass, Param, method
+from aiengine.console.interfaces import CallError, ConsoleClass, Param, boolean, method
 from aiengine.console.results import setBody, textElement, xmlSafe
 
 __all__ = ["TestDirectChannels", "TestEngineThreads"]
@@ -89,11 +88,7 @@ class TestEngineThreads(ConsoleClass):
 
     @staticmethod
     def _flag(call, key):
-        """A boolean parameter: true or false, as in media.xml."""
-        try:
-            return _bool(call.params[key].strip())
-        except ConfigError as e:
-            raise CallError(f"parameter '{key}': {e.message}") from None
+        return boolean(call.params[key], key)
 
     def _describe(self, threads, showStack):
         frames = sys._current_frames() if showStack else {}
