@@ -110,6 +110,8 @@ class ListenerConfig:
     #: seconds) or "drop" the message for that connection
     overflow: str = "pause"
     slow_consumer_timeout: float = 30.0
+    #: TCP_NODELAY on accepted sockets: small messages go out at once
+    tcp_nodelay: bool = True
     run: bool = True
     line: Optional[int] = None
 
@@ -143,6 +145,8 @@ class ChannelConfig:
     idle_timeout: Optional[float] = None
     connect_timeout: float = 30.0
     keepalive: bool = True
+    #: TCP_NODELAY on the socket: small messages go out at once
+    tcp_nodelay: bool = True
     #: connect with TLS, verifying the server against tls_ca (PEM file; the
     #: system's trust store when None) and tls_hostname (default: host)
     tls: bool = False
@@ -411,6 +415,7 @@ _CHANNEL_PROPERTIES = {
     "idle-timeout": _seconds(positive=False),
     "connect-timeout": _seconds(positive=True),
     "keepalive": _bool,
+    "tcp.nodelay": _bool,
     "tls": _bool,
     "tls.ca": _text,
     "tls.hostname": _text,
@@ -438,6 +443,7 @@ _LISTENER_PROPERTIES = {
     "tls.key": _text,
     "overflow": _choice("pause", "drop"),
     "slow-consumer-timeout": _seconds(positive=True),
+    "tcp.nodelay": _bool,
 }
 
 _KINDS = {"listener": _LISTENER_PROPERTIES, "channel": _CHANNEL_PROPERTIES}
@@ -728,6 +734,7 @@ _CHANNEL_FIELDS = {
     "reconnectionTimeout": "reconnection_timeout", "queue-size": "queue_size",
     "inbox-size": "inbox_size", "idle-timeout": "idle_timeout",
     "connect-timeout": "connect_timeout", "keepalive": "keepalive", "tls": "tls",
+    "tcp.nodelay": "tcp_nodelay",
     "tls.hostname": "tls_hostname", "tls.verify": "tls_verify",
     "flush-timeout": "flush_timeout", "replies": "replies",
     "max-in-flight": "max_in_flight", "response-timeout": "response_timeout",
@@ -1119,7 +1126,8 @@ class _Reader:
             **_given(element, {"interface": "interface", "auth": "auth",
                                "max-connections": "max_connections",
                                "idle-timeout": "idle_timeout", "overflow": "overflow",
-                               "slow-consumer-timeout": "slow_consumer_timeout"})))
+                               "slow-consumer-timeout": "slow_consumer_timeout",
+                               "tcp.nodelay": "tcp_nodelay"})))
 
     def path_(self, element, prop):
         """A file property: resolved against media.xml's directory and readable."""

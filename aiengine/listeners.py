@@ -70,6 +70,7 @@ from aiengine.logs import PeerSafeLogger, describeAddress, peerHost, peerOf, wor
 from aiengine.protocols import buildFramer
 from aiengine.protocols.base import IMessageReceiver
 from aiengine.protocols.xmlsplit import parseDocument
+from aiengine.tcp import setNoDelay
 
 __all__ = ["ListenerFactory", "ListenerConnection", "ListenerService", "GuardFactory",
            "GuardProtocol", "serverEndpoint"]
@@ -640,6 +641,7 @@ class ListenerFactory(Factory):
 
 # -- limits common to every listener ----------------------------------------------
 
+
 @implementer(IHalfCloseableProtocol)
 class GuardProtocol(TimeoutProtocol):
     """Wraps one accepted connection: closes it after ``idle-timeout``.
@@ -655,6 +657,8 @@ class GuardProtocol(TimeoutProtocol):
 
     def makeConnection(self, transport):
         """Connected: a TLS connection must finish its handshake in time."""
+        if self.factory.noDelay:
+            setNoDelay(transport)
         TimeoutProtocol.makeConnection(self, transport)
         timeout = self.factory.handshakeTimeout
         if isinstance(self.wrappedProtocol, TLSMemoryBIOProtocol) and timeout:
@@ -771,9 +775,11 @@ class GuardFactory(TimeoutFactory):
 
     def __init__(self, wrappedFactory, log, maxConnections=_DEFAULT_MAX_CONNECTIONS,
                  idleTimeout=_DEFAULT_IDLE_TIMEOUT,
-                 reactor=None, closeGrace=5.0):
+                 reactor=None, closeGrace=5.0, noDelay=True):
         if reactor is None:
             from twisted.internet import reactor
+        #: TCP_NODELAY on every accepted socket (see setNoDelay)
+        self.noDelay = noDelay
         # TimeoutProtocol takes None for "never".
         TimeoutFactory.__init__(self, wrappedFactory, idleTimeout or None)
         self.log = log
@@ -847,7 +853,7 @@ class ListenerService(Service):
 
     def __init__(self, name, factory, interface, port, reactor=None,
                  maxConnections=_DEFAULT_MAX_CONNECTIONS,
-                 idleTimeout=_DEFAULT_IDLE_TIMEOUT, tls=None):
+                 idleTimeout=_DEFAULT_IDLE_TIMEOUT, tls=None, noDelay=True):
         if reactor is None:
             from twisted.internet import reactor
         self.name = name
@@ -858,6 +864,8 @@ class ListenerService(Service):
         self.maxConnections = maxConnections
         self.idleTimeout = idleTimeout
         self.tls = tls
+        #: TCP_NODELAY on accepted sockets
+        self.noDelay = noDelay
         self.listeningPort = None
         self.guard = None
         self.log = PeerSafeLogger(namespace=f"SocketServer::{name}")
@@ -867,7 +875,7 @@ class ListenerService(Service):
         """A service for a :class:`~aiengine.config.ListenerConfig`."""
         return cls(config.name, factory, config.interface, config.port, reactor,
                    maxConnections=config.max_connections,
-                   idleTimeout=config.idle_timeout, tls=tls)
+                   idleTimeout=config.idle_timeout, tls=tls, noDelay=config.tcp_nodelay)
 
     def privilegedStartService(self):
         # Bind before the process drops privileges, and fail start-up loudly.
@@ -876,7 +884,7 @@ class ListenerService(Service):
             inner = TLSMemoryBIOFactory(self.tls, False, inner)
             inner.noisy = False
         self.guard = GuardFactory(inner, self.log, self.maxConnections, self.idleTimeout,
-                                  self.reactor, self.closeGrace)
+                                  self.reactor, self.closeGrace, noDelay=self.noDelay)
         d = serverEndpoint(self.reactor, self.interface, self.port).listen(self.guard)
         failures = []
         d.addCallbacks(self._listening, failures.append)

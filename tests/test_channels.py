@@ -181,6 +181,8 @@ class LoopbackTests(LoopbackMixin, unittest.TestCase):
         # A vanished server is noticed in minutes, not the system's two hours.
         sock = ch._protocol.transport.getHandle()
         self.assertEqual(sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE), 1)
+        # Small messages go out at once, not after the peer's delayed ACK.
+        self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY), 1)
         if hasattr(socket, "TCP_KEEPIDLE"):
             self.assertEqual(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
                              channels.KEEPALIVE_IDLE)

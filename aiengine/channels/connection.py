@@ -3,7 +3,6 @@ times and guards the connection, and reports what happens to its owner."""
 
 from __future__ import annotations
 
-import socket
 from collections import deque
 from typing import Optional
 
@@ -13,6 +12,8 @@ from twisted.protocols.policies import ProtocolWrapper, TimeoutMixin
 from zope.interface import Interface, directlyProvides, implementer, providedBy
 
 from aiengine.channels.policy import BRIEF_CONNECTION
+from aiengine.tcp import (KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES,
+                          setNoDelay, tuneKeepAlive)
 from aiengine.tls import verifyResult
 
 __all__ = ["IConnectionOwner", "ChannelConnection", "CLOSE_GRACE", "KEEPALIVE_IDLE",
@@ -60,33 +61,6 @@ class _WriteGate:
 
     def stopProducing(self):
         self.paused = True
-
-
-#: TCP keepalive timing: the first probe after this many idle seconds, then
-#: one every KEEPALIVE_INTERVAL, giving up after KEEPALIVE_PROBES.  The
-#: system's default waits two hours before the first probe; a server that
-#: vanished without closing is noticed within about two minutes instead.
-KEEPALIVE_IDLE = 60
-KEEPALIVE_INTERVAL = 15
-KEEPALIVE_PROBES = 4
-
-
-def _tuneKeepAlive(transport) -> None:
-    """Shorten the keepalive timing of ``transport``'s socket where the
-    system lets us (Linux has all three options; others may lack some)."""
-    getHandle = getattr(transport, "getHandle", None)
-    if getHandle is None:
-        return
-    try:
-        sock = getHandle()
-        for name, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE),
-                            ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
-                            ("TCP_KEEPCNT", KEEPALIVE_PROBES)):
-            option = getattr(socket, name, None)
-            if option is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, option, value)
-    except (OSError, AttributeError):
-        pass  # not a TCP socket (a test transport, TLS wrapper...): keep defaults
 
 
 @implementer(IHandshakeListener)
@@ -159,11 +133,13 @@ class ChannelConnection(ProtocolWrapper, TimeoutMixin):
             self._handshakeCall = self.callLater(timeout, self._handshakeTimedOut)
 
     def connectionMade(self):
+        if self.config.tcp_nodelay:
+            setNoDelay(self.transport)
         if self.config.keepalive:
             setKeepAlive = getattr(self.transport, "setTcpKeepAlive", None)
             if setKeepAlive is not None:
                 setKeepAlive(1)
-                _tuneKeepAlive(self.transport)
+                tuneKeepAlive(self.transport)
 
     def handshakeCompleted(self):
         """TLS is up and the certificate verified: now the framer may talk."""
