@@ -326,6 +326,18 @@ class ListenerConnection:
             return
         self._write(message)
 
+    def sendMany(self, messages):
+        """Write several messages (bytes) as :meth:`send` would each: in one
+        write through the framer's ``sendMessages`` when nothing waits."""
+        if self._writePaused or self._queue or not self.authenticated:
+            for message in messages:
+                self.send(message)
+            return
+        written = self.framer.sendMessages(messages)
+        count = len(messages) if written is None else written
+        self.messagesOut += count
+        self.factory.messagesOut += count
+
     @property
     def full(self) -> bool:
         """Whether the queue has reached its bounds (messages or bytes)."""
@@ -547,7 +559,8 @@ class ListenerFactory(Factory):
     def startFactory(self):
         if self.acceptsOutput and self._subscription is None:
             self._subscription = self.broker.subscribe(
-                self.config.topic_out, self._outbound, name=f"listener:{self.config.name}")
+                self.config.topic_out, self._outbound, name=f"listener:{self.config.name}",
+                batchCallback=self._outboundBatch)
 
     def stopFactory(self):
         if self._subscription is not None:
@@ -579,10 +592,7 @@ class ListenerFactory(Factory):
                 for connection in tuple(connections.values()):
                     self._sendTo(connection, message.body)
             else:
-                self.unrouted += 1
-                if worthLogging(self.unrouted):
-                    self.log.warn("no connection is open: {id} dropped ({n} so far)",
-                                  id=message.id, n=self.unrouted)
+                self._unrouted(1, message.id)
         else:
             connection = self.connections.get(session)
             if connection is not None:
@@ -595,11 +605,39 @@ class ListenerFactory(Factory):
                                   "dropped ({n} so far)", id=message.id, session=session,
                                   n=self.undeliverable)
             # else: a reply for a session of another listener or the console.
+        return self._holdIfFull()
+
+    def _outboundBatch(self, messages):
+        """The topic-out subscriber for several messages of one packet (never
+        replies: a batch is what a connection read): each connection gets
+        them in one write when it can take them, else one by one as
+        :meth:`_outbound` gives them."""
+        connections = self.connections
+        if connections:
+            bodies = [message.body for message in messages]
+            for connection in tuple(connections.values()):
+                try:
+                    connection.sendMany(bodies)
+                except Exception as e:
+                    connection.protocolError(f"could not write {len(bodies)} "
+                                             f"message(s): {e!r}")
+        else:
+            self._unrouted(len(messages), messages[0].id)
+        return self._holdIfFull()
+
+    def _holdIfFull(self):
+        """A Deferred for the broker while a connection's queue is full."""
         if self._full:
             if self._drained is None:
                 self._drained = defer.Deferred()
             return self._drained
         return None
+
+    def _unrouted(self, count, firstId):
+        before, self.unrouted = self.unrouted, self.unrouted + count
+        if worthLogging(self.unrouted) or self.unrouted // 1000 > before // 1000:
+            self.log.warn("no connection is open: {n} message(s) from {id} dropped "
+                          "({total} so far)", n=count, id=firstId, total=self.unrouted)
 
     def queueFull(self, connection):
         """``connection``'s queue reached its bounds: publishers wait for it,

@@ -327,3 +327,68 @@ class ListenerServiceTests(unittest.TestCase):
         stats = factory.stats()
         self.assertEqual((stats["count"], stats["openConnections"], stats["messagesIn"],
                           stats["messagesOut"], stats["dropped"]), (1, 1, 1, 1, 0))
+
+
+class _CountingTransport(StringTransport):
+    """Counts write calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data):
+        self.writes += 1
+        super().write(data)
+
+
+class OutboundBatchTests(unittest.TestCase):
+    """topic-out's batches (a packet's messages from another connection)
+    reach each connection in one write, the same bytes and counts as one by
+    one."""
+
+    def connections(self, n, **kw):
+        config = ListenerConfig(name="out", port=0, protocol=textProtocol(),
+                                topic_out="t", direction="out", **kw)
+        broker = Broker()
+        factory = ListenerFactory(config, broker)
+        factory.startFactory()
+        self.addCleanup(factory.stopFactory)
+        transports = []
+        for _ in range(n):
+            protocol = factory.buildProtocol(None)
+            transport = _CountingTransport()
+            protocol.makeConnection(transport)
+            transports.append(transport)
+        return broker.topic("t"), factory, transports
+
+    def test_oneWritePerConnection(self):
+        topic, factory, transports = self.connections(3)
+        bodies = [b"one", b"two", b"three"]
+        topic.publishBatch(topic.messages(bodies))
+        for transport in transports:
+            self.assertEqual(transport.value(), b"one\ntwo\nthree\n")
+            self.assertEqual(transport.writes, 1)
+        self.assertEqual(factory.messagesOut, 9)
+        # the same as one by one
+        single, singleFactory, singleTransports = self.connections(3)
+        for body in bodies:
+            single.publish(single.message(body))
+        self.assertEqual([t.value() for t in singleTransports],
+                         [t.value() for t in transports])
+        self.assertEqual(singleFactory.messagesOut, factory.messagesOut)
+
+    def test_pausedConnectionQueuesTheBatch(self):
+        topic, factory, (fast, slow) = self.connections(2)
+        [_, slowConnection] = factory.connections.values()
+        slowConnection.pauseProducing()
+        topic.publishBatch(topic.messages([b"a", b"b"]))
+        self.assertEqual(fast.value(), b"a\nb\n")
+        self.assertEqual((slow.value(), slowConnection.queued), (b"", 2))
+        slowConnection.resumeProducing()
+        self.assertEqual(slow.value(), b"a\nb\n")
+        self.assertEqual(factory.messagesOut, 4)
+
+    def test_noConnectionCountsTheWholeBatch(self):
+        topic, factory, _ = self.connections(0)
+        topic.publishBatch(topic.messages([b"a", b"b", b"c"]))
+        self.assertEqual(factory.unrouted, 3)
