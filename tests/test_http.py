@@ -436,6 +436,216 @@ class ResponseTests(unittest.SynchronousTestCase):
         self.assertEqual(len(rec.errors), 1)
 
 
+class RequestValidationTests(unittest.SynchronousTestCase):
+    """Requests are written by hand, with the checks h11 made when it wrote
+    them."""
+
+    def test_badChannelHostRefused(self):
+        for host in ["exa mple.org ", "a\tb "]:
+            proto, rec, transport = connected(host=host)
+            proto.sendMessage(b"/")
+            self.assertEqual(transport.value(), b"", host)
+            self.assertEqual(len(rec.errors), 1, host)
+            self.assertIn("illegal Host header value", rec.errors[0])
+            self.assertEqual(proto.inFlight, 0)
+
+
+BLANKS = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+          b"8\r\n\r\n\r\n\r\n\r\n\r\n6;name=\"a;b\"\r\nab\r\n\r\n\r\n"
+          b"0\r\nX-T: 1\r\n\r\n")
+EMPTY_LINES = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n\r\n\r\n\r\n\r\n"
+
+
+class ResponseParserTests(unittest.SynchronousTestCase):
+    """What the response parser (httptools) is held to: framing wherever the
+    reads are cut, the limits, and what counts as malformed."""
+
+    def malformed(self, response, fragment="malformed response", **kw):
+        proto, rec, transport = connected(**kw)
+        proto.sendMessage(b"/", {"in-reply-to": "m"})
+        proto.sendMessage(b"/2")
+        for piece in (response if isinstance(response, list) else [response]):
+            proto.dataReceived(piece)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(len(rec.errors), 1, rec.errors)
+        self.assertIn(fragment, rec.errors[0])
+        self.assertEqual(rec.messages, [])
+        peerClosed(proto)
+        self.assertEqual([(a["status"], a["page"]) for _, a in rec.messages],
+                         [(0, "/"), (0, "/2")])
+        self.assertIn(fragment, rec.messages[0][1]["error"])
+        return rec.errors[0]
+
+    def test_blankLinesInBodiesAtEverySplit(self):
+        """Blank lines inside bodies, and chunk extensions and trailers,
+        whatever the reads: the same responses, and the bytes that follow
+        the last one counted exactly."""
+        stream = BLANKS + EMPTY_LINES + OK
+        extra = b"\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"
+        whole = stream + extra
+        cases = [([whole], len(extra))]
+        for i in range(1, len(whole)):
+            # The bytes after the last response in the read that completes it.
+            cases.append(([whole[:i], whole[i:]],
+                          i - len(stream) if i > len(stream) else len(extra)))
+        cases.append(([whole[i:i + 1] for i in range(len(whole))], 1))
+        for pieces, leftover in cases:
+            proto, rec, transport = connected()
+            for page in (b"/1", b"/2", b"/3"):
+                proto.sendMessage(page)
+            for piece in pieces:
+                proto.dataReceived(piece)
+            cut = len(pieces[0])
+            self.assertEqual(rec.bodies, [b"\r\n\r\n\r\n\r\nab\r\n\r\n", b"\r\n" * 4,
+                                          b"hello"], cut)
+            self.assertEqual(rec.messages[0][1]["headers"][-1], ("x-t", "1"), cut)
+            self.assertEqual(rec.errors, [f"{leftover} bytes from the server with no "
+                                          f"request in flight"], cut)
+            self.assertTrue(transport.disconnecting)
+
+    def test_chunkDataIsOnePiece(self):
+        """Blank lines in a chunk's data do not cut it into pieces: 20000 of
+        them in one chunk are one piece, not 20000."""
+        data = b"\r\n\r\n" * 20000
+        proto, rec, transport = connected()
+        proto.sendMessage(b"/")
+        proto.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           + b"%x\r\n" % len(data) + data + b"\r\n0\r\n\r\n")
+        self.assertEqual(rec.errors, [])
+        self.assertEqual(rec.bodies, [data])
+
+    def test_tooManyPieces(self):
+        body = b"1\r\nx\r\n"
+        head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        proto, rec, transport = connected()
+        proto.sendMessage(b"/")
+        proto.dataReceived(head + body * 10000 + b"0\r\n\r\n")
+        self.assertEqual(rec.bodies, [b"x" * 10000])
+        self.malformed(head + body * 10001 + b"0\r\n\r\n",
+                       "response body in more than 10000 pieces")
+
+    def test_malformedStatusLines(self):
+        for line in [b"HTTP/1.1 2000 OK", b"HTTP/1.1 20 OK", b"HTTP/1.1 abc OK",
+                     b"HTTP/1.1200 OK", b"HTTX/1.1 200 OK", b"http/1.1 200 OK",
+                     b"HTTP/1 200 OK", b"200 OK"]:
+            error = self.malformed(line + b"\r\nContent-Length: 0\r\n\r\n")
+            self.assertTrue(error.startswith("malformed response: "), line)
+
+    def test_malformedHeaders(self):
+        for response in [
+                b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nX: a\x00b\r\nContent-Length: 0\r\n\r\n",
+                b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",  # no CR
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1x\r\n\r\nx",
+                # Both framings: a smuggling attempt rather than a response.
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nx\r\n0\r\n\r\n"]:
+            self.malformed(response)
+
+    def test_onlyChunkedTransferEncoding(self):
+        """llhttp would read a body in another coding up to the end of the
+        connection; it is refused, as h11 refused it."""
+        for coding in [b"gzip", b"gzip, chunked", b"identity"]:
+            self.malformed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding
+                           + b"\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+                           "only Transfer-Encoding: chunked is supported")
+        self.malformed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                       b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                       "multiple Transfer-Encoding headers")
+        proto, rec, transport = connected()
+        proto.sendMessage(b"/")
+        proto.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n"
+                           b"1  \r\nx\r\n0\r\n\r\n")  # spaces after a size: allowed
+        self.assertEqual(rec.messages[0][0], b"x")
+        self.assertEqual(rec.messages[0][1]["headers"], [("transfer-encoding", "chunked")])
+
+    def test_switchingProtocolsRefused(self):
+        self.malformed(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                       b"Connection: Upgrade\r\n\r\n" + OK, "101 Switching Protocols")
+
+    def test_informationalLimit(self):
+        proto, rec, transport = connected()
+        proto.sendMessage(b"/")
+        proto.dataReceived(b"HTTP/1.1 100 Continue\r\n\r\n" * 10 + OK)
+        self.assertEqual(rec.bodies, [b"hello"])
+        self.malformed(b"HTTP/1.1 100 Continue\r\n\r\n" * 11 + OK,
+                       "more than 10 informational responses before a response")
+
+    def test_headerValuesTrimmed(self):
+        proto, rec, transport = connected()
+        proto.sendMessage(b"/")
+        proto.dataReceived(b"HTTP/1.1 200 \r\nX-A:  a b \t\r\nX-B:\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(rec.messages[0][1]["headers"],
+                         [("x-a", "a b"), ("x-b", ""), ("content-length", "0")])
+        self.assertEqual(rec.messages[0][1]["reason"], "")
+
+    def test_headerSectionLimit(self):
+        lines = b"".join(b"X-%03d: %s\r\n" % (i, b"v" * 100) for i in range(140))
+        proto, rec, transport = connected()
+        proto.sendMessage(b"/")
+        proto.dataReceived(b"HTTP/1.1 200 OK\r\n" + lines  # 15 KiB
+                           + b"Content-Length: 2\r\n\r\nhi")
+        self.assertEqual(rec.bodies, [b"hi"])
+        big = b"HTTP/1.1 200 OK\r\n" + lines * 2 + b"Content-Length: 2\r\n\r\nhi"
+        self.malformed(big, "header section larger than 16384 bytes")
+        self.malformed([big[i:i + 1000] for i in range(0, len(big), 1000)],
+                       "header section larger than 16384 bytes")
+        self.malformed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       b"1\r\nx\r\n0\r\n" + lines * 2 + b"\r\n",
+                       "trailer section larger than 16384 bytes")
+
+    def test_endlessLines(self):
+        """A header line, or a chunk extension, that never ends is not kept
+        whole: it fails once 16 KiB of it have come."""
+        for start in [b"HTTP/1.1 200 OK\r\nX-Endless: ",
+                      b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1;e="]:
+            proto, rec, transport = connected()
+            proto.sendMessage(b"/")
+            proto.dataReceived(start)
+            for i in range(200):
+                if transport.disconnecting:
+                    break
+                proto.dataReceived(b"a" * 1000)
+            self.assertLess(i, 20)
+            self.assertEqual(len(rec.errors), 1)
+            self.assertIn("malformed response: more than 16384 bytes", rec.errors[0])
+
+    def test_connectionCloseInTrailers(self):
+        """llhttp reads no more after it: the connection is closed after the
+        response, and the later requests are reported unanswered."""
+        proto, rec, transport = connected()
+        proto.sendMessage(b"/1")
+        proto.sendMessage(b"/2")
+        proto.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"1\r\nx\r\n0\r\nConnection: close\r\n\r\n" + OK)
+        self.assertEqual(rec.bodies, [b"x"])
+        self.assertTrue(transport.disconnecting)
+        peerClosed(proto)
+        self.assertEqual(rec.errors, ["connection closed with 1 request unanswered"])
+
+    def test_closeDelimitedTooLarge(self):
+        self.malformed([b"HTTP/1.0 200 OK\r\n\r\n", b"x" * 6, b"x" * 6],
+                       "response body larger than 10 bytes", max_packet_size=10)
+
+    def test_receiverRaises(self):
+        """A receiver that raises: the exception is the receiver's, and the
+        rest of the packet is parsed with the next one."""
+        proto, rec, transport = connected()
+        for page in (b"/1", b"/2", b"/3"):
+            proto.sendMessage(page)
+
+        def explode(message, attributes):
+            rec.onMessage = None
+            raise ZeroDivisionError()
+
+        rec.onMessage = explode
+        self.assertRaises(ZeroDivisionError, proto.dataReceived, OK + CHUNKED)
+        proto.dataReceived(NOTFOUND)
+        self.assertEqual(rec.bodies, [b"hello", b"abcdefg", b"nope"])
+        self.assertEqual(rec.errors, [])
+
+
 # -- against real servers on loopback ------------------------------------------
 
 class Chunked(resource.Resource):

@@ -2,21 +2,21 @@
 
 A message written to the channel is the address of a page; the protocol sends
 ``GET`` for it and delivers the response body, with status and headers as
-attributes.  Parsing and serialising are h11's.
+attributes.  Responses are parsed by httptools (llhttp, in C), in its strict
+mode; requests are written here (they are always the same three headers).
 
 Pipelining: every request is written as soon as it is sent, while earlier
-responses are still outstanding.  h11 models one request/response cycle at a
-time, so two kinds of h11 connection are used:
-
-* each request is serialised by its own throwaway client ``Connection``
-  (h11 offers no public serialiser, and a connection cannot serialise a
-  second request before the first response has been parsed);
-* responses are parsed by one long-lived client ``Connection``.  Before it
-  parses the response to the request at the head of the in-flight FIFO, that
-  request is sent into it again (the bytes it returns are dropped: they were
-  already written), because h11 pairs each response with a request it has
-  seen.  After each complete response the cycle is restarted with
-  ``start_next_cycle()`` and the next request is fed.
+responses are still outstanding, and the responses are matched, in order, to
+the requests in flight.  llhttp parses whatever it is given and cannot say
+where in it a message ended, so the data is fed in segments, each ending where
+the response being parsed may end: after a blank line (``CRLF CRLF``) for a
+header section (a response without a body ends there), at the end of a
+``Content-Length`` body, and after the trailers of a chunked body (whose
+chunks are skipped by their sizes, so that blank lines in their data do not
+cut segments).  A segment therefore completes at most one response, at its
+very end; the response is delivered before the next segment is parsed, and
+whatever follows the response to the last request in flight is counted
+exactly as bytes nobody asked for.
 
 Every request that is sent gets exactly one delivered message: its response,
 or, if the connection goes before the response is complete, an empty body with
@@ -32,7 +32,7 @@ import re
 from collections import deque
 from urllib.parse import urlsplit
 
-import h11
+import httptools
 
 import aiengine
 from aiengine.protocols.base import FramingProtocol
@@ -48,6 +48,11 @@ MAX_INFORMATIONAL = 10
 #: body pieces (chunks, or reads of a body) allowed in one response: a body
 #: cut into 1-byte chunks costs a Python event per byte
 MAX_BODY_PIECES = 10000
+#: largest header section (status line and header lines), and largest
+#: trailer section, of a response; also the most bytes parsed in a row without
+#: a complete header, body piece or chunk (an endless header line, chunk
+#: extension...).  16 KiB, as h11's and Node's default.
+MAX_HEAD_SIZE = 16384
 
 _SCHEME = re.compile(rb"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 # Control characters in an address are a mistake or an injection attempt; they
@@ -55,6 +60,20 @@ _SCHEME = re.compile(rb"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 # Spaces and non-ASCII bytes are percent-encoded, as a browser would.
 _ENCODE = re.compile(rb"[ \x80-\xff]")
+# What a request may carry (RFC 9112's request-target, RFC 9110's field-value;
+# as h11 checked them when it wrote the requests).
+_TARGET = re.compile(rb"[\x21-\x7e]+")
+_FIELD_VALUE = re.compile(rb"(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?")
+_REQUEST_END = (b"\r\nUser-Agent: " + USER_AGENT.encode("ascii")
+                + b"\r\nAccept: */*\r\n\r\n")
+
+_BLANK_LINE = b"\r\n\r\n"
+# The framing of the response being parsed.
+_HEAD = 0  # its header section is not complete (or no response has begun)
+_LENGTH = 1  # a Content-Length body
+_CHUNKED = 2  # a chunked body, and its trailers
+_CLOSE = 3  # a body that the end of the connection ends
+_NONE = 4  # no body (1xx, 204, 304): the response is complete
 
 
 class InvalidAddress(ValueError):
@@ -76,15 +95,153 @@ def hostHeader(host: str, port=None) -> str:
 
 
 class _Request:
-    """A request in flight: what the caller asked for and what went out."""
+    """A request in flight: what the caller asked for."""
 
-    __slots__ = ("page", "index", "attributes", "event")
+    __slots__ = ("page", "index", "attributes")
 
-    def __init__(self, page, index, attributes, event):
+    def __init__(self, page, index, attributes):
         self.page = page
         self.index = index
         self.attributes = attributes
-        self.event = event  # the h11.Request, fed again to the parser
+
+
+class _Stop(Exception):
+    """Raised by a parser callback to stop the parser; the reason is the
+    reader's ``failure``."""
+
+
+class _ResponseReader:
+    """The httptools callbacks: the responses of one connection, in order.
+
+    Complete responses are appended to ``done`` as ``(status, reason,
+    headers, body pieces, last)`` (``last``: the connection ends after it).
+    A callback that finds a limit broken sets ``failure`` and stops the
+    parser, which cannot be used again.
+    """
+
+    def __init__(self, maxBody):
+        self.parser = httptools.HttpResponseParser(self)
+        # Whitespace after a chunk size: h11 allowed it, as "some servers in
+        # the wild" send it.  llhttp is otherwise strict: a line ends with
+        # CRLF, which the segments rely on.
+        self.parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
+        self.maxBody = maxBody
+        self.done = []
+        self.failure = None
+        self.informational = 0  # 1xx responses before the current response
+        self.quiet = 0  # bytes parsed in a row without a callback
+        self.stirred = False  # a callback ran (set by every one; cleared by the framer)
+        self._reset()
+
+    def _reset(self):
+        self.framing = _HEAD
+        self.status = 0
+        self.reason = b""
+        self.headers = []
+        self.headSize = 0  # of the header section, then of the trailer section
+        self.length = None  # Content-Length
+        self.chunked = False
+        self.last = False  # no response follows this one
+        self.body = []
+        self.bodySize = 0
+        self.pieces = 0
+        # Where the chunks of a chunked body are (kept by the framer, which
+        # must know where the body can end before llhttp parses it):
+        self.chunkLeft = 0  # bytes of the current chunk's data and CRLF not parsed
+        self.sizeLine = b""  # the start of a chunk-size line cut by the end of a read
+        self.trailers = False  # the last chunk has been seen
+
+    def stop(self, description):
+        self.failure = description
+        raise _Stop(description)
+
+    # -- httptools callbacks ----------------------------------------------------
+
+    def on_status(self, data):
+        self.stirred = True
+        self.reason += data  # more than one call when a read cuts it
+        self.headSize += len(data)
+        if self.headSize > MAX_HEAD_SIZE:
+            self.stop(f"malformed response: header section larger than "
+                      f"{MAX_HEAD_SIZE} bytes")
+
+    def on_header(self, name, value):
+        self.stirred = True
+        name = name.lower()
+        value = value.rstrip(b" \t")  # llhttp drops the leading whitespace only
+        self.headSize += len(name) + len(value) + 4
+        if self.headSize > MAX_HEAD_SIZE:
+            self.stop(f"malformed response: {'trailer' if self.framing else 'header'}"
+                      f" section larger than {MAX_HEAD_SIZE} bytes")
+        if self.framing == _HEAD:
+            if name == b"content-length":
+                # llhttp has checked it: digits, and only one.
+                try:
+                    self.length = int(value)
+                except ValueError:
+                    self.stop("malformed response: bad Content-Length")
+            elif name == b"transfer-encoding":
+                # llhttp would read other codings as a body up to the end of
+                # the connection; h11 refused them, and so do we.
+                if self.chunked:
+                    self.stop("malformed response: multiple Transfer-Encoding headers")
+                if value.lower() != b"chunked":
+                    self.stop("malformed response: only Transfer-Encoding: chunked "
+                              "is supported")
+                self.chunked = True
+                value = b"chunked"  # as h11 gave it
+        self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+    def on_headers_complete(self):
+        self.stirred = True
+        parser = self.parser
+        status = self.status = parser.get_status_code()
+        if status < 200:
+            if status == 101:
+                self.stop("malformed response: 101 Switching Protocols, and no "
+                          "protocol switch was asked for")
+            self.informational += 1
+            if self.informational > MAX_INFORMATIONAL:
+                self.stop(f"more than {MAX_INFORMATIONAL} informational responses "
+                          f"before a response")
+            self.framing = _NONE
+            return
+        self.informational = 0
+        self.headSize = 0
+        # After "Connection: close" (llhttp reads the tokens), or from an
+        # HTTP/1.0 server (even with keep-alive, as h11 did), no response
+        # follows.  (Decided on the headers: trailers do not count.)
+        self.last = not parser.should_keep_alive() or parser.get_http_version() < "1.1"
+        if status == 204 or status == 304:
+            self.framing = _NONE
+        elif self.chunked:
+            self.framing = _CHUNKED
+        elif self.length is not None:
+            self.framing = _LENGTH
+        else:
+            self.framing = _CLOSE
+            self.last = True  # the end of the connection ends the body
+
+    def on_body(self, data):
+        self.stirred = True
+        size = self.bodySize + len(data)
+        if size > self.maxBody:
+            self.stop(f"response body larger than {self.maxBody} bytes")
+        self.bodySize = size
+        self.body.append(data)
+        self.pieces += 1
+        if self.pieces > MAX_BODY_PIECES:
+            self.stop(f"response body in more than {MAX_BODY_PIECES} pieces")
+
+    def on_message_complete(self):
+        self.stirred = True
+        if self.status >= 200:
+            if self.framing == _CHUNKED and not self.last:
+                # "Connection: close" in the trailers: llhttp reads no more.
+                self.last = not self.parser.should_keep_alive()
+            self.done.append((self.status, self.reason, self.headers, self.body,
+                              self.last))
+        self._reset()
 
 
 class HttpClientProtocol(FramingProtocol):
@@ -102,14 +259,11 @@ class HttpClientProtocol(FramingProtocol):
         super().__init__(settings, receiver, log)
         self.host = host
         self.port = port
-        self._parser = h11.Connection(our_role=h11.CLIENT)
+        self._reader = _ResponseReader(settings.max_packet_size)
         self._inflight = deque()  # of _Request, oldest first
-        self._fed = False  # the head of _inflight has been sent into _parser
         self._sent = 0  # requests sent on this connection
-        self._response = None  # the h11.Response being received
-        self._body = []
-        self._bodySize = 0
-        self._informational = 0  # 1xx responses before the current response
+        self._tail = b""  # the last 3 bytes parsed: a blank line may straddle reads
+        self._backlog = b""  # bytes not parsed yet (a receiver raised)
         self._closing = False  # no more data is parsed
         self._failure = None  # why we closed, when a protocol error did it
         self._lost = False
@@ -135,13 +289,12 @@ class HttpClientProtocol(FramingProtocol):
             self.fail(f"not connected; request for {page!r} dropped", close=False)
             return
         try:
-            event = self._buildRequest(address)
-            data = self._serialise(event)
-        except (InvalidAddress, h11.LocalProtocolError) as e:
+            data = self._buildRequest(address)
+        except InvalidAddress as e:
             self.fail(f"cannot request {page!r}: {e}", close=False)
             return
         self._sent += 1
-        self._inflight.append(_Request(page, self._sent, dict(attributes or {}), event))
+        self._inflight.append(_Request(page, self._sent, dict(attributes or {})))
         if self._showMessages:
             self.log.info("message out ({n} bytes): {message!r}", n=len(address),
                           message=address)
@@ -152,9 +305,9 @@ class HttpClientProtocol(FramingProtocol):
         if self._showPackets:
             self.log.info("packet out ({n} bytes): {data!r}", n=len(data), data=data)
         self.transport.write(data)
-        self._feedNext()
 
-    def _buildRequest(self, address: bytes) -> h11.Request:
+    def _buildRequest(self, address: bytes) -> bytes:
+        """The bytes of ``GET`` for ``address``."""
         if not address:
             raise InvalidAddress("empty address")
         if len(address) > MAX_ADDRESS:
@@ -174,11 +327,11 @@ class HttpClientProtocol(FramingProtocol):
             target = address if address.startswith(b"/") else b"/" + address
             target = target.split(b"#", 1)[0]
             host = self._channelHost().encode("ascii")
-        return h11.Request(method="GET", target=target, headers=[
-            ("Host", host),
-            ("User-Agent", USER_AGENT),
-            ("Accept", "*/*"),
-        ])
+        if not _TARGET.fullmatch(target):
+            raise InvalidAddress("illegal target characters")
+        if not _FIELD_VALUE.fullmatch(host):
+            raise InvalidAddress(f"illegal Host header value {host!r}")
+        return b"GET " + target + b" HTTP/1.1\r\nHost: " + host + _REQUEST_END
 
     @staticmethod
     def _absoluteForm(address: bytes):
@@ -205,80 +358,141 @@ class HttpClientProtocol(FramingProtocol):
             raise InvalidAddress("no host known for an origin-form request")
         return hostHeader(host, port)
 
-    @staticmethod
-    def _serialise(event: h11.Request) -> bytes:
-        writer = h11.Connection(our_role=h11.CLIENT)
-        return writer.send(event) + writer.send(h11.EndOfMessage())
-
-    def _feedNext(self):
-        """Let the parser expect the response to the oldest unparsed request."""
-        if (not self._fed and self._inflight
-                and self._parser.our_state is h11.IDLE
-                and self._parser.their_state is h11.IDLE):
-            self._parser.send(self._inflight[0].event)
-            self._parser.send(h11.EndOfMessage())
-            self._fed = True
-
     # -- inbound ------------------------------------------------------------
 
     def framedDataReceived(self, data):
         if self._closing or not data:
-            # (h11 takes empty data for the end of file.)
             return
-        if not self._fed:
-            # h11 would happily parse a response nobody asked for.
+        if self._backlog:
+            data, self._backlog = self._backlog + data, b""
+        if not self._inflight:
             self.fail(f"{len(data)} bytes from the server with no request in flight")
             return
-        self._parser.receive_data(data)
-        self._processEvents()
+        self._parse(data)
 
-    def _processEvents(self, eof=False):
-        while not self._closing:
-            if not self._fed:
-                # No request expects a response: what is left of the packet
-                # was not asked for (h11 would parse it anyway).
-                leftover = len(self._parser.trailing_data[0])
-                if leftover:
-                    self.fail(f"{leftover} bytes from the server with no request in "
-                              f"flight")
-                return
+    def _parse(self, data):
+        """Feed ``data`` to the parser segment by segment (see the module's
+        docstring), delivering each response as it completes."""
+        reader = self._reader
+        feed = reader.parser.feed_data
+        n = len(data)
+        pos = 0
+        view = None
+        while True:
+            framing = reader.framing
+            if framing == _LENGTH:
+                end = pos + reader.length - reader.bodySize
+                if end > n or end <= pos:
+                    end = n
+            elif framing == _CLOSE:
+                end = n
+            elif framing == _CHUNKED:
+                end = self._chunkedEnd(data, pos, n)
+            else:
+                end = self._blankLineEnd(data, pos - 3)
+            if pos == 0 and end == n:
+                segment = data
+            else:
+                if view is None:
+                    view = memoryview(data)
+                segment = view[pos:end]
+            reader.stirred = False
+            failure = None
             try:
-                event = self._parser.next_event()
-            except h11.RemoteProtocolError as e:
-                if not eof:
-                    self.fail(f"malformed response: {e}")
-                # At end of file it is a response cut short: its request is
-                # reported unanswered with the others.
+                feed(segment)
+            except httptools.HttpParserCallbackError as e:
+                if reader.failure is None:
+                    raise (e.__context__ or e)  # a bug of ours: not the server's fault
+                failure = reader.failure
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade) as e:
+                failure = f"malformed response: {e}"
+            if reader.stirred:
+                reader.quiet = 0
+            else:
+                reader.quiet += end - pos
+                if reader.quiet > MAX_HEAD_SIZE and failure is None:
+                    failure = (f"malformed response: more than {MAX_HEAD_SIZE} bytes "
+                               f"without a complete header line or chunk")
+            pos = end
+            if reader.done:
+                try:
+                    self._responsesComplete()
+                except BaseException:
+                    # The receiver raised: what is not parsed yet stays for later.
+                    self._backlog = data[pos:]
+                    self._tail = (self._tail + data[:pos])[-3:]
+                    raise
+            if failure is not None:
+                if not self._closing:
+                    self.fail(failure)
                 return
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                # PAUSED cannot last: a cycle is restarted as soon as it ends.
+            if self._closing:
+                # "Connection: close", or a receiver that failed us: the rest
+                # of the packet is not read.
                 return
-            if isinstance(event, h11.InformationalResponse):
-                self._informational += 1
-                if self._informational > MAX_INFORMATIONAL:
-                    self.fail(f"more than {MAX_INFORMATIONAL} informational responses "
-                              f"before a response")
-                    return
-                continue
-            if isinstance(event, h11.Response):
-                self._response = event
-                self._body = []
-                self._bodySize = 0
-                self._informational = 0
-            elif isinstance(event, h11.Data):
-                self._bodySize += len(event.data)
-                if self._bodySize > self.settings.max_packet_size:
-                    self.fail(f"response body larger than {self.settings.max_packet_size}"
-                              " bytes")
-                    return
-                self._body.append(bytes(event.data))
-                if len(self._body) > MAX_BODY_PIECES:
-                    self.fail(f"response body in more than {MAX_BODY_PIECES} pieces")
-                    return
-            elif isinstance(event, h11.EndOfMessage):
-                self._responseComplete(event)
-            elif isinstance(event, h11.ConnectionClosed):
+            if pos >= n:
+                break
+            if not self._inflight:
+                self.fail(f"{n - pos} bytes from the server with no request in flight")
                 return
+        self._tail = data[-3:] if n >= 3 else (self._tail + data)[-3:]
+
+    def _blankLineEnd(self, data, start):
+        """Where in ``data`` the first blank line (CRLF CRLF) that begins at
+        ``start`` or later ends, or ``len(data)`` when there is none.
+        ``start`` may be -3 to -1: the last bytes parsed before ``data``."""
+        if start < 0:
+            tail = self._tail[start:]
+            found = (tail + data[:3]).find(_BLANK_LINE)
+            if found >= 0:
+                return found + 4 - len(tail)
+            start = 0
+        found = data.find(_BLANK_LINE, start)
+        return len(data) if found < 0 else found + 4
+
+    def _chunkedEnd(self, data, pos, n):
+        """Where the segment from ``pos`` ends in a chunked body: at the end
+        of the body (after the trailers), or of ``data``.  The chunks are
+        skipped by their sizes: their data may hold blank lines."""
+        reader = self._reader
+        if reader.trailers:
+            return self._blankLineEnd(data, pos - 3)
+        left = reader.chunkLeft
+        p = pos
+        while True:
+            if left:
+                if p + left >= n:
+                    reader.chunkLeft = left - (n - p)
+                    return n
+                p += left
+                left = 0
+            lf = data.find(b"\n", p)
+            if lf < 0:
+                reader.chunkLeft = 0
+                reader.sizeLine += data[p:]
+                return n
+            line = data[p:lf]
+            if reader.sizeLine:
+                line, reader.sizeLine = reader.sizeLine + line, b""
+            try:
+                size = int(line, 16)  # (it ignores the CR)
+            except ValueError:
+                try:
+                    # An extension, or (lenient) spaces.
+                    size = int(line.split(b";", 1)[0], 16)
+                except ValueError:
+                    # llhttp refuses it too: where the segment ends no longer
+                    # matters.
+                    reader.chunkLeft = 0
+                    return n
+            if size == 0:
+                # The last chunk; the trailers end at the first blank line,
+                # which begins with this line's CRLF.
+                reader.chunkLeft = 0
+                reader.trailers = True
+                return self._blankLineEnd(data, lf - 1)
+            left = size + 2  # the data, and its CRLF
+            p = lf + 1
 
     def fail(self, description, close=True):
         """Report a protocol error (see :meth:`FramingProtocol.fail`); when it
@@ -290,41 +504,49 @@ class HttpClientProtocol(FramingProtocol):
                 self._failure = description
         super().fail(description, close)
 
-    def _responseComplete(self, end):
-        request = self._inflight.popleft()
-        self._fed = False
-        response, body = self._response, b"".join(self._body)
-        self._response, self._body, self._bodySize = None, [], 0
-        headers = [(n.decode("latin-1"), v.decode("latin-1"))
-                   for n, v in list(response.headers) + list(end.headers)]
-        attributes = dict(request.attributes)
-        attributes.update({
-            "status": response.status_code,
-            "reason": response.reason.decode("latin-1"),
-            "headers": headers,
-            "page": request.page,
-            "request-index": request.index,
-        })
-        if self._parser.our_state is h11.MUST_CLOSE or \
-                self._parser.their_state is h11.MUST_CLOSE:
-            # "Connection: close", or an HTTP/1.0 server: this was the last one.
-            self._closing = True
-            if self.transport is not None and not self._lost:
-                self.transport.loseConnection()
-        elif self._parser.their_state is h11.DONE:
-            self._parser.start_next_cycle()
-            self._feedNext()
-        self.deliver(body, attributes)
+    def _responsesComplete(self):
+        done = self._reader.done
+        while done:
+            if self._closing:
+                # A receiver failed us: these requests are reported unanswered.
+                done.clear()
+                return
+            if not self._inflight:
+                done.clear()
+                self.fail("a response from the server with no request in flight")
+                return
+            status, reason, headers, body, last = done.pop(0)
+            request = self._inflight.popleft()
+            attributes = dict(request.attributes)
+            attributes.update({
+                "status": status,
+                "reason": reason.decode("latin-1"),
+                "headers": headers,
+                "page": request.page,
+                "request-index": request.index,
+            })
+            if last:
+                # "Connection: close", or an HTTP/1.0 server: this was the last one.
+                self._closing = True
+                if self.transport is not None and not self._lost:
+                    self.transport.loseConnection()
+            self.deliver(b"".join(body), attributes)
 
     def connectionLost(self, reason):
         self._lost = True
         # The server's end of file completes a close-delimited body.  When the
         # close was ours (transport.disconnecting), the end of file says
         # nothing about the body, which is then reported unanswered.
-        if (not self._closing and self._fed
+        if (not self._closing and self._inflight
                 and not getattr(self.transport, "disconnecting", False)):
-            self._parser.receive_data(b"")
-            self._processEvents(eof=True)
+            if self._backlog:
+                data, self._backlog = self._backlog, b""
+                self._parse(data)
+            reader = self._reader
+            if (not self._closing and self._inflight and reader.framing == _CLOSE
+                    and reader.failure is None):
+                reader.on_message_complete()
+                self._responsesComplete()
         self._closing = True
         self._reportUnanswered()
         super().connectionLost(reason)
