@@ -1,9 +1,11 @@
 """``python -m bench``: run aiengine's benchmarks and print the results table.
 
-``python -m bench`` runs all five; ``python -m bench relay console`` runs
-some; ``--quick`` makes every run smaller.  A full run of all five writes the
-table to ``bench/results.md`` and into ``bench/README.md``.  See
-``bench/README.md`` for what each benchmark measures.
+``python -m bench`` runs all nine; ``python -m bench relay console`` runs
+some, ``python -m bench peers`` the comparisons with redis-server, mosquitto
+and nginx, ``python -m bench baselines`` the other five; ``--quick`` makes
+every run smaller.  A full run writes the table to ``bench/results.md`` and
+into ``bench/README.md``.  See ``bench/README.md`` for what each benchmark
+measures.
 """
 
 from __future__ import annotations
@@ -19,11 +21,20 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import console, relay, scale, storm, web
+from bench import console, httpvia, latency, ping, pubsub, relay, scale, storm, web
 from bench.harness import (ROOT, BenchError, Row, Settings, describeTree, exportCommit,
                            machine, raiseFileLimit, removeTree)
 
-BENCHMARKS = {module.NAME: module for module in (relay, console, scale, web, storm)}
+#: aiengine against baselines of its own (raw Twisted programs, reconnectionTimeout)
+BASELINES = [module.NAME for module in (relay, console, scale, web, storm)]
+#: aiengine against the servers users would deploy instead (redis-server,
+#: mosquitto, nginx; installed with apt when missing)
+PEERS = [module.NAME for module in (pubsub, latency, ping, httpvia)]
+#: ``python -m bench`` without names: all of them (about 4 minutes on 2 cores)
+DEFAULT = BASELINES + PEERS
+GROUPS = {"baselines": BASELINES, "peers": PEERS}
+BENCHMARKS = {module.NAME: module for module in (relay, console, scale, web, storm,
+                                                 pubsub, latency, ping, httpvia)}
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.md"
 README = HERE / "README.md"
@@ -41,6 +52,8 @@ def formatValue(value, unit) -> str:
         return f"{value:.2f} s"
     if unit == "ms":
         return f"{value:.1f} ms"
+    if unit == "us":
+        return f"{value:,.0f} us"
     if unit == "KiB":
         return f"{value:.1f} KiB"
     if unit.endswith("/s"):
@@ -49,9 +62,11 @@ def formatValue(value, unit) -> str:
 
 
 def verdict(row: Row) -> str:
-    """PASS, FAIL, info or ERROR."""
+    """PASS, FAIL, info, SKIP or ERROR."""
     if row.error:
         return "ERROR"
+    if row.skipped:
+        return "SKIP"
     if row.passed is None:
         return "info"
     return "PASS" if row.passed else "FAIL"
@@ -69,6 +84,8 @@ def table(rows) -> str:
         lines.append("| " + " | ".join(cells) + " |")
         if row.error:
             notes.append(f"- {row.benchmark}: error: {row.error}")
+        elif row.skipped:
+            notes.append(f"- {row.benchmark}, {row.measure}: skipped: {row.skipped}")
         elif row.note:
             notes.append(f"- {row.benchmark}, {row.measure}: {row.note}")
     return "\n".join(lines + ([""] + notes if notes else []))
@@ -169,7 +186,9 @@ def parseArguments(argv):
     parser = argparse.ArgumentParser(
         prog="python -m bench", description="Run aiengine's benchmarks.")
     parser.add_argument("benchmarks", nargs="*", metavar="BENCHMARK",
-                        help=f"which to run: {', '.join(BENCHMARKS)} (default: all)")
+                        help=f"which to run: {', '.join(BENCHMARKS)}, or a group: "
+                             f"baselines ({', '.join(BASELINES)}), peers "
+                             f"({', '.join(PEERS)}); default: all")
     parser.add_argument("--quick", action="store_true",
                         help="smaller runs and fewer repetitions (about a minute)")
     parser.add_argument("--reps", type=int, help="repetitions of each measurement")
@@ -184,17 +203,28 @@ def parseArguments(argv):
                         help="keep the work directory (media.xml files, logs)")
     parser.add_argument("--json", metavar="FILE", help="also write every figure as JSON")
     args = parser.parse_args(argv)
-    unknown = [name for name in args.benchmarks if name not in BENCHMARKS]
+    unknown = [name for name in args.benchmarks
+               if name not in BENCHMARKS and name not in GROUPS]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; "
-                     f"choose from {', '.join(BENCHMARKS)}")
+                     f"choose from {', '.join(BENCHMARKS)} or {', '.join(GROUPS)}")
     return args
+
+
+def chosen(names) -> list:
+    """The benchmarks named, groups expanded, each once; the default set for none."""
+    out = []
+    for name in names or DEFAULT:
+        for one in GROUPS.get(name, [name]):
+            if one not in out:
+                out.append(one)
+    return out
 
 
 def main(argv=None) -> int:
     """Run, print the table, save it after a full run; 1 if a benchmark failed to run."""
     args = parseArguments(sys.argv[1:] if argv is None else argv)
-    names = args.benchmarks or list(BENCHMARKS)
+    names = chosen(args.benchmarks)
     raiseFileLimit()
     workdir = Path(tempfile.mkdtemp(prefix="aiengine-bench-"))
     settings = Settings(quick=args.quick, reps=args.reps, workdir=workdir)
@@ -227,8 +257,8 @@ def main(argv=None) -> int:
     print(text)
     print(f"\n({seconds:.0f} s; work directory {workdir})")
     errors = any(row.error for row in rows)
-    if names == list(BENCHMARKS) and not args.quick and len(
-            {row.benchmark for row in rows}) == len(BENCHMARKS):
+    if names == DEFAULT and not args.quick and len(
+            {row.benchmark for row in rows}) == len(DEFAULT):
         save(text, info, started, seconds)
         print(f"(written to {RESULTS} and {README})")
     if args.json:

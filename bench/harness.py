@@ -30,7 +30,8 @@ from xml.sax.saxutils import quoteattr
 __all__ = [
     "ROOT", "TWISTD", "BenchError", "Row", "Settings", "Peer", "Daemon", "Console",
     "Probe", "Cleanup", "mediaXml", "daemonXml", "childEnvironment", "raiseFileLimit",
-    "rssKiB", "best", "median", "machine", "exportCommit", "describeTree", "removeTree",
+    "rssKiB", "best", "median", "spread", "describeSpread", "machine", "exportCommit",
+    "describeTree", "removeTree",
 ]
 
 #: the checkout this suite belongs to
@@ -71,7 +72,8 @@ class Row:
     """One line of the results table.
 
     ``passed`` is None for a row that has no target (information only) or no
-    figure (``error`` says why).
+    figure (``error`` says why, or ``skipped``: a comparison whose peer server
+    is not available).
     """
 
     benchmark: str
@@ -85,6 +87,7 @@ class Row:
     note: str = ""
     error: Optional[str] = None
     details: dict = field(default_factory=dict)
+    skipped: Optional[str] = None
 
 
 def best(values, higher=True):
@@ -482,6 +485,23 @@ class Probe:
 def median(values):
     """The median, or None for no values."""
     return statistics.median(values) if values else None
+
+
+def spread(values):
+    """``(min, median, max)`` of repeated measurements (None values are failed
+    runs and left out); ``(None, None, None)`` when none succeeded."""
+    good = sorted(v for v in values if v is not None)
+    if not good:
+        return None, None, None
+    return good[0], statistics.median(good), good[-1]
+
+
+def describeSpread(label: str, values, fmt: str = "{:,.0f}") -> str:
+    """``"label min/median/max a/b/c"`` for a row's note."""
+    low, mid, high = spread(values)
+    if mid is None:
+        return f"{label} -"
+    return f"{label} {'/'.join(fmt.format(v) for v in (low, mid, high))}"
 
 
 def machine() -> dict:

@@ -14,14 +14,17 @@ import h11
 from lxml import etree
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from aiengine.config import parse
 from aiengine.console.results import frame, resultElement
-from bench import console, instructions, relay, scale, storm, web
-from bench.__main__ import formatValue, profileReport, table
-from bench.harness import Row, best, daemonXml, mediaXml
-from bench.peers import httpserver, sink, source, xmlloop
+from bench import (console, httpvia, instructions, ping, pubsub, relay, scale, servers,
+                   storm, web)
+from bench.__main__ import (BASELINES, DEFAULT, PEERS, chosen, formatValue,
+                            profileReport, table)
+from bench.harness import Row, Settings, best, daemonXml, mediaXml, spread
+from bench.peers import (httpserver, latencyclient, pubsubclient, rrclient, sink, source,
+                         wire, xmlloop)
 from bench.peers.consoleclient import request
 from bench.storm import maxInWindow
 
@@ -68,6 +71,36 @@ class ConfigurationTests(TestCase):
         config = self.load(*storm.daemonConfig(20, 4321))
         self.assertEqual({c.reconnection_timeout for c in config.channels},
                          {storm.TIMEOUT})
+
+    def test_pubsubHub(self):
+        """Publishers' lines go in at hub-in, out at every hub-out connection."""
+        config = self.load(*pubsub.daemonConfig())
+        _, hubIn, hubOut = config.listeners
+        self.assertEqual((hubIn.name, hubIn.direction, hubIn.topic_in),
+                         ("hub-in", "in", pubsub.TOPIC))
+        self.assertEqual((hubOut.name, hubOut.direction, hubOut.topic_out),
+                         ("hub-out", "out", pubsub.TOPIC))
+        self.assertEqual(hubIn.protocol.inbound.delimiter, b"\n")
+        self.assertEqual(hubOut.protocol.outbound.delimiter, b"\n")
+        self.assertEqual(config.channels, ())
+
+    def test_pingEcho(self):
+        """Topics.request's reply comes from Redis through a replies=ordered channel."""
+        config = self.load(*ping.daemonConfig(6380))
+        echo, = config.channels
+        self.assertEqual((echo.port, echo.replies, echo.redirect_in, echo.redirect_out),
+                         (6380, "ordered", True, True))
+        self.assertEqual((echo.topic_out, echo.topic_in),
+                         (ping.REQUEST_TOPIC, ping.REPLY_TOPIC))
+        self.assertEqual(echo.protocol.inbound.delimiter, b"\r\n")
+
+    def test_httpvia(self):
+        config = self.load(*httpvia.daemonConfig(8080))
+        pages = config.listeners[1]
+        channel, = config.channels
+        self.assertEqual((channel.protocol.name, channel.port), ("http", 8080))
+        self.assertEqual((pages.topic_in, pages.topic_out),
+                         (channel.topic_out, channel.topic_in))
 
     def test_quoting(self):
         """Property values are XML-escaped."""
@@ -149,6 +182,232 @@ class PeerTests(TestCase):
         self.assertEqual(factory.requests, 3)
 
 
+class ServerTests(TestCase):
+    """The peer servers' configurations, and what happens when one is missing."""
+
+    def test_redisArgs(self):
+        args = servers.redisArgs(7001, Path("/w"))
+        pairs = dict(zip(args[::2], args[1::2]))
+        self.assertEqual((pairs["--port"], pairs["--bind"], pairs["--save"],
+                          pairs["--appendonly"], pairs["--daemonize"]),
+                         ("7001", "127.0.0.1", "", "no", "no"))
+        self.assertEqual(pairs["--client-output-buffer-limit"], "pubsub 0 0 0")
+
+    def test_mosquittoConf(self):
+        lines = servers.mosquittoConf(7002).splitlines()
+        self.assertIn("listener 7002 127.0.0.1", lines)
+        self.assertIn("allow_anonymous true", lines)
+        self.assertIn("persistence false", lines)
+        self.assertFalse(any(line.startswith("port ") for line in lines))
+
+    def test_nginxConf(self):
+        root = Path(self.mktemp()).resolve()
+        text = servers.nginxConf(7003, root, asRoot=False)
+        self.assertIn("listen 127.0.0.1:7003;", text)
+        self.assertIn(f"root {root}/www;", text)
+        self.assertIn("keepalive_requests", text)
+        self.assertNotIn("user ", text)
+        self.assertIn("user root;", servers.nginxConf(7003, root, asRoot=True))
+        for line in text.splitlines():
+            if "_path " in line or line.startswith(("pid ", "error_log ")):
+                self.assertIn(str(root), line)  # nothing of the system's nginx
+
+    def test_nginxAcceptsConf(self):
+        """nginx itself accepts the configuration (when it is installed)."""
+        program = servers.binary("nginx")
+        if not program:
+            raise SkipTest("nginx is not installed")
+        root = Path(self.mktemp()).resolve()
+        (root / "www").mkdir(parents=True)
+        (root / "temp").mkdir()
+        conf = root / "nginx.conf"
+        conf.write_text(servers.nginxConf(servers.freePort(), root,
+                                          servers.os.geteuid() == 0))
+        done = servers.subprocess.run([program, "-t", "-p", str(root), "-e",
+                               str(root / "error.log"), "-c", str(conf)],
+                              capture_output=True, text=True)
+        self.assertEqual(done.returncode, 0, done.stderr)
+
+    def test_page(self):
+        page = servers.page()
+        self.assertEqual(len(page), servers.PAGE_SIZE)
+        self.assertNotIn(b"\n", page)
+
+    def _missing(self, root):
+        self.patch(servers, "binary", lambda name: None)
+        self.patch(servers.os, "geteuid", lambda: 0 if root else 1000)
+        self.patch(servers, "_apt", {"updated": False, "failed": {}})
+        calls = []
+
+        def run(argv, log, timeout):
+            calls.append(argv)
+            return servers.subprocess.CompletedProcess(argv, 100)
+
+        self.patch(servers, "_run", run)
+        settings = Settings(workdir=Path(self.mktemp()))
+        settings.say = lambda text: None
+        return settings, calls
+
+    def test_notRoot(self):
+        """Not root: no apt, a skip with what to run."""
+        settings, calls = self._missing(root=False)
+        e = self.assertRaises(servers.Unavailable, servers.install, "redis", settings)
+        self.assertIn("not root", str(e))
+        self.assertIn("apt-get install -y redis-server", str(e))
+        self.assertEqual(calls, [])
+
+    def test_aptFails(self):
+        """Root: apt-get update once, one install per package, then a skip."""
+        settings, calls = self._missing(root=True)
+        settings.workdir.mkdir()
+        self.patch(servers, "binary", lambda name: "/usr/bin/apt-get"
+                   if name == "apt-get" else None)
+        self.assertRaises(servers.Unavailable, servers.install, "redis", settings)
+        self.assertRaises(servers.Unavailable, servers.install, "redis", settings)
+        self.assertRaises(servers.Unavailable, servers.install, "nginx", settings)
+        commands = [argv[argv.index("install") + 1:] if "install" in argv else ["update"]
+                    for argv in calls]
+        self.assertEqual(commands, [["update"], ["-y", "--no-install-recommends",
+                                                 "redis-server"],
+                                    ["-y", "--no-install-recommends", "nginx-light"]])
+
+    def test_skippedRow(self):
+        text = table([Row("ping", "pings", target=">= 0.5", skipped="no redis")])
+        self.assertIn("| ping | pings | - | - | - | >= 0.5 | SKIP |", text)
+        self.assertIn("- ping, pings: skipped: no redis", text)
+
+
+class WireTests(TestCase):
+    """The pub/sub clients' framing: what they write, count and decode."""
+
+    def delivered(self, fmt, topic, bodies):
+        """What a server writes to a subscriber for ``bodies``."""
+        if fmt == "resp":
+            return b"".join(wire.respCommand("message", topic, b) for b in bodies)
+        return b"".join(wire.publish(fmt, topic, b) for b in bodies)
+
+    def test_lineIs100Bytes(self):
+        self.assertEqual(len(wire.publish("lines", "t", wire.body(5))), 100)
+
+    def test_counterAcrossSplits(self):
+        """Every delivery is counted once, however the stream is cut."""
+        for fmt in wire.FORMATS:
+            stream = self.delivered(fmt, "bench", [wire.body(i) for i in range(7)])
+            for step in (1, 2, 3, 5, 13, 64, len(stream)):
+                counter = wire.Counter(wire.deliveryMarker(fmt, "bench"))
+                for i in range(0, len(stream), step):
+                    counter.feed(stream[i:i + step])
+                self.assertEqual(counter.count, 7, (fmt, step))
+
+    def test_decoderAcrossSplits(self):
+        bodies = [wire.stampedBody(1000.5 + i) for i in range(4)]
+        for fmt in wire.FORMATS:
+            stream = self.delivered(fmt, "bench", bodies)
+            for step in (1, 7, len(stream)):
+                decoder = wire.Decoder(fmt)
+                out = []
+                for i in range(0, len(stream), step):
+                    out += decoder.feed(stream[i:i + step])
+                self.assertEqual(out, bodies, (fmt, step))
+        self.assertEqual(wire.stampOf(bodies[2]), 1002.5)
+
+    def test_respPublish(self):
+        self.assertEqual(wire.publish("resp", "t", b"abc"),
+                         b"*3\r\n$7\r\nPUBLISH\r\n$1\r\nt\r\n$3\r\nabc\r\n")
+        confirm = b"*3\r\n$9\r\nsubscribe\r\n$5\r\nbench\r\n:1\r\n"
+        self.assertIsNone(wire.subscribed("resp", confirm[:-1], "bench"))
+        self.assertEqual(wire.subscribed("resp", confirm + b"*3", "bench"), len(confirm))
+        self.assertRaises(ValueError, wire.subscribed, "resp", b"-ERR nope\r\n" * 5,
+                          "bench")
+
+    def test_mqttPackets(self):
+        self.assertEqual(wire.mqttConnect("c"),
+                         b"\x10\x0d\x00\x04MQTT\x04\x02\x00\x00\x00\x01c")
+        self.assertEqual(wire.subscribe("mqtt", "ab"),
+                         b"\x82\x07\x00\x01\x00\x02ab\x00")
+        packet = wire.publish("mqtt", "bench", wire.body(1))
+        self.assertEqual(packet[:2], bytes([0x30, 2 + 5 + wire.BODY_SIZE]))
+        long = wire.mqttPacket(0x30, b"x" * 200)
+        self.assertEqual(long[1:3], b"\xc8\x01")  # 200 = 0x48 + 1 * 128
+        self.assertEqual(wire.helloDone("mqtt", b"\x20\x02\x00\x00rest"), 4)
+        self.assertIsNone(wire.helloDone("mqtt", b"\x20\x02"))
+        self.assertRaises(ValueError, wire.helloDone, "mqtt", b"\x20\x02\x00\x05")
+        self.assertEqual(wire.subscribed("mqtt", b"\x90\x03\x00\x01\x00", "t"), 5)
+        self.assertRaises(ValueError, wire.subscribed, "mqtt", b"\x90\x03\x00\x01\x80",
+                          "t")
+
+    def test_markersNotInBodies(self):
+        for fmt in ("resp", "mqtt"):
+            marker = wire.deliveryMarker(fmt, "bench")
+            self.assertNotIn(marker, wire.body(1234567))
+            self.assertNotIn(marker, wire.stampedBody(12345.678))
+
+    def test_publisherChunks(self):
+        """A publisher writes exactly --count messages."""
+        for count in (1, pubsubclient.CHUNK_MESSAGES, 2 * pubsubclient.CHUNK_MESSAGES + 7):
+            plan = pubsubclient.chunks("resp", "bench", count)
+            written = sum(chunk.count(b"PUBLISH") * times for chunk, times in plan)
+            self.assertEqual(written, count)
+
+    def test_publisherSizes(self):
+        self.assertEqual(pubsub.published(Settings(), 10, 1) * 10,
+                         pubsub.published(Settings(), 1, 10) * 10)
+
+
+class RequestResponseTests(TestCase):
+    """rrclient's framings cut and check the answers of each server."""
+
+    def feed(self, framing, stream, step):
+        out = []
+        for i in range(0, len(stream), step):
+            out += framing.feed(stream[i:i + step])
+        return out
+
+    def test_http(self):
+        framing = rrclient.Framing("http", 80, "/page.html", size=4)
+        response = (b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length: 4\r\n"
+                    b"Connection: keep-alive\r\n\r\nabcd")
+        wrong = b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\nno"
+        for step in (1, 9, 1000):
+            framing.buffer = b""
+            self.assertEqual(self.feed(framing, response + wrong + response, step),
+                             [True, False, True])
+        self.assertIn(b"GET /page.html HTTP/1.1\r\nHost: 127.0.0.1:80\r\n",
+                      framing.request(0))
+
+    def test_lines(self):
+        framing = rrclient.Framing("lines", 1, "/p", size=3)
+        self.assertEqual(framing.request(0), b"/p\n")
+        self.assertEqual(self.feed(framing, b"abc\nab\nxyz\n", 2), [True, False, True])
+
+    def test_console(self):
+        framing = rrclient.Framing("console-ping", 1)
+        self.assertEqual(framing.request(3),
+                         b'<xmlcall class="Engine" method="ping" requestId="R3"/>\x01')
+        answer = resultElement("OK", "R3")
+        etree.SubElement(answer, "pong")
+        self.assertEqual(self.feed(framing, frame(answer) * 2, 5), [True, True])
+        request = rrclient.Framing("console-request", 1, topicOut="a", topicIn="b",
+                                   message="PING").request(1)
+        root = etree.fromstring(request.rstrip(b"\x01"))
+        self.assertEqual((root.get("class"), root.get("method")), ("Topics", "request"))
+        self.assertEqual({p.get("name"): p.get("value") for p in root.iter("property")},
+                         {"topic-out": "a", "topic-in": "b", "message": "PING",
+                          "timeout": "5"})
+
+    def test_redis(self):
+        framing = rrclient.Framing("redis-ping", 1)
+        self.assertEqual(framing.request(0), b"*1\r\n$4\r\nPING\r\n")
+        self.assertEqual(self.feed(framing, b"+PONG\r\n-ERR x\r\n+PONG\r\n", 3),
+                         [True, False, True])
+
+    def test_percentiles(self):
+        values = [i / 1000 for i in range(1, 1001)]
+        summary = latencyclient.summary(values)
+        self.assertEqual((summary["p50"], summary["p99"], summary["max"]),
+                         (0.5, 0.99, 1.0))
+
+
 class FigureTests(TestCase):
     """The arithmetic and the table."""
 
@@ -157,6 +416,18 @@ class FigureTests(TestCase):
         self.assertEqual(maxInWindow([5.0, 1.0, 1.05, 1.09, 1.2, 1.25]), 3)
         self.assertEqual(maxInWindow([0.0, 0.2, 0.4]), 1)
         self.assertEqual(maxInWindow([0.0] * 10), 10)
+
+    def test_spread(self):
+        self.assertEqual(spread([3, None, 1, 2]), (1, 2, 3))
+        self.assertEqual(spread([None]), (None, None, None))
+
+    def test_groups(self):
+        self.assertEqual(chosen([]), DEFAULT)
+        self.assertEqual(DEFAULT, BASELINES + PEERS)
+        self.assertEqual(chosen(["peers"]), ["pubsub", "latency", "ping", "httpvia"])
+        self.assertEqual(chosen(["baselines"]), ["relay", "console", "scale", "http",
+                                                 "storm"])
+        self.assertEqual(chosen(["relay", "peers", "ping"]), ["relay"] + PEERS)
 
     def test_best(self):
         self.assertEqual(best([3, None, 5]), 5)

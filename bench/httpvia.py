@@ -1,0 +1,113 @@
+"""HTTP via aiengine: pages/s through an ``http`` channel, against the same nginx directly.
+
+nginx (one worker, keepalive) serves a 1 KiB page.  aiengine: the
+configuration of :mod:`bench.web`: a client writes the page's path as a line
+into a duplex listener whose ``topic-in`` is the ``http`` channel's
+``topic-out`` and whose ``topic-out`` is the channel's ``topic-in``; the
+channel GETs the page from nginx on its persistent connection and the body
+comes back to the client as a line.  Direct: the same client program
+(``bench.peers.rrclient``) sends the ``GET`` (with the headers the channel
+sends) to nginx on one persistent connection and reads the response.  Two
+windows, the same for both sides: 1 (one request, its answer, the next) and
+8 requests in flight (pipelined on the one connection directly, as the channel
+pipelines its requests).  Figure: pages/s over direct pages/s, the median of
+3 alternating runs.
+"""
+
+from __future__ import annotations
+
+from bench import servers
+from bench.harness import (BenchError, Cleanup, Daemon, Peer, Row, describeSpread,
+                           spread)
+
+NAME = "httpvia"
+TARGET = 0.5
+WINDOWS = (1, 8)
+
+
+def fetches(settings, window) -> int:
+    """Timed pages per run: about 2 s through aiengine."""
+    count = 10_000 if window == 1 else 50_000
+    return count // 4 if settings.quick else count
+
+
+def daemonConfig(serverPort):
+    """The page listener and the http channel to nginx (as :mod:`bench.web`)."""
+    return (
+        ("pages", {"port": 0, "direction": "duplex", "protocol": "text-messages",
+                   "protocol.delimiter": r"\n", "topic-in": "web.get",
+                   "topic-out": "web.body"}),
+    ), (
+        ("web", {"host": "127.0.0.1", "port": serverPort, "protocol": "http",
+                 "redirect-in": "true", "redirect-out": "true",
+                 "topic-out": "web.get", "topic-in": "web.body"}),
+    )
+
+
+def client(settings, mode, port, count, window) -> dict:
+    """One rrclient run fetching the page ``count`` times."""
+    with Cleanup() as cleanup:
+        peer = cleanup.add(Peer(settings, "rrclient", "--mode", mode, "--port", port,
+                                "--count", count, "--window", window, "--path",
+                                servers.PAGE_PATH, "--size", servers.PAGE_SIZE))
+        done = peer.expect("done", 60 + count / 100)
+    if done["bad"]:
+        raise BenchError(f"httpvia: {done['bad']} of {done['answers']} {mode} answers "
+                         f"were not the {servers.PAGE_SIZE}-byte page")
+    return done
+
+
+def run(settings) -> list:
+    """One nginx and one daemon; aiengine and direct take turns."""
+    def measure(window):
+        return (f"pages/s ({fetches(settings, window):,} x {servers.PAGE_SIZE} B, "
+                + ("concurrency 1)" if window == 1 else f"{window} in flight)"))
+
+    with Cleanup() as cleanup:
+        try:
+            nginx = cleanup.add(servers.start("nginx", settings))
+        except servers.Unavailable as e:
+            return [Row(NAME, f"{measure(w)} vs nginx direct", target=f">= {TARGET}",
+                        skipped=str(e)) for w in WINDOWS]
+        daemon = cleanup.add(Daemon(settings, "httpvia", *daemonConfig(nginx.port)))
+        port = daemon.port("pages")
+        daemon.waitConnected("web")
+        runs = {(w, side): [] for w in WINDOWS for side in ("aiengine", "direct")}
+        for rep in range(settings.repetitions(3, 1)):
+            for window in WINDOWS:
+                count = fetches(settings, window)
+                runs[window, "aiengine"].append(client(settings, "lines", port, count,
+                                                       window))
+                runs[window, "direct"].append(client(settings, "http", nginx.port,
+                                                     count, window))
+            settings.say(f"httpvia {rep + 1}: " + ", ".join(
+                f"window {w} {side} {v[-1]['rate']:,.0f}/s"
+                for (w, side), v in runs.items()))
+    rows = []
+    for window in WINDOWS:
+        ours, theirs = runs[window, "aiengine"], runs[window, "direct"]
+        a = spread([r["rate"] for r in ours])[1]
+        b = spread([r["rate"] for r in theirs])[1]
+        ratio = a / b
+        note = (describeSpread("aiengine min/median/max", [r["rate"] for r in ours])
+                + "; " + describeSpread("direct", [r["rate"] for r in theirs]))
+        if window == 1:
+            p50 = spread([r["p50"] * 1e6 for r in ours])[1]
+            direct = spread([r["p50"] * 1e6 for r in theirs])[1]
+            note += f"; median round trip {p50:.0f} us vs {direct:.0f} us"
+        rows.append(Row(NAME, f"{measure(window)} vs nginx direct", a, b, "pages/s",
+                        ratio, f">= {TARGET}", ratio >= TARGET, note=note,
+                        details={"aiengine": ours, "direct": theirs}))
+    return rows
+
+
+def profile(settings, path) -> None:
+    """Both windows once through a daemon under cProfile."""
+    with Cleanup() as cleanup:
+        nginx = cleanup.add(servers.start("nginx", settings))
+        daemon = cleanup.add(Daemon(settings, "httpvia", *daemonConfig(nginx.port),
+                                    profile=path))
+        port = daemon.port("pages")
+        daemon.waitConnected("web")
+        for window in WINDOWS:
+            client(settings, "lines", port, fetches(settings, window), window)
