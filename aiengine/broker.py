@@ -583,7 +583,18 @@ class Topic:
         elif self._busy <= 0 and self._paused:
             self._busy = 0
             self._paused = False
-            for producer in tuple(self._producers):
+            producers = self._producers
+            if len(producers) > 1:
+                # Each resume starts with the next producer: what the first
+                # publishes may make a subscriber busy again, and the same one
+                # must not go first every time.
+                producers.append(producers.pop(0))
+            for producer in tuple(producers):
+                if self._paused:
+                    # Busy again: the producers not resumed yet stay paused
+                    # (resumed now, none would be paused again, and each
+                    # would fill the busy subscriber's queue until it drops).
+                    break
                 producer.resumeProducing()
 
 

@@ -88,6 +88,10 @@ _DEFAULT_IDLE_TIMEOUT = ListenerConfig.__dataclass_fields__["idle_timeout"].defa
 LISTEN_BACKLOG = 511
 
 
+#: queued outbound messages written together when a peer has read its buffer
+RESUME_SLICE = 256
+
+
 def serverEndpoint(reactor, interface: str, port: int, backlog: int = LISTEN_BACKLOG):
     """A TCP server endpoint bound to ``interface`` (an IPv4 or IPv6 literal)."""
     if ":" in interface:
@@ -333,10 +337,7 @@ class ListenerConnection:
             for message in messages:
                 self.send(message)
             return
-        written = self.framer.sendMessages(messages)
-        count = len(messages) if written is None else written
-        self.messagesOut += count
-        self.factory.messagesOut += count
+        self._writeMany(messages)
 
     @property
     def full(self) -> bool:
@@ -381,6 +382,12 @@ class ListenerConnection:
             self.messagesOut += 1
             self.factory.messagesOut += 1
 
+    def _writeMany(self, messages):
+        written = self.framer.sendMessages(messages)
+        count = len(messages) if written is None else written
+        self.messagesOut += count
+        self.factory.messagesOut += count
+
     def _drop(self):
         factory = self.factory
         self.dropped += 1
@@ -414,10 +421,18 @@ class ListenerConnection:
             self._unregister()
             return
         self._writePaused = False
-        while self._queue and not self._writePaused:
-            message = self._queue.popleft()
-            self._queuedBytes -= len(message)
-            self._write(message)
+        queue = self._queue
+        while queue and not self._writePaused:
+            if len(queue) == 1:
+                message = queue.popleft()
+                self._queuedBytes -= len(message)
+                self._write(message)
+                break
+            # In slices, each one write: the transport pauses us again once
+            # its buffer is full, so at most a slice more than that is buffered.
+            messages = [queue.popleft() for _ in range(min(len(queue), RESUME_SLICE))]
+            self._queuedBytes -= sum(map(len, messages))
+            self._writeMany(messages)
         if self._slowCall is not None and not self.full:
             self.factory.queueHasRoom(self)
 

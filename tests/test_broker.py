@@ -385,6 +385,39 @@ class BackpressureTests(unittest.TestCase):
         self.assertFalse(producer.paused)
         self.assertEqual(producer.calls, ["pause", "resume"])
 
+    def test_resumedProducerThatRefillsKeepsTheRestPaused(self):
+        """Resuming producers in turn stops as soon as one of them makes the
+        subscriber busy again: the others stay paused (none would be paused
+        again, and they would fill the queue until it drops), and the next
+        resume starts with the next producer."""
+        topic = self.broker.topic("t")
+        pending = []
+        self.broker.subscribe("t", lambda m: pending.append(Deferred()) or pending[-1])
+        producers = []
+
+        class Publishing(Producer):
+            def resumeProducing(self):
+                super().resumeProducing()
+                self.broker.publish("t", b"from %d" % producers.index(self))
+
+        for _ in range(3):
+            producer = Publishing()
+            producer.broker = self.broker
+            producers.append(producer)
+            topic.registerProducer(producer)
+        self.broker.publish("t", b"first")
+        self.assertEqual([p.paused for p in producers], [True] * 3)
+        pending.pop(0).callback(None)
+        # One producer resumed and published: busy again, the other two
+        # were never resumed.
+        self.assertEqual([p.calls.count("resume") for p in producers].count(1), 1)
+        first = next(p for p in producers if p.calls.count("resume"))
+        self.assertTrue(all(p.paused for p in producers))
+        pending.pop(0).callback(None)
+        second = next(p for p in producers if p is not first and p.calls.count("resume"))
+        self.assertIsNot(first, second)
+        self.assertEqual(self.broker.topic("t").dropped, 0)
+
     def test_queueBoundedDropsCounted(self):
         d = Deferred()
         sub = self.broker.subscribe("t", lambda m: d if m.body == b"0" else None)

@@ -29,7 +29,7 @@ from aiengine.config import (ConfigError, ListenerConfig, ProtocolConfig,
 from aiengine.console.protocol import ConsoleFactory
 from aiengine.engine import Engine
 from aiengine.auth import readSecret
-from aiengine.listeners import (GuardFactory, ListenerConnection, ListenerFactory,
+from aiengine.listeners import (RESUME_SLICE, GuardFactory, ListenerConnection, ListenerFactory,
                                 ListenerService)
 from aiengine.tls import serverTLSOptions
 from tests.certs import makeCertificates
@@ -372,16 +372,21 @@ class FlowControlUnitTests(Harness, unittest.TestCase):
     def test_resumeWritesUntilPausedAgain(self):
         factory, connection, transport = self.connection(PausingTransport())
         connection.pauseProducing()
-        for i in range(5):
+        # The queue is written back a slice (one write) at a time.
+        count = 2 * RESUME_SLICE + 3
+        for i in range(count):
             self.broker.publish("out", b"%d" % i)
-        transport.room = 2
+        transport.room = 1
         connection.resumeProducing()
-        self.assertEqual(transport.value(), b"0\n1\n")
-        self.assertEqual(connection.queued, 3)
-        self.broker.publish("out", b"5")  # behind the queue, not around it
+        self.assertEqual(transport.value(),
+                         b"".join(b"%d\n" % i for i in range(RESUME_SLICE)))
+        self.assertEqual(connection.queued, count - RESUME_SLICE)
+        self.broker.publish("out", b"last")  # behind the queue, not around it
         transport.room = 100
         connection.resumeProducing()
-        self.assertEqual(transport.value(), b"0\n1\n2\n3\n4\n5\n")
+        self.assertEqual(transport.value(),
+                         b"".join(b"%d\n" % i for i in range(count)) + b"last\n")
+        self.assertEqual(connection.messagesOut, count + 1)
 
     def test_dropsLoggedFirstAndEvery1000th(self):
         events = self.captureLogs()

@@ -14,7 +14,7 @@ from twisted.trial import unittest
 from aiengine import listeners
 from aiengine.broker import Broker
 from aiengine.config import ListenerConfig, ProtocolConfig, ProtocolSettings
-from aiengine.listeners import ListenerFactory, ListenerService
+from aiengine.listeners import RESUME_SLICE, ListenerFactory, ListenerService
 
 
 def textProtocol(delimiter=b"\n", **kw):
@@ -387,6 +387,33 @@ class OutboundBatchTests(unittest.TestCase):
         slowConnection.resumeProducing()
         self.assertEqual(slow.value(), b"a\nb\n")
         self.assertEqual(factory.messagesOut, 4)
+
+    def test_resumeWritesTheQueueInSlices(self):
+        """A peer that has read its buffer gets the queue back in writes of
+        RESUME_SLICE messages, stopping as soon as the transport pauses again."""
+        topic, factory, [transport] = self.connections(1)
+        [connection] = factory.connections.values()
+        connection.pauseProducing()
+        count = RESUME_SLICE * 2 + 10
+        for i in range(count):
+            topic.publish(topic.message(b"%d" % i))
+        self.assertEqual(connection.queued, count)
+        connection.resumeProducing()
+        self.assertEqual(transport.writes, 3)
+        self.assertEqual(transport.value(), b"".join(b"%d\n" % i for i in range(count)))
+        self.assertEqual((connection.queued, connection._queuedBytes), (0, 0))
+        self.assertEqual(factory.messagesOut, count)
+
+        # The transport pauses the connection inside the first write.
+        connection.pauseProducing()
+        for i in range(count):
+            topic.publish(topic.message(b"x"))
+        write = transport.write
+        transport.write = lambda data: (write(data), connection.pauseProducing())
+        connection.resumeProducing()
+        self.assertEqual(transport.writes, 4)
+        self.assertEqual(connection.queued, count - RESUME_SLICE)
+        self.assertEqual(connection._queuedBytes, count - RESUME_SLICE)
 
     def test_noConnectionCountsTheWholeBatch(self):
         topic, factory, _ = self.connections(0)

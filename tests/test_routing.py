@@ -378,6 +378,35 @@ class HubTests(RoutingTestCase):
                          (2 * count, 0, 0))
 
     @defer.inlineCallbacks
+    def test_hubManyPublishersOneSlowReader(self):
+        """Ten publishers write at once, much more than the reader's queues
+        hold, while the one subscriber reads nothing for a while: with
+        overflow=pause the publishers wait, and every message arrives, in
+        each publisher's order; nothing is dropped anywhere."""
+        yield self.startHub()
+        reader = yield self.lineClient("hubout")
+        yield waitFor(lambda: len(self.hubout.connections) == 1, what="the subscriber")
+        reader.transport.pauseProducing()
+        publishers = []
+        for _ in range(10):
+            publishers.append((yield self.lineClient("hubin")))
+        count = 3000
+        for p, publisher in enumerate(publishers):
+            publisher.transport.write(b"".join(
+                b"%d %06d %s\n" % (p, i, b"z" * 88) for i in range(count)))
+        yield settle(0.5)
+        reader.transport.resumeProducing()
+        lines = yield reader.waitLines(10 * count).addTimeout(20, reactor)
+        for p in range(10):
+            numbers = [int(line.split()[1]) for line in lines
+                       if line.startswith(b"%d " % p)]
+            self.assertEqual(numbers, list(range(count)))
+        topic = self.engine.broker.topic("hub")
+        self.assertEqual((topic.published, topic.unrouted, topic.dropped),
+                         (10 * count, 0, 0))
+        self.assertEqual(self.hubout.stats()["dropped"], 0)
+
+    @defer.inlineCallbacks
     def test_hubDropPolicy(self):
         """overflow=drop: readers are never slowed; the stuck subscriber's
         losses are counted."""
