@@ -57,7 +57,6 @@ from collections import deque
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.policies import ProtocolWrapper, TimeoutFactory, TimeoutProtocol
@@ -70,7 +69,7 @@ from aiengine.logs import PeerSafeLogger, describeAddress, peerHost, peerOf, wor
 from aiengine.protocols import buildFramer
 from aiengine.protocols.base import IMessageReceiver
 from aiengine.protocols.xmlsplit import parseDocument
-from aiengine.tcp import setNoDelay
+from aiengine.tcp import ServerEndpoint, setNoDelay
 
 __all__ = ["ListenerFactory", "ListenerConnection", "ListenerService", "GuardFactory",
            "GuardProtocol", "serverEndpoint"]
@@ -93,10 +92,9 @@ RESUME_SLICE = 256
 
 
 def serverEndpoint(reactor, interface: str, port: int, backlog: int = LISTEN_BACKLOG):
-    """A TCP server endpoint bound to ``interface`` (an IPv4 or IPv6 literal)."""
-    if ":" in interface:
-        return TCP6ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
-    return TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
+    """A TCP server endpoint bound to ``interface`` (an IPv4 or IPv6 literal),
+    whose connections write through (:mod:`aiengine.tcp`)."""
+    return ServerEndpoint(reactor, port, backlog=backlog, interface=interface)
 
 
 # -- connections -----------------------------------------------------------------

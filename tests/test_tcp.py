@@ -1,5 +1,6 @@
-"""TCP_NODELAY on every listener, console and channel socket, unless
-``tcp.nodelay=false`` says otherwise (issue 11)."""
+"""TCP for listeners and channels (issue 11): TCP_NODELAY on every listener,
+console and channel socket unless ``tcp.nodelay=false`` says otherwise, and
+transports that send a write at once when nothing is buffered ahead of it."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ import socket
 
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactor
 from twisted.trial import unittest
 
+from aiengine import tcp
 from aiengine.config import parse
 from aiengine.engine import Engine
 from tests.support import waitFor
@@ -82,3 +86,129 @@ class NoDelayTests(unittest.TestCase):
         config = parse(("<service><listeners>" + listener("l")
                         + "</listeners></service>").encode())
         self.assertTrue(config.listeners[0].tcp_nodelay)
+
+
+class _Collect(Protocol):
+    """Keeps what it receives; ``lost`` fires when the connection ends."""
+
+    def __init__(self):
+        self.data = bytearray()
+        self.made = defer.Deferred()
+        self.lost = defer.Deferred()
+
+    def connectionMade(self):
+        self.made.callback(self)
+
+    def dataReceived(self, data):
+        self.data += data
+
+    def connectionLost(self, reason):
+        self.reason = reason
+        self.lost.callback(None)
+
+
+class WriteThroughTests(unittest.TestCase):
+    """Writes on listener and channel transports leave at once; what the
+    socket does not take is buffered and follows in order."""
+
+    timeout = 20
+
+    def serve(self):
+        """A write-through port on loopback; its accepted protocols in order."""
+        accepted = []
+
+        def build(addr):
+            protocol = _Collect()
+            accepted.append(protocol)
+            return protocol
+
+        factory = Factory()
+        factory.buildProtocol = build
+        port = tcp.listenTCP(reactor, 0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return port.getHost().port, accepted
+
+    @defer.inlineCallbacks
+    def connected(self, port, connect=None):
+        """A client connection to ``port`` (by :func:`aiengine.tcp.connectTCP`
+        when ``connect`` says so) and its protocol."""
+        client = _Collect()
+        if connect:
+            factory = ClientFactory()
+            factory.buildProtocol = lambda addr: client
+            connector = tcp.connectTCP(reactor, "127.0.0.1", port, factory)
+            self.addCleanup(connector.disconnect)
+        else:
+            yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), client)
+        yield client.made
+        self.addCleanup(lambda: client.transport.loseConnection() or client.lost)
+        return client
+
+    @defer.inlineCallbacks
+    def test_serverWriteLeavesAtOnce(self):
+        port, accepted = self.serve()
+        client = yield self.connected(port)
+        yield waitFor(lambda: accepted, what="accepted")
+        server = accepted[0]
+        server.transport.write(b"now")
+        # Sent, not buffered: the transport does not wait for the reactor to
+        # say that its socket is writable.
+        self.assertNotIn(server.transport, reactor.getWriters())
+        yield waitFor(lambda: bytes(client.data) == b"now", what="the write")
+
+    @defer.inlineCallbacks
+    def test_clientWriteLeavesAtOnce(self):
+        port, accepted = self.serve()
+        client = yield self.connected(port, connect=True)
+        client.transport.write(b"hello")
+        self.assertNotIn(client.transport, reactor.getWriters())
+        yield waitFor(lambda: accepted and bytes(accepted[0].data) == b"hello",
+                      what="the write")
+
+    @defer.inlineCallbacks
+    def test_whatTheSocketRefusesFollowsInOrder(self):
+        """A peer that does not read: the first write fills the socket, the rest
+        is buffered, later writes queue behind it, and all of it arrives in
+        order once the peer reads."""
+        port, accepted = self.serve()
+        client = yield self.connected(port)
+        client.transport.pauseProducing()
+        yield waitFor(lambda: accepted, what="accepted")
+        server = accepted[0]
+        big = bytes(range(256)) * 40000  # 10 MB: more than loopback buffers hold
+        server.transport.write(big)
+        self.assertIn(server.transport, reactor.getWriters())
+        server.transport.write(b"after")
+        self.assertIn(server.transport, reactor.getWriters())
+        client.transport.resumeProducing()
+        yield waitFor(lambda: len(client.data) == len(big) + 5, what="everything")
+        self.assertEqual(bytes(client.data[-5:]), b"after")
+        self.assertTrue(bytes(client.data[:len(big)]) == big)
+        yield waitFor(lambda: server.transport not in reactor.getWriters(),
+                      what="the buffer emptied")
+
+    @defer.inlineCallbacks
+    def test_writeToAResetPeerClosesCleanly(self):
+        """The peer has gone (reset): the write fails inside Twisted's path,
+        which reports the connection lost; nothing raises to the caller."""
+        port, accepted = self.serve()
+        client = yield self.connected(port)
+        yield waitFor(lambda: accepted, what="accepted")
+        server = accepted[0]
+        client.transport.abortConnection()
+        yield client.lost
+        for _ in range(20):
+            server.transport.write(b"x" * 65536)
+            if server.lost.called:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        yield server.lost
+
+    def test_memoryReactorRecordsTheCalls(self):
+        """A reactor without file descriptors (a test's) gets the calls as
+        they are."""
+        memory = MemoryReactor()
+        tcp.listenTCP(memory, 1234, Factory(), 5, "127.0.0.1")
+        tcp.connectTCP(memory, "127.0.0.1", 1234, ClientFactory(), 3)
+        self.assertEqual([p[0] for p in memory.tcpServers], [1234])
+        self.assertEqual([c[:2] for c in memory.tcpClients], [("127.0.0.1", 1234)])

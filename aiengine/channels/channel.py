@@ -66,6 +66,7 @@ from aiengine.channels.policy import (DROPPED, FAILED, IDLE_END, OURS, FailureSt
                                       classifyEnd, reconnectDelay)
 from aiengine.logs import PeerSafeLogger
 from aiengine.protocols.base import IMessageReceiver
+from aiengine.tcp import connectTCP
 from aiengine.tls import clientTLSOptions, describeFailure
 
 __all__ = [
@@ -445,8 +446,9 @@ class Channel:
         else:
             # No "connecting" line: "connected to" or the failure follows,
             # and with thousands of channels every start-up line counts.
-            self._connector = self.reactor.connectTCP(
-                self._host, config.port, self._factory, timeout=config.connect_timeout)
+            self._connector = connectTCP(
+                self.reactor, self._host, config.port, self._factory,
+                timeout=config.connect_timeout)
 
     def _scheduleRetry(self) -> float:
         """The next attempt, after the policy's delay; returns the delay."""
