@@ -212,3 +212,70 @@ class WriteThroughTests(unittest.TestCase):
         tcp.connectTCP(memory, "127.0.0.1", 1234, ClientFactory(), 3)
         self.assertEqual([p[0] for p in memory.tcpServers], [1234])
         self.assertEqual([c[:2] for c in memory.tcpClients], [("127.0.0.1", 1234)])
+
+
+class _CountingSocket:
+    """A socket that counts its sends (Twisted's transport uses it as its own)."""
+
+    def __init__(self, sock):
+        self._sock = sock
+        self.sends = []
+
+    def send(self, data):
+        self.sends.append(bytes(data))
+        return self._sock.send(data)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+class _Echo3(Protocol):
+    """Answers each read with three writes: to itself, and to ``others``."""
+
+    others = ()
+
+    def dataReceived(self, data):
+        for transport in (self.transport, *self.others):
+            for part in (b"a", b"b", b"c"):
+                transport.write(part)
+
+
+class HeldWritesTests(unittest.TestCase):
+    """Writes made while a read is handled leave together at its end."""
+
+    timeout = 20
+
+    @defer.inlineCallbacks
+    def test_oneSendPerTransportPerRead(self):
+        accepted = []
+        factory = Factory()
+        factory.buildProtocol = lambda addr: accepted.append(_Echo3()) or accepted[-1]
+        port = tcp.listenTCP(reactor, 0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        clients = []
+        for _ in range(3):
+            client = _Collect()
+            yield connectProtocol(
+                TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port), client)
+            self.addCleanup(lambda c=client: c.transport.loseConnection() or c.lost)
+            clients.append(client)
+        yield waitFor(lambda: len(accepted) == 3, what="accepted")
+        counting = []
+        for protocol in accepted:
+            protocol.transport.socket = _CountingSocket(protocol.transport.socket)
+            counting.append(protocol.transport.socket)
+        # The first connection's read writes to all three.
+        accepted[0].others = [p.transport for p in accepted[1:]]
+        clients[0].transport.write(b"go")
+        yield waitFor(lambda: all(bytes(c.data) == b"abc" for c in clients),
+                      what="abc at every client")
+        self.assertEqual([s.sends for s in counting], [[b"abc"]] * 3)
+        # Outside a read (here: a timer), a write leaves at once.
+        accepted[1].transport.write(b"d")
+        self.assertEqual(counting[1].sends, [b"abc", b"d"])
+
+    def test_notBytesRefused(self):
+        """As Twisted's write: str is refused at once, held or not."""
+        transport = tcp._Server.__new__(tcp._Server)
+        transport._held = []
+        self.assertRaises(TypeError, transport.write, "text")
