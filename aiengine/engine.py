@@ -9,10 +9,18 @@ Building the engine reads what the listeners need from disk, once: each
 error) and each TLS certificate and key.  Any problem raises
 :class:`~aiengine.config.ConfigError` naming the listener and the file, so
 nothing starts half-configured.
+
+:meth:`Engine.reload` re-reads media.xml while running (SIGHUP and the
+console's ``Engine.reload``): a listener or channel whose settings and files
+did not change keeps its connections; a changed one is stopped (a channel's
+queue flushed first) and started again; a removed one is stopped; an added
+one is started.  A new file that does not load, or whose secrets or TLS files
+do not read, changes nothing.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from twisted.application.service import MultiService
@@ -23,7 +31,7 @@ import aiengine
 from aiengine.broker import Broker
 from aiengine.channels import Channel
 from aiengine.config import (ConfigError, ListenerConfig, ProtocolConfig,
-                             ProtocolSettings, ServiceConfig, checkService)
+                             ProtocolSettings, ServiceConfig, checkService, load)
 from aiengine.console.builtins import registerBuiltins
 from aiengine.console.protocol import ConsoleFactory
 from aiengine.console.topics import ConsoleTopics
@@ -33,7 +41,7 @@ from aiengine.listeners import ListenerFactory, ListenerService
 from aiengine.media import Media, registerMedia
 from aiengine.tls import serverTLSOptions
 
-__all__ = ["Engine", "DEFAULT_CONSOLE"]
+__all__ = ["Engine", "DEFAULT_CONSOLE", "ReloadError", "ReloadResult"]
 
 _xml = ProtocolSettings(name="xml-messages")
 
@@ -53,6 +61,64 @@ START_SLICE = 0.002
 def _slice():
     deadline = time.monotonic() + START_SLICE
     return lambda: time.monotonic() >= deadline
+
+
+class ReloadError(Exception):
+    """A reload could not be made (another one is under way)."""
+
+
+@dataclasses.dataclass
+class ReloadResult:
+    """What a reload did: ``(kind, name)`` pairs, kind ``listener`` or ``channel``.
+
+    ``failed`` lists what was to start and could not (a listener whose
+    address is taken, say), with the reason: ``(kind, name, reason)``.
+    """
+
+    added: list = dataclasses.field(default_factory=list)
+    removed: list = dataclasses.field(default_factory=list)
+    changed: list = dataclasses.field(default_factory=list)
+    kept: list = dataclasses.field(default_factory=list)
+    failed: list = dataclasses.field(default_factory=list)
+
+    def describe(self) -> str:
+        """One line for the log."""
+        parts = []
+        for label in ("added", "removed", "changed", "kept"):
+            items = getattr(self, label)
+            parts.append(f"{label} {len(items)}" + (
+                " (" + ", ".join(f"{kind} {name}" for kind, name in items) + ")"
+                if items and label != "kept" else ""))
+        if self.failed:
+            parts.append("FAILED " + ", ".join(f"{kind} {name}: {reason}"
+                                               for kind, name, reason in self.failed))
+        return "; ".join(parts)
+
+
+def _fileContents(*paths):
+    """The bytes of each file named (None for none), or why it cannot be read:
+    a reload restarts what reads a file whose contents changed."""
+    contents = []
+    for path in paths:
+        if path is None:
+            contents.append(None)
+            continue
+        try:
+            with open(path, "rb") as f:
+                contents.append(f.read())
+        except OSError as e:
+            contents.append(f"unreadable: {e}")
+    return tuple(contents)
+
+
+def _listenerKey(lc: ListenerConfig):
+    return (dataclasses.replace(lc, line=None),
+            _fileContents(lc.auth_secret_file if lc.auth else None,
+                          lc.tls_certificate, lc.tls_key))
+
+
+def _channelKey(cc):
+    return dataclasses.replace(cc, line=None), _fileContents(cc.tls_ca if cc.tls else None)
 
 
 class Engine(MultiService):
@@ -87,28 +153,45 @@ class Engine(MultiService):
         self.media = Media(self.channels)
         registerMedia(self.registry)
         self.listeners: dict[str, ListenerService] = {}
+        # What each running listener and channel was built from (with its
+        # files' contents), to tell what a reload changes.
+        self._listenerKeys: dict = {}
+        self._channelKeys: dict = {}
+        self._defaultConsole = defaultConsole
+        self._reloading = None  # the Deferred of a reload under way
         self._starting = None  # the cooperative task starting the channels
         #: fires (None) once start-up is over: every channel has begun
         #: connecting, or the engine was stopped before they all had
         self.started = defer.Deferred()
 
-        listeners = [c for c in config.listeners if self._runs(c, "listener")]
-        # A console declared with run="false" is switched off on purpose.
-        if defaultConsole and not any(c.msgtype == "xmlcall" for c in config.listeners):
-            listeners.append(DEFAULT_CONSOLE)
-        for lc in listeners:
+        for lc in self._runningListeners(config):
             service = self._listener(lc)
             self.listeners[lc.name] = service
+            self._listenerKeys[lc.name] = _listenerKey(lc)
             service.setServiceParent(self)
         for cc in config.channels:
             if self._runs(cc, "channel"):
-                try:
-                    self.channels[cc.name] = Channel(cc, self.broker, reactor)
-                except ConfigError as e:
-                    self._locate(e, cc)
-                    raise
+                self.channels[cc.name] = self._channel(cc)
+                self._channelKeys[cc.name] = _channelKey(cc)
 
-    def _listener(self, lc: ListenerConfig) -> ListenerService:
+    def _runningListeners(self, config, quiet=False) -> list:
+        """The listeners of ``config`` that run, the default console included."""
+        listeners = [c for c in config.listeners if self._runs(c, "listener", quiet)]
+        # A console declared with run="false" is switched off on purpose.
+        if self._defaultConsole and not any(c.msgtype == "xmlcall"
+                                            for c in config.listeners):
+            listeners.append(DEFAULT_CONSOLE)
+        return listeners
+
+    def _channel(self, cc, path=None) -> Channel:
+        """The channel of ``cc``; raises ConfigError for unusable files."""
+        try:
+            return Channel(cc, self.broker, self.reactor)
+        except ConfigError as e:
+            self._locate(e, cc, path)
+            raise
+
+    def _listener(self, lc: ListenerConfig, path=None) -> ListenerService:
         """The service of one listener; raises ConfigError for unusable files."""
         try:
             secret = readSecret(lc.auth_secret_file, lc.name) if lc.auth else None
@@ -125,20 +208,128 @@ class Engine(MultiService):
             tls = (serverTLSOptions(lc.name, lc.tls_certificate, lc.tls_key)
                    if lc.tls else None)
         except ConfigError as e:
-            self._locate(e, lc)
+            self._locate(e, lc, path)
             raise
         return ListenerService.fromConfig(lc, factory, self.reactor, tls=tls)
 
-    def _locate(self, error: ConfigError, item) -> None:
+    def _locate(self, error: ConfigError, item, path=None) -> None:
         """Name media.xml and the element's line in an error found at build time."""
         if error.path is None:
-            error.path, error.line = self.config.path, item.line
+            error.path, error.line = path or self.config.path, item.line
 
-    def _runs(self, item, kind):
-        if not item.run:
+    def _runs(self, item, kind, quiet=False):
+        if not item.run and not quiet:
             self.log.info("{kind} {name} is not configured to run", kind=kind,
                           name=item.name)
         return item.run
+
+    # -- reload ------------------------------------------------------------------
+
+    def reload(self, path=None) -> defer.Deferred:
+        """Re-read media.xml (``path``, by default the file running now) and
+        apply the difference; see the module's docstring.
+
+        The Deferred fires with a :class:`ReloadResult`, or fails with
+        :class:`~aiengine.config.ConfigError` (file and line; nothing changed)
+        or :class:`ReloadError` (a reload is already under way, or start-up
+        is not over).
+        """
+        if self._reloading is not None:
+            return defer.fail(ReloadError("a reload is already under way"))
+        if not self.running or not self.started.called:
+            # Start-up starts the channels it knows, a turn at a time: a reload
+            # meanwhile could stop one before it starts, or start one twice.
+            return defer.fail(ReloadError("the engine is not running, or its start-up "
+                                          "is not over yet"))
+        path = path or self.config.path
+        self.log.info("reloading {path}", path=path)
+        try:
+            new = load(path)
+            plan = self._plan(new)
+        except ConfigError as e:
+            self.log.error("reload refused, nothing changed: {error}", error=e)
+            return defer.fail(e)
+        self._reloading = d = defer.ensureDeferred(self._apply(new, plan))
+
+        def done(result):
+            self._reloading = None
+            if isinstance(result, ReloadResult):
+                self.log.info("reloaded {path}: {summary}", path=path,
+                              summary=result.describe())
+            return result
+
+        return d.addBoth(done)
+
+    def _plan(self, new: ServiceConfig) -> dict:
+        """What to stop, build and keep for ``new``; every new listener and
+        channel is built here, so that a file that does not read raises
+        before anything has changed."""
+        plan = {"stop": [], "start": [], "result": ReloadResult()}
+        result = plan["result"]
+        for kind, running, keys, wanted, key, build in (
+                ("listener", self.listeners, self._listenerKeys,
+                 self._runningListeners(new, quiet=True), _listenerKey, self._listener),
+                ("channel", self.channels, self._channelKeys,
+                 [c for c in new.channels if c.run], _channelKey, self._channel)):
+            names = set()
+            for item in wanted:
+                names.add(item.name)
+                itemKey = key(item)
+                if item.name in running:
+                    if keys[item.name] == itemKey:
+                        result.kept.append((kind, item.name))
+                        continue
+                    result.changed.append((kind, item.name))
+                    plan["stop"].append((kind, item.name))
+                else:
+                    result.added.append((kind, item.name))
+                plan["start"].append((kind, item.name, build(item, new.path), itemKey))
+            for name in running:
+                if name not in names:
+                    result.removed.append((kind, name))
+                    plan["stop"].append((kind, name))
+        return plan
+
+    async def _apply(self, new: ServiceConfig, plan: dict) -> ReloadResult:
+        # Listeners and channels that go are stopped first (a changed one
+        # must release its port, or flush its queue to its server, before
+        # its successor starts).
+        stops = []
+        for kind, name in plan["stop"]:
+            if kind == "listener":
+                service = self.listeners.pop(name)
+                del self._listenerKeys[name]
+                stops.append(defer.maybeDeferred(service.disownServiceParent))
+            else:
+                channel = self.channels.pop(name)
+                del self._channelKeys[name]
+                stops.append(defer.maybeDeferred(channel.stop))
+        await defer.DeferredList(stops, consumeErrors=True)
+        result = plan["result"]
+        for kind, name, built, key in plan["start"]:
+            try:
+                if kind == "listener":
+                    self.listeners[name] = built
+                    self._listenerKeys[name] = key
+                    built.setServiceParent(self)
+                else:
+                    self.channels[name] = built
+                    self._channelKeys[name] = key
+                    built.start()
+            except Exception as e:
+                self.log.error("reload: {kind} {name} could not start: {error}",
+                               kind=kind, name=name, error=e)
+                result.failed.append((kind, name, str(e)))
+                if kind == "listener":
+                    self.listeners.pop(name, None)
+                    self._listenerKeys.pop(name, None)
+                    if built.parent is not None:
+                        await defer.maybeDeferred(built.disownServiceParent)
+                else:
+                    self.channels.pop(name, None)
+                    self._channelKeys.pop(name, None)
+        self.config = new
+        return result
 
     def startService(self):
         self.log.info("aiengine {version} starting from {path}", version=self.version,
