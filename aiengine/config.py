@@ -147,6 +147,8 @@ class ChannelConfig:
     keepalive: bool = True
     #: TCP_NODELAY on the socket: small messages go out at once
     tcp_nodelay: bool = True
+    #: the address family of host's addresses to use: "any", "4" or "6"
+    ip_version: str = "any"
     #: connect with TLS, verifying the server against tls_ca (PEM file; the
     #: system's trust store when None) and tls_hostname (default: host)
     tls: bool = False
@@ -416,6 +418,7 @@ _CHANNEL_PROPERTIES = {
     "connect-timeout": _seconds(positive=True),
     "keepalive": _bool,
     "tcp.nodelay": _bool,
+    "ip-version": _choice("any", "4", "6"),
     "tls": _bool,
     "tls.ca": _text,
     "tls.hostname": _text,
@@ -734,7 +737,7 @@ _CHANNEL_FIELDS = {
     "reconnectionTimeout": "reconnection_timeout", "queue-size": "queue_size",
     "inbox-size": "inbox_size", "idle-timeout": "idle_timeout",
     "connect-timeout": "connect_timeout", "keepalive": "keepalive", "tls": "tls",
-    "tcp.nodelay": "tcp_nodelay",
+    "tcp.nodelay": "tcp_nodelay", "ip-version": "ip_version",
     "tls.hostname": "tls_hostname", "tls.verify": "tls_verify",
     "flush-timeout": "flush_timeout", "replies": "replies",
     "max-in-flight": "max_in_flight", "response-timeout": "response_timeout",

@@ -20,7 +20,7 @@ import socket
 import time
 
 from twisted.internet import defer, reactor, task
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IHostnameResolver, IHostResolution
 from zope.interface import implementer
 
@@ -134,7 +134,7 @@ class _Resolution:
 @implementer(IHostnameResolver)
 class FakeResolver:
     """An ``IHostnameResolver`` whose answers come from ``answer(name)``: an
-    IPv4 address, or None for "no such name".
+    address (IPv4 or IPv6), a list of them, or None for "no such name".
 
     Answers come in a later reactor turn, as a real resolver's do.
     ``lookups`` records every name asked for.
@@ -152,11 +152,12 @@ class FakeResolver:
         resolutionReceiver.resolutionBegan(resolution)
 
         def done():
-            address = self.answer(hostName)
-            if address is not None and (addressTypes is None
-                                        or IPv4Address in addressTypes):
-                resolutionReceiver.addressResolved(
-                    IPv4Address(transportSemantics, address, portNumber))
+            answer = self.answer(hostName)
+            for address in [answer] if isinstance(answer, str) else answer or ():
+                kind = IPv6Address if ":" in address else IPv4Address
+                if addressTypes is None or kind in addressTypes:
+                    resolutionReceiver.addressResolved(
+                        kind(transportSemantics, address, portNumber))
             resolutionReceiver.resolutionComplete()
 
         self.clock.callLater(0, done)

@@ -58,6 +58,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from aiengine.channels.connection import CLOSE_GRACE, ChannelConnection, IConnectionOwner
+from aiengine.channels.dialer import Dialer
 from aiengine.channels.inbox import Inbox
 from aiengine.channels.machine import (CONNECTED, CONNECTING, IDLE, STATES, STOPPED,
                                        WAITING, ChannelMachine)
@@ -66,7 +67,6 @@ from aiengine.channels.policy import (DROPPED, FAILED, IDLE_END, OURS, FailureSt
                                       classifyEnd, reconnectDelay)
 from aiengine.logs import PeerSafeLogger
 from aiengine.protocols.base import IMessageReceiver
-from aiengine.tcp import connectTCP
 from aiengine.tls import clientTLSOptions, describeFailure
 
 __all__ = [
@@ -196,8 +196,10 @@ class Channel:
         self._tlsName = config.tls_hostname or host
         self._tlsOptions = clientTLSOptions(config, host) if config.tls else None
         self._factory = _AttemptFactory(self)
-        # The attempt in progress (or the last one).
+        # The attempt in progress (or the last one): a Dialer.
         self._connector = None
+        # The addresses the last attempt tried (the host's, resolved).
+        self._addresses: list = []
         # The next attempt, when one is scheduled (WAITING).
         self._retryCall = None
         # Failed attempts in a row, for the retry delay (reset when a
@@ -286,6 +288,9 @@ class Channel:
             "state": self.state,
             "host": self.config.host,
             "port": self.config.port,
+            "ipVersion": self.config.ip_version,
+            "addresses": " ".join(self._addresses),
+            "address": self._connectedAddress(),
             "protocol": self.config.protocol.name,
             "permanent": self.config.permanent,
             "tls": bool(self.config.tls),
@@ -314,6 +319,16 @@ class Channel:
             "errors": self.errors,
             "lastError": self.lastError,
         }
+
+    def _connectedAddress(self) -> Optional[str]:
+        """The address of the connection's peer (the one of the host's
+        addresses that answered), or None."""
+        protocol = self._protocol
+        transport = getattr(protocol, "transport", None)
+        if transport is None:
+            return None
+        peer = transport.getPeer()
+        return getattr(peer, "host", None)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -440,15 +455,15 @@ class Channel:
                           host=self._host, port=config.port,
                           check=(f"certificate checked for {self._tlsName!r}"
                                  if config.tls_verify else "certificate NOT checked"))
-            self._connector = self.reactor.connectSSL(
-                self._host, config.port, self._factory, self._tlsOptions,
-                timeout=config.connect_timeout)
-        else:
-            # No "connecting" line: "connected to" or the failure follows,
-            # and with thousands of channels every start-up line counts.
-            self._connector = connectTCP(
-                self.reactor, self._host, config.port, self._factory,
-                timeout=config.connect_timeout)
+        # (Otherwise no "connecting" line: "connected to" or the failure
+        # follows, and with thousands of channels every start-up line counts.)
+        self._connector = Dialer(self.reactor, self._host, config.port, self._factory,
+                                 timeout=config.connect_timeout,
+                                 tlsOptions=self._tlsOptions, family=config.ip_version,
+                                 addressesSeen=self._addressesSeen).start()
+
+    def _addressesSeen(self, addresses):
+        self._addresses = addresses
 
     def _scheduleRetry(self) -> float:
         """The next attempt, after the policy's delay; returns the delay."""
