@@ -53,10 +53,12 @@ Per connection (:class:`ListenerConnection`):
 
 from __future__ import annotations
 
+import socket
 from collections import deque
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.policies import ProtocolWrapper, TimeoutFactory, TimeoutProtocol
@@ -65,14 +67,15 @@ from zope.interface import implementer
 
 from aiengine.auth import LoginThrottle, SharedSecret
 from aiengine.config import ListenerConfig
-from aiengine.logs import PeerSafeLogger, describeAddress, peerHost, peerOf, worthLogging
+from aiengine.logs import (PeerSafeLogger, describeAddress, peerHost, peerOf, quietly,
+                           worthLogging)
 from aiengine.protocols import buildFramer
 from aiengine.protocols.base import IMessageReceiver
 from aiengine.protocols.xmlsplit import parseDocument
 from aiengine.tcp import ServerEndpoint, setNoDelay
 
 __all__ = ["ListenerFactory", "ListenerConnection", "ListenerService", "GuardFactory",
-           "GuardProtocol", "serverEndpoint"]
+           "GuardProtocol", "ListenerUnavailable", "serverEndpoint"]
 
 
 _log = PeerSafeLogger(namespace="aiengine.listeners")
@@ -887,6 +890,28 @@ class GuardFactory(TimeoutFactory):
         return waiter
 
 
+class ListenerUnavailable(CannotListenError):
+    """A listener cannot bind its address.  Its text is the one line
+    start-up prints: ``listener 'console' cannot listen on
+    127.0.0.1:20001: address already in use``."""
+
+    def __init__(self, name, interface, port, socketError):
+        CannotListenError.__init__(self, interface, port, socketError)
+        self.name = name
+
+    @property
+    def reason(self) -> str:
+        """Why, in words: the system's message, lower-cased as a clause."""
+        error = self.socketError
+        text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        return text[:1].lower() + text[1:]
+
+    def __str__(self):
+        address = (f"[{self.interface}]:{self.port}" if ":" in self.interface
+                   else f"{self.interface}:{self.port}")
+        return f"listener '{self.name}' cannot listen on {address}: {self.reason}"
+
+
 class ListenerService(Service):
     """Listens with a factory on an interface and port; closes everything on stop.
 
@@ -929,26 +954,61 @@ class ListenerService(Service):
                    idleTimeout=config.idle_timeout, tls=tls, noDelay=config.tcp_nodelay)
 
     def privilegedStartService(self):
-        # Bind before the process drops privileges, and fail start-up loudly.
+        """Bind and listen (once), before the process drops privileges.
+
+        :raises ListenerUnavailable: the address cannot be bound (in use,
+            not permitted, not an address of this host).
+        """
+        if self.listeningPort is not None:
+            return  # twistd's own call, after aiengine.tap bound it early
         inner = self.factory
         if self.tls is not None:
             inner = TLSMemoryBIOFactory(self.tls, False, inner)
             inner.noisy = False
         self.guard = GuardFactory(inner, self.log, self.maxConnections, self.idleTimeout,
                                   self.reactor, self.closeGrace, noDelay=self.noDelay)
-        d = serverEndpoint(self.reactor, self.interface, self.port).listen(self.guard)
+        # Twisted's "<prefix> starting on <port>" would repeat _listening's line.
+        d = quietly(serverEndpoint(self.reactor, self.interface, self.port).listen,
+                    self.guard)
         failures = []
         d.addCallbacks(self._listening, failures.append)
         if failures:
+            error = failures[0].value
+            if isinstance(error, CannotListenError) and not isinstance(
+                    error, ListenerUnavailable):
+                raise ListenerUnavailable(self.name, self.interface, self.port,
+                                          error.socketError) from error
             failures[0].raiseException()
         Service.privilegedStartService(self)
 
+    def probe(self):
+        """Check that this listener's address can be bound now, and release it
+        at once (``--check``); bound as Twisted binds, ``SO_REUSEADDR`` included.
+
+        :raises ListenerUnavailable: it cannot.
+        """
+        family = socket.AF_INET6 if ":" in self.interface else socket.AF_INET
+        try:
+            address = socket.getaddrinfo(self.interface, self.port, family,
+                                         socket.SOCK_STREAM, 0,
+                                         socket.AI_NUMERICHOST)[0][4]
+            with socket.socket(family, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+                # Linux refuses a second listener only at listen() when both
+                # sockets set SO_REUSEADDR.
+                sock.listen(1)
+        except OSError as e:
+            raise ListenerUnavailable(self.name, self.interface, self.port, e) from e
+
     def _listening(self, port):
         self.listeningPort = port
-        address = port.getHost()
+        # Twisted's "(TCP Port <n> Closed)" would stand for stopService's line.
+        if hasattr(port, "_logConnectionLostMsg"):
+            port._logConnectionLostMsg = lambda: None
         self.log.info(
-            "listening on {host}:{port}{tls} (max-connections {max}, idle-timeout "
-            "{idle}){auth}", host=address.host, port=address.port,
+            "listening on {address}{tls} (max-connections {max}, idle-timeout "
+            "{idle}){auth}", address=describeAddress(port.getHost()),
             tls=" with TLS" if self.tls is not None else "", max=self.maxConnections,
             idle=f"{self.idleTimeout:g} s" if self.idleTimeout else "off",
             auth=", authentication required"
@@ -978,6 +1038,8 @@ class ListenerService(Service):
         port, self.listeningPort = self.listeningPort, None
         waits = []
         if port is not None:
+            self.log.info("stopped listening on {address}",
+                          address=describeAddress(port.getHost()))
             waits.append(defer.maybeDeferred(port.stopListening))
         closer = getattr(self.factory, "closeConnections", None)
         if closer is not None:
