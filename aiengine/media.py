@@ -1,30 +1,53 @@
 """The media API ("AIMedia"): program-level access to channels by name.
 
 Every method returns a Deferred.  An unknown name fails with
-:class:`UnknownChannel` ("Unable to find channel by name=<name>").  The same
-operations are callable from the console as class ``Media``;
-:func:`registerMedia` registers it with the original's test classes
-(:mod:`aiengine.console.original`).
+:class:`UnknownChannel` ("Unable to find channel by name=<name>", then the
+nearest name and the known ones).  The same operations are callable from the
+console as class ``Media``; :func:`registerMedia` registers it with the
+original's test classes (:mod:`aiengine.console.original`).
 """
 
 from __future__ import annotations
 
 from lxml import etree
 from twisted.internet import defer
+from twisted.internet.error import ConnectError
 
-from aiengine.console.interfaces import CallError, ConsoleClass, Param, method, seconds
+from aiengine.channels import ChannelStopped
+from aiengine.console.interfaces import (FORMAT, CallError, CallTimeout, ConsoleClass,
+                                         Param, method, seconds, wantsTable)
 from aiengine.console.original import TestDirectChannels, TestEngineThreads
-from aiengine.console.results import messageElement, textElement, xmlSafe
+from aiengine.console.registry import suggest
+from aiengine.console.results import (duration, hostPort, listNames, messageElement,
+                                      textBlock, textElement, textTable, xmlSafe)
 
 __all__ = ["Media", "UnknownChannel", "MediaConsole", "TestDirectChannels",
-           "TestEngineThreads", "registerMedia"]
+           "TestEngineThreads", "registerMedia", "channelTable", "CHANNEL_COLUMNS"]
+
+
+#: Beyond this many channels, an unknown name gets no "did you mean":
+#: comparing it with every name would make each typo cost milliseconds.
+_SUGGEST_MAX = 1000
 
 
 class UnknownChannel(CallError, KeyError):
-    """No channel has the name asked for."""
+    """No channel has the name asked for.
 
-    def __init__(self, name):
-        super().__init__(f"Unable to find channel by name={name}")
+    The message starts as the original's, "Unable to find channel by
+    name=<name>", and goes on with the nearest name and the known ones (the
+    first 20 in order, then how many more), for the person who mistyped.
+    """
+
+    def __init__(self, name, known=()):
+        message = f"Unable to find channel by name={name}"
+        if not known:
+            message += "; there are no channels"
+        else:
+            near = suggest(name, known) if len(known) <= _SUGGEST_MAX else None
+            if near is not None:
+                message += f" (did you mean '{near}'?)"
+            message += f"; known channels: {listNames(known)}"
+        super().__init__(message)
 
     def __str__(self):
         return self.args[0]
@@ -46,7 +69,7 @@ class Media:
         try:
             return self.channels[name]
         except KeyError:
-            raise UnknownChannel(name) from None
+            raise UnknownChannel(name, self.channels) from None
 
     def listChannels(self):
         """Deferred list of every channel's status dict, sorted by name."""
@@ -91,15 +114,48 @@ class Media:
 
 
 def _plainFailure(failure):
-    """Expected outcomes (a timeout, a refused size) answer with their plain
-    message: no traceback in the log for a routine event."""
-    failure.trap(ValueError, defer.TimeoutError)
-    raise CallError(failure.getErrorMessage())
+    """Expected outcomes answer as a :class:`CallError`, which the console
+    logs as the caller's business, without a traceback: a timeout the caller
+    asked for (:class:`CallTimeout`, debug), a refused size, a channel
+    stopped while the call waited, a failed connection attempt (the channel
+    logs that one itself).  Anything else goes on: a bug, logged as an
+    error with its traceback."""
+    if failure.check(defer.TimeoutError):
+        raise CallTimeout(failure.getErrorMessage())
+    if failure.check(ValueError):
+        raise CallError(failure.getErrorMessage())
+    failure.trap(ChannelStopped, ConnectError)
+    # The answer keeps the words it had before these became expected.
+    raise CallError(f"{failure.type.__name__}: {failure.value}")
 
 
 def _timeout(value):
     """The optional timeout parameter: None means the channel's default."""
     return None if value in (None, "") else seconds(value, allowZero=True)
+
+
+#: The columns of ``Media.listChannels format=table``; the numbers on the right.
+CHANNEL_COLUMNS = ("NAME", "STATE", "PEER", "AGE", "IN", "OUT", "QUEUED", "DROPPED")
+_NUMBERS = frozenset(("IN", "OUT", "QUEUED", "DROPPED"))
+
+
+def channelTable(statuses, now) -> str:
+    """The channels' status dicts (as :meth:`Media.listChannels` gives them)
+    as an aligned text table, one row per channel.
+
+    ``AGE`` is the time spent in the current state: ``now`` minus the
+    status's ``stateSince`` (the reactor's clock), ``-`` while channels do
+    not report it.  ``IN`` and ``OUT`` count messages.
+    """
+    rows = []
+    for status in statuses:
+        since = status.get("stateSince")
+        rows.append((status["name"], status["state"],
+                     hostPort(status["host"], status["port"]),
+                     duration(None if since is None else now - since),
+                     status["messagesIn"], status["messagesOut"], status["queued"],
+                     status["dropped"]))
+    return textTable(CHANNEL_COLUMNS, rows, right=_NUMBERS)
 
 
 def _channelElement(status):
@@ -124,8 +180,15 @@ class MediaConsole(ConsoleClass):
     timeout = Param("timeout", "Seconds to wait (default: the channel's "
                     "protocol.wait-time-sec).", required=False)
 
-    @method("Every channel with its state and counters.")
+    @method("Every channel with its state and counters; format=table: name, state, "
+            "peer, time in the state, messages in and out, queued and dropped, as a "
+            "text table.", FORMAT)
     def listChannels(self, call):
+        # Both answers from the same status dicts: one set of counters.
+        if wantsTable(call):
+            return call.engine.media.listChannels().addCallback(
+                lambda statuses: textBlock("table", channelTable(
+                    statuses, call.engine.reactor.seconds())))
         return call.engine.media.listChannels().addCallback(
             lambda statuses: [_channelElement(s) for s in statuses])
 
@@ -172,12 +235,13 @@ class MediaConsole(ConsoleClass):
 
     @method("Connect the channel (after disconnect, or an on-demand channel now).", channel)
     def connect(self, call):
-        return call.engine.media.connect(call.params["channel"]).addCallback(lambda _: None)
+        return call.engine.media.connect(call.params["channel"]).addCallbacks(
+            lambda _: None, _plainFailure)
 
     @method("Close the channel and keep it down until connect.", channel)
     def disconnect(self, call):
-        return call.engine.media.disconnect(call.params["channel"]).addCallback(
-            lambda _: None)
+        return call.engine.media.disconnect(call.params["channel"]).addCallbacks(
+            lambda _: None, _plainFailure)
 
 
 def registerMedia(registry):

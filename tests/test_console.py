@@ -234,7 +234,7 @@ class RegistryTests(unittest.TestCase):
     def test_unknownMethodListsMethods(self):
         e = self.assertRaises(CallError, self.registry.lookup, "Engine", "zzzzzz")
         self.assertEqual(str(e), "Class 'Engine' has no method 'zzzzzz'; its methods "
-                                 "are: help, listeners, login, ping, version")
+                                 "are: help, listeners, login, ping, reload, version")
 
 
 class FramingTests(ConsoleTestCase):

@@ -220,7 +220,8 @@ class EngineTests(ConsoleClientMixin, unittest.TestCase):
         self.assertEqual(status.find("channel").get("port"),
                          str(self.lines.getHost().port))
         self.assertEqual(unknown.get("status"), "Exception")
-        self.assertEqual(unknown.findtext("exception"), "Unable to find channel by name=nope")
+        self.assertEqual(unknown.findtext("exception"), "Unable to find channel by name=nope; "
+                         "known channels: google, lines, plain")
 
         sent, received = yield self.call(client, b"".join([
             xmlcall("Media", "send", requestId="1", channel="plain", message="abc"),
@@ -286,7 +287,8 @@ class MediaApiTests(unittest.TestCase):
                      media.receiveFixed("x", 1), media.connect("x"),
                      media.disconnect("x")):
             failure = self.failureResultOf(call, UnknownChannel)
-            self.assertEqual(str(failure.value), "Unable to find channel by name=x")
+            self.assertEqual(str(failure.value),
+                             "Unable to find channel by name=x; there are no channels")
 
     def test_listChannelsEmpty(self):
         self.assertEqual(self.successResultOf(Media({}).listChannels()), [])

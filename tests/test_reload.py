@@ -14,6 +14,7 @@ from twisted.trial import unittest
 from aiengine.config import ConfigError, load
 from aiengine.engine import Engine, ReloadError, ReloadResult
 from tests.support import waitFor
+from tests.test_console import Collector, xmlcall
 from tests.test_listeners import LineClient
 
 
@@ -67,7 +68,9 @@ def mediaXml(listeners=(), channels=()):
             + "</directchannels></service>")
 
 
-class ReloadTests(unittest.TestCase):
+class ReloadCase(unittest.TestCase):
+    """Four counting servers, a media.xml on disk, and the engine it runs."""
+
     timeout = 30
 
     def setUp(self):
@@ -104,6 +107,8 @@ class ReloadTests(unittest.TestCase):
         self.addCleanup(lambda: client.transport.loseConnection() or client.closed)
         return client
 
+
+class ReloadTests(ReloadCase):
     @defer.inlineCallbacks
     def test_keptChangedRemovedAdded(self):
         s = self.servers
@@ -254,3 +259,44 @@ class ReloadTests(unittest.TestCase):
         result = yield self.engine.reload()
         self.assertEqual(result.added, [("listener", "l")])
         self.assertEqual(self.engine.listeners["l"].address[1], taken)
+
+
+class ConsoleReloadTests(ReloadCase):
+    """``Engine.reload`` at the console: what changed, or why nothing did."""
+
+    @defer.inlineCallbacks
+    def call(self, data, n):
+        port = self.engine.listeners["console"].address[1]
+        client = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+                                       Collector())
+        self.addCleanup(lambda: client.transport.loseConnection() or client.lost)
+        client.transport.write(data)
+        docs = yield client.waitDocs(n)
+        return docs
+
+    @defer.inlineCallbacks
+    def test_answerListsWhatChanged(self):
+        s = self.servers
+        yield self.start(mediaXml(channels=[channel("a", s["a"].port),
+                                            channel("b", s["b"].port)]))
+        self.write(mediaXml(channels=[channel("a", s["a"].port),
+                                      channel("c", s["c"].port)]))
+        [answer] = yield self.call(xmlcall("Engine", "reload", requestId="r") + b"\x01", 1)
+        self.assertEqual(answer.get("status"), "OK")
+        [reload] = answer.findall("reload")
+        self.assertEqual(sorted((e.tag, e.get("kind"), e.get("name")) for e in reload),
+                         [("added", "channel", "c"), ("kept", "channel", "a"),
+                          ("kept", "listener", "console"), ("removed", "channel", "b")])
+        yield self.connectedTo("c")
+
+    @defer.inlineCallbacks
+    def test_brokenFileAnswersException(self):
+        s = self.servers
+        yield self.start(mediaXml(channels=[channel("a", s["a"].port)]))
+        self.write(mediaXml(channels=[channel("a", "none")]))
+        [answer] = yield self.call(xmlcall("Engine", "reload", requestId="r") + b"\x01", 1)
+        self.assertEqual(answer.get("status"), "Exception")
+        text = answer.findtext("exception")
+        self.assertIn("nothing changed", text)
+        self.assertIn(f"{self.path}:1", text)
+        self.assertEqual(list(self.engine.channels), ["a"])

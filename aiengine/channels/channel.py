@@ -174,7 +174,7 @@ class Channel:
         self.reactor = reactor
         self.log = PeerSafeLogger(namespace=f"ActiveSocket::{self.name}")
         self._framerLog = _FramerLogger(self)
-        self._machine = ChannelMachine()
+        self._machine = ChannelMachine(reactor)
         self.connects = 0
         self.failures = 0
         self.drops = 0
@@ -286,6 +286,7 @@ class Channel:
         return {
             "name": self.name,
             "state": self.state,
+            "stateSince": self._machine.since,
             "host": self.config.host,
             "port": self.config.port,
             "ipVersion": self.config.ip_version,

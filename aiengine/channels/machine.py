@@ -48,14 +48,19 @@ class InvalidTransition(RuntimeError):
 class ChannelMachine:
     """The state of one channel (starts :data:`STOPPED`)."""
 
-    __slots__ = ("state",)
+    __slots__ = ("state", "since", "_clock")
 
-    def __init__(self):
+    def __init__(self, clock=None):
         self.state = STOPPED
+        self._clock = clock
+        #: when the current state began (the clock's seconds), None without a clock
+        self.since = clock.seconds() if clock is not None else None
 
     def move(self, to: str) -> None:
         """Go to state ``to``; raises :class:`InvalidTransition` if the table
         does not allow it from here."""
         if (self.state, to) not in TRANSITIONS:
             raise InvalidTransition(f"a channel cannot go from {self.state} to {to}")
+        if to != self.state and self._clock is not None:
+            self.since = self._clock.seconds()
         self.state = to

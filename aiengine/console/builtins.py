@@ -1,9 +1,12 @@
 """The console classes every engine has: ``Engine`` and ``Topics``.
 
-``Engine`` answers ``login``, ``ping``, ``help`` and ``version``.  ``Topics`` gives the
-console the topic broker: publish, request/reply, subscribe (messages are
-streamed to the connection as ``<xmlevent>`` documents) and a list of the
-topics with their counters.
+``Engine`` answers ``login``, ``ping``, ``help``, ``version``, ``reload`` and
+``listeners``
+(``help`` starts with how to write a call; ``listeners`` answers a text table
+for a person with ``format=table``).
+``Topics`` gives the console the topic broker: publish, request/reply,
+subscribe (messages are streamed to the connection as ``<xmlevent>``
+documents) and a list of the topics with their counters.
 """
 
 from __future__ import annotations
@@ -13,17 +16,84 @@ from twisted.internet.defer import TimeoutError
 
 import aiengine
 from aiengine.broker import NoSubscriber, checkTopicName
-from aiengine.console.interfaces import CallError, ConsoleClass, Param, method, seconds
-from aiengine.console.results import messageElement, xmlSafe
+from aiengine.config import ConfigError
+from aiengine.console.interfaces import (FORMAT, CallError, CallTimeout, ConsoleClass,
+                                         Param, method, seconds, wantsTable)
+from aiengine.console.results import (hostPort, messageElement, textBlock, textTable,
+                                      xmlSafe)
 from aiengine.logs import PeerSafeLogger
 from aiengine.protocols.xmlsplit import parseDocument
 
-__all__ = ["Engine", "Topics", "registerBuiltins", "MESSAGE_TYPES"]
+__all__ = ["Engine", "Topics", "registerBuiltins", "MESSAGE_TYPES", "USAGE",
+           "listenerTable", "LISTENER_COLUMNS"]
 
 _log = PeerSafeLogger(namespace="Console::Topics")
 
 #: Message types the console may publish; xml types must be well-formed.
 MESSAGE_TYPES = ("text", "xml", "xmlcall")
+
+
+#: How to write a call, for a person reading ``Engine.help`` at telnet; the
+#: examples are real calls (the tests make them).
+USAGE = """\
+A call is one <xmlcall> document: the class and the method are its attributes, and so
+are requestId and name, both optional and copied into the answer. Type it and press
+Enter. A call without parameters:
+
+  <xmlcall class="Engine" method="ping" requestId="1"/>
+
+Parameters are <property> children of <parameters>, the value in the value attribute:
+
+  <xmlcall class="Topics" method="publish" requestId="2"><parameters><property name="topic" value="demo"/><property name="message" value="hello"/></parameters></xmlcall>
+
+or as the property's content, where XML may be written as it is:
+
+  <xmlcall class="Topics" method="publish" requestId="3"><parameters><property name="topic">demo</property><property name="message"><note>hello</note></property></parameters></xmlcall>
+
+For a person, some lists come as a text table:
+
+  <xmlcall class="Media" method="listChannels"><parameters><property name="format" value="table"/></parameters></xmlcall>
+
+Below: every class, its methods, and their parameters (required="false": optional)."""
+
+
+#: The columns of ``Engine.listeners format=table``; the numbers on the right.
+LISTENER_COLUMNS = ("NAME", "ADDRESS", "OPEN", "ACCEPTED", "REFUSED", "IN", "OUT")
+_NUMBERS = frozenset(LISTENER_COLUMNS[2:])
+
+
+def _listenerRows(engine):
+    """``(name, address or None, counters)`` for each of the engine's
+    listeners, sorted by name: what both answers of ``Engine.listeners``
+    show."""
+    rows = []
+    services = getattr(engine, "listeners", {})
+    for name in sorted(services):
+        service = services[name]
+        counters = dict(service.factory.stats())
+        guard = getattr(service, "guard", None)
+        if guard is not None:
+            counters.update(accepted=guard.accepted, refused=guard.refused,
+                            timedOut=guard.timedOut, aborted=guard.aborted,
+                            handshakeTimeouts=guard.handshakeTimeouts)
+        rows.append((name, service.address, counters))
+    return rows
+
+
+def listenerTable(rows) -> str:
+    """Listener rows (see ``_listenerRows``) as an aligned text table.
+
+    ``IN`` and ``OUT`` are the messages a listener's connections sent and
+    were sent; a console counts no messages: its ``IN`` is its requests,
+    its ``OUT`` is ``-`` (one answer per request, and events).
+    """
+    lines = []
+    for name, address, counters in rows:
+        messagesIn = counters.get("messagesIn", counters.get("requests"))
+        lines.append((name, hostPort(address[0], address[1]) if address else "-",
+                      counters.get("openConnections"), counters.get("accepted"),
+                      counters.get("refused"), messagesIn, counters.get("messagesOut")))
+    return textTable(LISTENER_COLUMNS, lines, right=_NUMBERS)
 
 
 def _element(tag, text=None, **attributes):
@@ -53,19 +123,20 @@ class Engine(ConsoleClass):
         connection = call.connection
         required = bool(getattr(connection, "authRequired", False))
         if not connection.login(call.params["secret"]):
-            raise CallError("authentication failed")
+            # login() logged it, as a warning naming the peer.
+            raise CallError("authentication failed", logged=True)
         return _element("authenticated", required="true" if required else "false")
 
     @method("Answer <pong/>: shows that the console is alive.")
     def ping(self, call):
         return etree.Element("pong")
 
-    @method("Describe every callable class, method and parameter.",
-            Param("class", "Describe only this class.", required=False))
+    @method("How to write a call (<usage>), then every callable class, method and "
+            "parameter.", Param("class", "Describe only this class.", required=False))
     def help(self, call):
         only = call.params.get("class")
         classes = [self.registry.get(only)] if only else self.registry.classes()
-        result = []
+        result = [textBlock("usage", USAGE)]
         for consoleClass in classes:
             classElement = _element("class", name=consoleClass.name,
                                     description=consoleClass.description or "")
@@ -86,29 +157,51 @@ class Engine(ConsoleClass):
             result.append(classElement)
         return result
 
+    @method("Re-read media.xml and apply the difference: unchanged listeners and "
+            "channels keep their connections, changed ones restart, removed ones "
+            "stop, new ones start.  Answers <reload> with one <added>, <changed>, "
+            "<removed>, <kept> or <failed> element per listener or channel; a file "
+            "that does not load changes nothing and answers Exception with its "
+            "file and line.")
+    def reload(self, call):
+        def answer(result):
+            element = _element("reload")
+            for label in ("added", "changed", "removed", "kept"):
+                for kind, name in getattr(result, label):
+                    etree.SubElement(element, label, kind=kind, name=name)
+            for kind, name, reason in result.failed:
+                etree.SubElement(element, "failed", kind=kind, name=name, reason=reason)
+            return element
+
+        from aiengine.engine import ReloadError  # (engine imports this module)
+
+        def refused(failure):
+            failure.trap(ConfigError, ReloadError)
+            # Engine.reload has logged it.
+            raise CallError(f"reload refused, nothing changed: "
+                            f"{failure.getErrorMessage()}", logged=True)
+
+        return call.engine.reload().addCallbacks(answer, refused)
+
     @method("The version of aiengine.")
     def version(self, call):
         return _element("version", aiengine.__version__)
 
     @method("Every listener with its address and counters (connections accepted, "
-            "refused and timed out; messages in and out; what was dropped).")
+            "refused and timed out; messages in and out; what was dropped); "
+            "format=table: name, address, open connections, accepted, refused, "
+            "messages in and out, as a text table.", FORMAT)
     def listeners(self, call):
+        rows = _listenerRows(call.engine)
+        if wantsTable(call):
+            return textBlock("table", listenerTable(rows))
         result = []
-        services = getattr(call.engine, "listeners", {})
-        for name in sorted(services):
-            service = services[name]
-            address = service.address
+        for name, address, counters in rows:
             element = _element("listener", name=name,
                                state="listening" if address else "stopped")
             if address:
                 element.set("host", str(address[0]))
                 element.set("port", str(address[1]))
-            counters = dict(service.factory.stats())
-            guard = getattr(service, "guard", None)
-            if guard is not None:
-                counters.update(accepted=guard.accepted, refused=guard.refused,
-                                timedOut=guard.timedOut, aborted=guard.aborted,
-                                handshakeTimeouts=guard.handshakeTimeouts)
             for key in sorted(counters):
                 element.set(key, str(counters[key]))
             result.append(element)
@@ -177,7 +270,7 @@ class Topics(ConsoleClass):
             if failure.check(NoSubscriber):
                 raise CallError(failure.getErrorMessage())
             failure.trap(TimeoutError)
-            raise CallError(f"no reply on {topicIn} within {timeout:g} s")
+            raise CallTimeout(f"no reply on {topicIn} within {timeout:g} s")
 
         d.addCallbacks(lambda reply: messageElement("message", reply), noReply)
         return d

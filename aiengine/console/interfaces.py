@@ -15,11 +15,35 @@ from typing import Callable, Optional
 from zope.interface import Attribute, Interface, implementer
 
 __all__ = ["IConsoleClass", "ConsoleClass", "ConsoleMethod", "Param", "CallError",
-           "Call", "method", "seconds"]
+           "CallTimeout", "Call", "method", "seconds", "boolean", "FORMAT", "wantsTable"]
 
 
 class CallError(Exception):
-    """A call failed in an expected way; the message is the ``<exception>`` text."""
+    """A call failed in an expected way; the message is the ``<exception>`` text.
+
+    The console logs it at info, without a traceback: the client was told.
+    With ``logged=True`` it adds no line: the method has logged the event
+    itself, at the level it deserves (a failed login: a warning naming the
+    peer).
+    """
+
+    #: whether the failure is what the caller may expect in normal use (see
+    #: :class:`CallTimeout`): logged at debug instead of info
+    routine = False
+    #: whether the method logged the failure itself (see above)
+    logged = False
+
+    def __init__(self, *args, logged: bool = False):
+        super().__init__(*args)
+        self.logged = logged
+
+
+class CallTimeout(CallError):
+    """A call waited as long as it was allowed (the ``timeout`` its caller
+    gave, or the default) and nothing came: routine for a client that polls,
+    so logged at debug only."""
+
+    routine = True
 
 
 def seconds(value, key="timeout", allowZero=False) -> float:
@@ -53,6 +77,26 @@ class Param:
         self.description = description
         self.default = default
         self.required = required
+
+
+#: The ``format`` parameter of the methods that can answer a person (see
+#: :func:`wantsTable`).
+FORMAT = Param("format", "xml: one element per item with its counters as attributes, "
+               "for programs; table: the same as one aligned text table in a <table> "
+               "element, for a person at telnet.", default="xml")
+
+
+def wantsTable(call) -> bool:
+    """Whether ``call`` asks for its answer as a text table (``format`` is
+    ``table``) rather than as elements (``xml``, the default); raises
+    :class:`CallError` for any other format."""
+    value = call.params["format"]
+    wanted = value.strip().lower()
+    if wanted == "xml":
+        return False
+    if wanted == "table":
+        return True
+    raise CallError(f"parameter 'format' must be xml or table, got {value!r}")
 
 
 class ConsoleMethod:

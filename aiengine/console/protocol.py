@@ -57,6 +57,17 @@ without its parameters, and malformed requests are logged without their
 bytes while the connection is unauthenticated or when they mention
 ``login``.  Without a secret, ``Engine.login`` answers
 ``<authenticated required="false"/>``: nothing to do.
+
+Logging
+=======
+
+What a client gets wrong (malformed XML, an unknown class, method or
+parameter, a call before login, any :class:`CallError` a method raises)
+is its business: answered with an Exception and logged at info, one line,
+no traceback; a wait that ran out as its caller allowed
+(:class:`CallTimeout`) only at debug.  A method that raises anything else
+is a bug: logged as an error with its traceback.  A connection logs a line
+when it opens and one when it closes (peer, duration, calls).
 """
 
 from __future__ import annotations
@@ -65,6 +76,7 @@ import itertools
 import re
 from collections import deque
 from copy import deepcopy
+from time import monotonic
 
 from lxml import etree
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail
@@ -78,12 +90,13 @@ from aiengine.auth import SharedSecret
 from aiengine.auth import LoginThrottle
 from aiengine.logs import PeerSafeLogger, peerHost, peerOf
 from aiengine.console.interfaces import Call, CallError
-from aiengine.console.results import (TERMINATOR, frame, messageElement,
-                                      resultElement, xmlSafe)
+from aiengine.console.results import (TERMINATOR, duration, frame, messageElement,
+                                      plural, resultElement, xmlSafe)
 from aiengine.protocols.xmlsplit import Document, Malformed, TooLarge, XmlSplitter
 
 __all__ = ["ConsoleProtocol", "ConsoleFactory", "TERMINATOR", "parseParameters",
-           "prepareCall", "okResult", "failureMessage"]
+           "prepareCall", "okResult", "failureMessage", "logCallError", "describeCall",
+           "callLabel"]
 
 # Recovers requestId/name from a malformed request's root start tag so that a
 # program waiting for its answer gets it under the right id.
@@ -227,17 +240,47 @@ def okResult(value, requestId, name):
     return result
 
 
+def describeCall(label, requestId) -> str:
+    """A call for a log line: ``Engine.pnig (request 3)``, or the label
+    alone when the request has no ``requestId``."""
+    return label if requestId is None else f"{label} (request {requestId})"
+
+
+def callLabel(root) -> str:
+    """``Class.method`` as an ``<xmlcall>`` asks for it (``?`` for a missing
+    attribute), or ``<tag>`` for a document that is not an ``<xmlcall>``."""
+    if root.tag != "xmlcall":
+        return f"<{root.tag}>"
+    return f"{root.get('class') or '?'}.{root.get('method') or '?'}"
+
+
+def logCallError(log, who, label, requestId, message, routine=False) -> None:
+    """Log a call answered with an Exception that the caller caused (a
+    :class:`CallError`), without a traceback: the client was told.  Info,
+    or debug for a ``routine`` one (a :class:`CallTimeout`)."""
+    log.emit(LogLevel.debug if routine else LogLevel.info,
+             "{session}: {call} failed: {error}", session=who,
+             call=describeCall(label, requestId), label=label, requestId=requestId,
+             error=message)
+
+
 def failureMessage(failure, log, who, label, requestId) -> str:
     """The Exception text for a failed call, logged as its kind deserves: a
-    ``CallError`` is the caller's mistake, anything else a traceback."""
+    :class:`CallError` is the caller's business (see :func:`logCallError`;
+    not logged again when its method has logged it), anything else a bug,
+    logged as an error with its traceback."""
     if failure.check(CallError):
-        message = str(failure.value)
-        log.warn("{session}: {label} {requestId} failed: {message}",
-                 session=who, label=label, requestId=requestId, message=message)
+        error = failure.value
+        message = str(error)
+        if not error.logged:
+            logCallError(log, who, label, requestId, message, error.routine)
         return message
-    log.failure("{session}: {label} {requestId} raised", failure,
-                session=who, label=label, requestId=requestId, level=LogLevel.warn)
-    return f"{failure.type.__name__}: {failure.value}"
+    message = f"{failure.type.__name__}: {failure.value}"
+    # Not "message": the legacy log observers take that key for their own.
+    log.failure("{session}: {call} raised an unexpected error, answered {error}",
+                failure, session=who, call=describeCall(label, requestId), label=label,
+                requestId=requestId, error=message, level=LogLevel.error)
+    return message
 
 
 @implementer(IPushProducer, IHalfCloseableProtocol)
@@ -279,6 +322,10 @@ class ConsoleProtocol(Protocol):
         self._heldData: list = []
         self._heldSize = 0
         self._outbox = None  # answers waiting for the end of the packet being read
+        #: well-formed requests read on this connection (for its closing line)
+        self.calls = 0
+        self._openedAt = None
+        self._peer = "?"
 
     # -- connection API for console methods (see interfaces.Call) -----------
 
@@ -308,7 +355,7 @@ class ConsoleProtocol(Protocol):
             self._closing = True
             self._closeAfterAnswer = True
             raise CallError(f"too many failed logins from this address: try again in "
-                            f"{wait:.1f} s")
+                            f"{wait:.1f} s", logged=True)
         if factory.sharedSecret.matches(secret):
             self.authenticated = True
             factory.logins += 1
@@ -354,8 +401,10 @@ class ConsoleProtocol(Protocol):
     def connectionMade(self):
         self.factory.connectionOpened(self)
         self.transport.registerProducer(self, True)
+        self._openedAt = self.factory.clock.seconds()
+        self._peer = peerOf(self.transport)
         self.log.info("{session}: console connection from {peer}", session=self.session,
-                      peer=peerOf(self.transport))
+                      peer=self._peer)
 
     def dataReceived(self, data):
         # Answers made while reading one packet leave in one write.
@@ -380,8 +429,15 @@ class ConsoleProtocol(Protocol):
             return
         self._gone = True
         self.factory.connectionClosed(self)
-        self.log.info("{session}: console connection closed ({pending} calls "
-                      "unfinished)", session=self.session, pending=len(self._pending))
+        running = len(self._pending)
+        lasted = (None if self._openedAt is None
+                  else self.factory.clock.seconds() - self._openedAt)
+        self.log.info("{session}: console connection from {peer} closed after {lasted}, "
+                      "{calls}{cancelled}", session=self.session, peer=self._peer,
+                      lasted=duration(lasted), seconds=lasted,
+                      calls=plural(self.calls, "call"), unfinished=running,
+                      cancelled=(f"; {plural(running, 'call')} still running cancelled, "
+                                 f"not answered" if running else ""))
         if self._halfCloseCall is not None:
             self._halfCloseCall.cancel()
             self._halfCloseCall = None
@@ -412,9 +468,10 @@ class ConsoleProtocol(Protocol):
         self._halfCloseCall = None
         held = self._dropHeld()
         self.log.info("{session}: the peer closed its side {timeout:g} s ago: cancelling "
-                      "{n} call(s) still running{held}", session=self.session,
-                      timeout=self.factory.halfCloseTimeout, n=len(self._pending),
-                      held=f", {held} request(s) not run" if held else "")
+                      "{calls} still running{held}", session=self.session,
+                      timeout=self.factory.halfCloseTimeout,
+                      calls=plural(len(self._pending), "call"),
+                      held=f", {plural(held, 'request')} not run" if held else "")
         self._closing = True  # nothing more is served
         for d in list(self._pending):
             d.cancel()
@@ -520,8 +577,10 @@ class ConsoleProtocol(Protocol):
                 return
 
     def _serve(self, items):
+        # _busy() inline: this loop runs for every request.
+        pending, maxPending = self._pending, self.factory.maxPending
         for index, item in enumerate(items):
-            if not self._closing and self._busy():
+            if not self._closing and len(pending) >= maxPending:
                 self._heldItems.extend(items[index:])
                 return
             if self._closing:
@@ -553,7 +612,8 @@ class ConsoleProtocol(Protocol):
             data = f"<{len(item.data)} bytes, not shown: may hold a secret>"
         else:
             data = item.data[:_LOG_BYTES]
-        self.log.warn("{session}: malformed XML request: {error}; data {data!r}",
+        # The client's mistake, answered: info.
+        self.log.info("{session}: malformed XML request: {error}; data {data!r}",
                       session=self.session, error=item.error, data=data)
         self._write(resultElement("Exception", _rawAttribute(item.data, "requestId"),
                                   _rawAttribute(item.data, "name"),
@@ -591,9 +651,10 @@ class ConsoleProtocol(Protocol):
     def _request(self, document: Document):
         factory = self.factory
         factory.requests += 1
+        self.calls += 1
         root = document.root
         requestId, name = root.get("requestId"), root.get("name")
-        if self.factory.showMessages:
+        if factory.showMessages:
             if (root.get("class"), root.get("method")) == LOGIN:
                 self.log.info("{session}: request {requestId} Engine.login (parameters "
                               "not shown)", session=self.session, requestId=requestId)
@@ -608,8 +669,9 @@ class ConsoleProtocol(Protocol):
             method, call, label = prepareCall(factory, root, self, self.authenticated,
                                               requestId, name)
         except CallError as e:
-            self._fail(requestId, name, str(e), mirror)
+            self._fail(requestId, name, callLabel(root), str(e), mirror)
             return
+        started = monotonic()
         try:
             result = method.function(call)
         except Exception:
@@ -617,6 +679,7 @@ class ConsoleProtocol(Protocol):
         # Deferred is an Awaitable, so isinstance(x, Deferred) goes through
         # ABCMeta; the usual immediate results are recognised first.
         if isinstance(result, _IMMEDIATE) or not isinstance(result, Deferred):
+            factory.registry.called(method, True, monotonic() - started)
             # Most calls answer at once: no Deferred machinery for them.
             try:
                 self._succeeded(result, requestId, name, label, mirror)
@@ -624,6 +687,7 @@ class ConsoleProtocol(Protocol):
                 self._internalError(Failure(), requestId, name, mirror)
             return
         d = result
+        d.addBoth(factory.registry.ended, method, started)
         if not d.called:
             self._pending.add(d)
             d.addBoth(self._callEnded, d)
@@ -647,9 +711,13 @@ class ConsoleProtocol(Protocol):
         try:
             result = okResult(value, requestId, name)
         except TypeError as e:
-            self.log.warn("{session}: {label}: {error}", session=self.session,
-                          label=label, error=e)
-            self._fail(requestId, name, f"{label}: {e}", mirror)
+            # The method's bug, not the caller's.
+            message = f"{label}: {e}"
+            self.factory.errors += 1
+            self.log.error("{session}: {call} answered what cannot be an answer: "
+                           "{error}", session=self.session,
+                           call=describeCall(label, requestId), error=message)
+            self._write(resultElement("Exception", requestId, name, message), mirror)
             return
         self._write(result, mirror)
 
@@ -675,10 +743,10 @@ class ConsoleProtocol(Protocol):
         self._write(resultElement("Exception", requestId, name,
                                   "internal error serving the request"), mirror)
 
-    def _fail(self, requestId, name, message, mirror=None):
+    def _fail(self, requestId, name, label, message, mirror=None):
+        """Answer a call that could not be made (the caller's mistake)."""
         self.factory.errors += 1
-        self.log.warn("{session}: request {requestId} failed: {message}",
-                      session=self.session, requestId=requestId, message=message)
+        logCallError(self.log, self.session, label, requestId, message)
         self._write(resultElement("Exception", requestId, name, message), mirror)
 
     # -- writing --------------------------------------------------------------

@@ -4,18 +4,22 @@ Everything the console writes is one XML element serialised by
 :func:`frame`: UTF-8, no XML declaration, indented for a person, then
 :data:`TERMINATOR`.  Message bodies go into elements with :func:`setBody`,
 which falls back to base64 when the bytes cannot be XML text (so the 0x01
-terminator can never appear inside a reply).
+terminator can never appear inside a reply).  Answers meant for a person at
+telnet (``format="table"``) carry an aligned text table made by
+:func:`textTable` in one element made by :func:`textBlock`.
 """
 
 from __future__ import annotations
 
 import base64
+import heapq
 import re
 
 from lxml import etree
 
-__all__ = ["TERMINATOR", "frame", "xmlSafe", "setBody", "messageElement",
-           "resultElement"]
+__all__ = ["TERMINATOR", "frame", "xmlSafe", "setBody", "textElement",
+           "messageElement", "resultElement", "textTable", "textBlock", "duration",
+           "plural", "listNames", "hostPort"]
 
 #: Written after every reply and event: a line end, so a person at telnet
 #: sees the document end its line, then 0x01, which ends the frame for
@@ -109,3 +113,83 @@ def resultElement(status: str, requestId=None, name=None, error=None):
     if error is not None:
         etree.SubElement(result, "exception").text = xmlSafe(error)
     return result
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 call``, ``2 calls``: a count and its noun, for messages and logs."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def listNames(names, limit: int = 20) -> str:
+    """The first ``limit`` of ``names`` (a collection) in sorted order, joined
+    with commas, then ``and N more``: an error message naming what exists
+    stays one line even when thousands exist."""
+    shown = ", ".join(heapq.nsmallest(limit, names))
+    if len(names) > limit:
+        shown += f" and {len(names) - limit} more"
+    return shown
+
+
+def hostPort(host, port) -> str:
+    """``host:port``; an IPv6 address in brackets (``[::1]:9000``)."""
+    host = str(host)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
+def duration(seconds) -> str:
+    """``seconds`` for a person: ``0.4s``, ``42s``, ``3m12s``, ``2h05m``,
+    ``3d04h`` (the two largest units, rounded down); ``-`` for ``None``."""
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, float(seconds))
+    if seconds < 10:
+        # Tenths, rounded down as the larger units are: 9.96 s is "9.9s"
+        # (the epsilon keeps 2.3 from reading 2.2 through binary rounding).
+        return f"{int(seconds * 10 + 1e-9) / 10:.1f}s"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def textTable(headers, rows, right=()) -> str:
+    """An aligned plain-text table: a header line, then one line per row.
+
+    ``rows`` are sequences of cells (anything ``str`` takes; ``None`` is
+    ``-``).  Columns are as wide as their widest cell, two spaces apart;
+    the columns whose header is in ``right`` (numbers) are right-aligned.
+    Cells have the characters XML cannot carry escaped, and line ends too,
+    so that a row stays one line.
+    """
+    lines = [list(headers)] + [
+        [_cell(value) for value in row] for row in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    aligned = [header in right for header in headers]
+    out = []
+    for line in lines:
+        cells = [cell.rjust(width) if rightAligned else cell.ljust(width)
+                 for cell, width, rightAligned in zip(line, widths, aligned)]
+        out.append("  ".join(cells).rstrip())
+    return "\n".join(out)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return xmlSafe(str(value)).replace("\n", "\\n").replace("\r", "\\r")
+
+
+def textBlock(tag: str, text: str):
+    """``<tag>`` holding ``text`` (a table) between line ends, as CDATA so
+    that a person at telnet reads it as it is, without ``&amp;`` escapes
+    (as escaped text when it holds ``]]>``, which CDATA cannot)."""
+    element = etree.Element(tag)
+    text = "\n" + xmlSafe(text) + "\n"
+    element.text = text if "]]>" in text else etree.CDATA(text)
+    return element

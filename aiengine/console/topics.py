@@ -34,6 +34,8 @@ console's ``topic-in``.
 
 from __future__ import annotations
 
+from time import monotonic
+
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.python.failure import Failure
 
@@ -217,13 +219,17 @@ class ConsoleTopics:
             self._answer(message, resultElement("Exception", requestId, name, str(e)),
                          failed=True)
             return
+        registry = self.factory.registry
+        started = monotonic()
         try:
             result = method.function(call)
         except Exception:
             result = fail()
         if not isinstance(result, Deferred):
+            registry.called(method, True, monotonic() - started)
             self._done(result, message, requestId, name, label)
             return
+        result.addBoth(registry.ended, method, started)
         self._running.add(result)
 
         def ended(outcome):
