@@ -93,7 +93,7 @@ class ListenerConfig:
     protocol: ProtocolConfig
     interface: str = "127.0.0.1"
     direction: str = "duplex"  # in, out, duplex
-    msgtype: str = "text"  # text, xml, xmlcall
+    msgtype: str = "text"  # text, xml, xmlcall, admin
     topic_in: Optional[str] = None
     topic_out: Optional[str] = None
     auth: bool = False
@@ -435,7 +435,7 @@ _LISTENER_PROPERTIES = {
     "interface": _interface,
     "direction": _choice("in", "out", "duplex"),
     **_protocolProperties(),
-    "msgtype": _choice("text", "xml", "xmlcall"),
+    "msgtype": _choice("text", "xml", "xmlcall", "admin"),
     "topic-in": _topic,
     "topic-out": _topic,
     "auth": _bool,
@@ -559,6 +559,11 @@ def _earlyAttributes(node):
 # The same for media.xml (the reader adds file and line) and for a
 # configuration built in code.  They raise ConfigError naming the property.
 
+#: a listener's protocol when its msgtype makes it optional: the console frames
+#: requests itself, and an admin listener speaks HTTP whatever it says
+_DEFAULT_PROTOCOL = {"xmlcall": "xml-messages", "admin": "text-messages"}
+
+
 def _checkMsgtype(msgtype, protocol):
     # a stream chunk is not a message: it cannot be parsed as one
     if msgtype in ("xml", "xmlcall") and protocol.inbound.name in _STREAMS:
@@ -576,6 +581,17 @@ def _checkTopics(*names):
 
 def _checkRouting(msgtype, direction, topicIn, topicOut, protocol):
     """A listener's msgtype, direction and topics fit together."""
+    if msgtype == "admin":
+        # It serves HTTP itself (metrics, health): nothing goes through the
+        # broker, and its protocol settings are not used.
+        for prop, topic in (("topic-in", topicIn), ("topic-out", topicOut)):
+            if topic is not None:
+                raise ConfigError("an admin listener serves /metrics and /health over "
+                                  "HTTP and routes no messages: remove it", prop=prop)
+        if direction != "duplex":
+            raise ConfigError("an admin listener routes no messages, so it has no "
+                              "direction: remove it", prop="direction")
+        return
     if "http" in (protocol.inbound.name, protocol.outbound.name):
         raise ConfigError("http is a client protocol: only a channel can use it",
                           prop="protocol")
@@ -614,10 +630,11 @@ def checkListener(config: ListenerConfig) -> ListenerConfig:
     if config.auth and config.auth_secret_file is None:
         raise ConfigError("missing required property (auth is true)",
                           prop="auth.secret-file")
-    if (config.msgtype == "xmlcall" and not config.auth and config.run
+    if (config.msgtype in ("xmlcall", "admin") and not config.auth and config.run
             and not ipaddress.ip_address(config.interface).is_loopback):
+        what = "a console" if config.msgtype == "xmlcall" else "an admin listener"
         raise ConfigError(
-            f"a console reachable from other machines ({config.interface}) must "
+            f"{what} reachable from other machines ({config.interface}) must "
             "require authentication: set auth=true and auth.secret-file, or bind a "
             "loopback interface", prop="interface")
     if (config.tls_certificate is None) != (config.tls_key is None):
@@ -1101,8 +1118,7 @@ class _Reader:
     def listener(self, element):
         msgtype = element.get("msgtype", _default(ListenerConfig, "msgtype"))
         direction = element.get("direction", _default(ListenerConfig, "direction"))
-        protocol = self.protocol(
-            element, default="xml-messages" if msgtype == "xmlcall" else None)
+        protocol = self.protocol(element, default=_DEFAULT_PROTOCOL.get(msgtype))
         topicIn, topicOut = element.get("topic-in"), element.get("topic-out")
         self.located(element, _checkRouting, msgtype, direction, topicIn, topicOut,
                      protocol)

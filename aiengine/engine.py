@@ -203,6 +203,9 @@ class Engine(MultiService):
                 if lc.topic_in is not None or lc.topic_out is not None:
                     factory.topics = ConsoleTopics(factory, self.broker, lc.topic_in,
                                                    lc.topic_out)
+            elif lc.msgtype == "admin":
+                from aiengine.admin import adminSite
+                factory = adminSite(self, lc.name, secret=secret)
             else:
                 factory = ListenerFactory(lc, self.broker, secret=secret)
             tls = (serverTLSOptions(lc.name, lc.tls_certificate, lc.tls_key)

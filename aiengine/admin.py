@@ -1,0 +1,341 @@
+"""The admin listener: Prometheus metrics and a health check over HTTP.
+
+A ``<listener>`` with ``msgtype`` ``admin`` serves, with twisted.web:
+
+- ``GET /metrics``: the engine's counters in the Prometheus text format.
+  :class:`EngineCollector` reads them from the live channels, listeners,
+  topics and console registry at each scrape; nothing here keeps a copy.
+  Each admin listener has its own ``CollectorRegistry``, so nothing else in
+  the process (the global default registry) ends up in its output.
+- ``GET /health``: ``200`` when every running permanent channel is connected
+  and every listener is listening, else ``503``; the JSON body names what
+  is down (:func:`health`).
+- any other path: ``404``; any method but GET and HEAD: ``405``.
+
+With a secret (``auth=true``), every request must carry ``Authorization:
+Bearer <secret>``; without it the answer is ``401`` with ``WWW-Authenticate:
+Bearer``.  A wrong secret makes its address wait before the next one is
+checked (:class:`~aiengine.auth.LoginThrottle`): ``429`` meanwhile.
+
+The listener's ``max-connections``, ``idle-timeout`` and TLS apply as to any
+listener: :meth:`aiengine.engine.Engine._listener` wraps :func:`adminSite`'s
+factory in a :class:`~aiengine.listeners.ListenerService`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from prometheus_client import generate_latest
+from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFamily,
+                                            HistogramMetricFamily)
+from prometheus_client.registry import Collector, CollectorRegistry
+from prometheus_client.utils import floatToGoString
+from twisted.web import resource, server
+
+from aiengine.auth import LoginThrottle, SharedSecret
+from aiengine.channels.machine import CONNECTED
+from aiengine.console.registry import CALL_BUCKETS
+from aiengine.logs import PeerSafeLogger
+
+__all__ = ["EngineCollector", "AdminResource", "AdminSite", "adminSite", "health",
+           "METRICS_CONTENT_TYPE"]
+
+#: What :func:`prometheus_client.generate_latest` writes: the text format
+#: 0.0.4, which every Prometheus parses (newer prometheus_client versions
+#: give CONTENT_TYPE_LATEST another version).
+METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+_BUCKET_LABELS = [floatToGoString(bound) for bound in CALL_BUCKETS] + ["+Inf"]
+
+
+class EngineCollector(Collector):
+    """A Prometheus collector of an :class:`~aiengine.engine.Engine`'s counters.
+
+    Each :meth:`collect` reads the engine as it is then (a reload's new
+    listeners and channels included).
+    """
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def collect(self):
+        """The metric families, read from the engine now."""
+        yield from self._channels(self.engine.channels.values())
+        yield from self._listeners(self.engine.listeners.values())
+        yield from self._topics(self.engine.broker.topics())
+        yield from self._console(self.engine.registry)
+
+    @staticmethod
+    def _channels(channels):
+        labels = ["channel"]
+        up = GaugeMetricFamily("aiengine_channel_up",
+                               "1 when the channel is connected, else 0", labels=labels)
+        messages = CounterMetricFamily("aiengine_channel_messages_total",
+                                       "Messages read (in) and written (out)",
+                                       labels=["channel", "direction"])
+        octets = CounterMetricFamily("aiengine_channel_bytes_total",
+                                     "Bytes read (in) and written (out)",
+                                     labels=["channel", "direction"])
+        queued = GaugeMetricFamily("aiengine_channel_queued",
+                                   "Outbound messages waiting in the channel's queue",
+                                   labels=labels)
+        dropped = CounterMetricFamily("aiengine_channel_dropped_total",
+                                      "Outbound messages dropped from a full queue",
+                                      labels=labels)
+        connects = CounterMetricFamily("aiengine_channel_connects_total",
+                                       "Connections made", labels=labels)
+        failures = CounterMetricFamily("aiengine_channel_connect_failures_total",
+                                       "Failed connection attempts", labels=labels)
+        drops = CounterMetricFamily(
+            "aiengine_channel_connection_drops_total",
+            "Working connections that ended without aiengine asking", labels=labels)
+        for channel in channels:
+            name = [channel.name]
+            up.add_metric(name, 1 if channel.state == CONNECTED else 0)
+            messages.add_metric([channel.name, "in"], channel.messagesIn)
+            messages.add_metric([channel.name, "out"], channel.messagesOut)
+            octets.add_metric([channel.name, "in"], channel.bytesIn)
+            octets.add_metric([channel.name, "out"], channel.bytesOut)
+            queued.add_metric(name, channel.queued)
+            dropped.add_metric(name, channel.dropped)
+            connects.add_metric(name, channel.connects)
+            failures.add_metric(name, channel.failures)
+            drops.add_metric(name, channel.drops)
+        return up, messages, octets, queued, dropped, connects, failures, drops
+
+    @staticmethod
+    def _listeners(services):
+        labels = ["listener"]
+        up = GaugeMetricFamily("aiengine_listener_up", "1 when the listener is listening",
+                               labels=labels)
+        connections = GaugeMetricFamily("aiengine_listener_connections",
+                                        "Connections open now", labels=labels)
+        accepted = CounterMetricFamily(
+            "aiengine_listener_accepted_total",
+            "Connections accepted since the listener started listening", labels=labels)
+        refused = CounterMetricFamily(
+            "aiengine_listener_refused_total",
+            "Connections refused by max-connections since the listener started "
+            "listening", labels=labels)
+        messages = CounterMetricFamily(
+            "aiengine_listener_messages_total",
+            "Messages read (in) and written (out) by a message listener's connections",
+            labels=["listener", "direction"])
+        dropped = CounterMetricFamily(
+            "aiengine_listener_dropped_total",
+            "Outbound messages a message listener dropped for peers that did not read",
+            labels=labels)
+        for service in services:
+            name = [service.name]
+            up.add_metric(name, 0 if service.address is None else 1)
+            guard = service.guard
+            # The guard wraps every accepted connection, whatever the listener
+            # serves (and before TLS or a secret), so it counts them all.
+            connections.add_metric(name, len(guard.protocols) if guard is not None else 0)
+            accepted.add_metric(name, guard.accepted if guard is not None else 0)
+            refused.add_metric(name, guard.refused if guard is not None else 0)
+            factory = service.factory
+            # Only message listeners count messages; the console counts calls
+            # (see the console metrics), this listener requests not at all.
+            if hasattr(factory, "messagesIn"):
+                messages.add_metric([service.name, "in"], factory.messagesIn)
+                messages.add_metric([service.name, "out"], factory.messagesOut)
+                dropped.add_metric(name, factory.dropped)
+        return up, connections, accepted, refused, messages, dropped
+
+    @staticmethod
+    def _topics(topics):
+        families = {
+            key: CounterMetricFamily(f"aiengine_topic_{key}_total", text, labels=["topic"])
+            for key, text in (
+                ("published", "Messages published"),
+                ("delivered", "Messages handed to subscribers and waiting requests"),
+                ("unrouted", "Messages that reached no subscriber and no request"),
+                ("dropped", "Messages dropped from subscribers' full queues"),
+                ("expired", "Messages whose ttl ran out in a subscriber's queue"))}
+        for topic in topics:
+            name = [topic.name]
+            for key, family in families.items():
+                family.add_metric(name, getattr(topic, key))
+        return families.values()
+
+    @staticmethod
+    def _console(registry):
+        calls = CounterMetricFamily(
+            "aiengine_console_calls_total",
+            "Console calls of existing methods, by outcome (ok, or exception: raised "
+            "or failed)", labels=["class", "method", "status"])
+        for key, count in registry.calls.items():
+            calls.add_metric(list(key), count)
+        durations = HistogramMetricFamily(
+            "aiengine_console_call_duration_seconds",
+            "Time from a console call's start until its result was ready",
+            labels=["class", "method"])
+        for key, stats in registry.callStats.items():
+            if not stats[0] and not stats[1]:
+                continue  # looked up, never called: no series yet
+            cumulative, buckets = 0, []
+            for label, count in zip(_BUCKET_LABELS, stats[2:-1]):
+                cumulative += count
+                buckets.append((label, cumulative))
+            durations.add_metric(list(key), buckets, stats[-1])
+        return calls, durations
+
+
+def health(engine) -> dict:
+    """``{"status": "ok" | "down", "down": [...]}``: what is down, each as
+    ``{"kind": "channel" | "listener", "name": ..., "state": ...}``.
+
+    Down: a running permanent channel that is not connected (connecting,
+    waiting to retry, or stopped by ``Media.disconnect``), a listener that
+    is not listening.  An on-demand channel is never down: it connects when
+    it has something to send.
+    """
+    down = []
+    for channel in engine.channels.values():
+        if channel.config.permanent and channel.state != CONNECTED:
+            down.append({"kind": "channel", "name": channel.name, "state": channel.state})
+    for service in engine.listeners.values():
+        if service.address is None:
+            down.append({"kind": "listener", "name": service.name,
+                         "state": "not listening"})
+    return {"status": "down" if down else "ok", "down": down}
+
+
+class AdminResource(resource.Resource):
+    """Every request of an admin listener: ``/metrics``, ``/health`` or an error.
+
+    :param engine: the :class:`~aiengine.engine.Engine`.
+    :param registry: the ``CollectorRegistry`` ``/metrics`` writes out.
+    :param secret: bytes a request must carry as ``Authorization: Bearer``,
+        or None for none.
+    :param clock: an ``IReactorTime`` for the login throttle.
+    :param log: where refused secrets are logged.
+    """
+
+    isLeaf = True
+
+    def __init__(self, engine, registry, secret=None, clock=None, log=None):
+        super().__init__()
+        self.engine = engine
+        self.registry = registry
+        if clock is None:
+            clock = engine.reactor
+        self.log = log or PeerSafeLogger(namespace="aiengine.admin")
+        #: what a request's bearer token is compared with; never logged
+        self.sharedSecret = None if secret is None else SharedSecret(secret)
+        #: wrong secrets per address (see LoginThrottle)
+        self.throttle = LoginThrottle(clock)
+        #: requests refused for a missing or wrong secret, and unchecked ones
+        #: refused while their address had to wait
+        self.authFailures = self.authThrottled = 0
+        self._routes = {b"/metrics": self.metrics, b"/health": self.health}
+
+    def render(self, request):
+        """Check the secret, then the path, then the method."""
+        # Counters and states are of this instant: no cache may keep them.
+        request.setHeader(b"cache-control", b"no-store")
+        if self.sharedSecret is not None:
+            refusal = self._refusal(request)
+            if refusal is not None:
+                return refusal
+        handler = self._routes.get(request.path)
+        if handler is None:
+            return _plain(request, 404, b"not found: the admin listener serves "
+                                        b"/metrics and /health\n")
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"allow", b"GET, HEAD")
+            return _plain(request, 405, b"method not allowed: use GET or HEAD\n")
+        return handler(request)
+
+    def metrics(self, request) -> bytes:
+        """``/metrics``: the registry's metrics in the Prometheus text format."""
+        request.setHeader(b"content-type", METRICS_CONTENT_TYPE)
+        return generate_latest(self.registry)
+
+    def health(self, request) -> bytes:
+        """``/health``: 200 or 503, and the JSON of :func:`health`."""
+        state = health(self.engine)
+        request.setResponseCode(200 if state["status"] == "ok" else 503)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(state).encode() + b"\n"
+
+    def _refusal(self, request):
+        """The answer for a request without the right secret, or None."""
+        header = request.getHeader(b"authorization") or b""
+        scheme, _, token = header.strip().partition(b" ")
+        if scheme.lower() != b"bearer" or not token.strip():
+            self.authFailures += 1
+            return _unauthorized(request)
+        address = request.getClientAddress()
+        host = str(getattr(address, "host", "?"))
+        wait = self.throttle.retryAfter(host)
+        if wait > 0:
+            # Not even checked: guesses from this address are slowed down.
+            self.authThrottled += 1
+            request.setHeader(b"retry-after", b"%d" % math.ceil(wait))
+            return _plain(request, 429, b"too many wrong secrets: wait and retry\n")
+        # Constant time over fixed-length digests (see SharedSecret).
+        if self.sharedSecret.matches(token):
+            self.throttle.succeeded(host)
+            return None
+        self.authFailures += 1
+        wait = self.throttle.failed(host)
+        self.log.warn("wrong secret from {peer} for {path}; the next try from there "
+                      "waits {wait:g} s", peer=host,
+                      path=request.path.decode("ascii", "replace"), wait=wait)
+        return _unauthorized(request)
+
+
+def _plain(request, code, body: bytes) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    return body
+
+
+def _unauthorized(request) -> bytes:
+    request.setHeader(b"www-authenticate", b'Bearer realm="aiengine"')
+    return _plain(request, 401, b"authentication required: send "
+                                b"Authorization: Bearer <secret>\n")
+
+
+class AdminSite(server.Site):
+    """The twisted.web ``Site`` of an admin listener, without an access log.
+
+    A scraper calls every few seconds: an access log line each time would
+    bury the daemon's own log, and its once-a-second date timer is not
+    needed either.
+    """
+
+    noisy = False
+    displayTracebacks = False
+
+    def __init__(self, resource, name, secret=None, reactor=None):
+        super().__init__(resource, reactor=reactor)
+        self.name = name
+        #: the shared secret (bytes) or None: ListenerService's start line
+        #: says whether authentication is required; never logged
+        self.secret = secret
+
+    def logPrefix(self):
+        """Names the listener in Twisted's own log lines."""
+        return f"SocketServer::{self.name}"
+
+    def startFactory(self):
+        """No access log to open, no date timer to start."""
+
+    def log(self, request):
+        """No access log."""
+
+
+def adminSite(engine, name: str, secret: bytes | None = None) -> AdminSite:
+    """The factory of the admin listener ``name`` of ``engine``: a
+    :class:`AdminSite` over an :class:`AdminResource` whose private
+    ``CollectorRegistry`` holds an :class:`EngineCollector`."""
+    registry = CollectorRegistry()
+    registry.register(EngineCollector(engine))
+    log = PeerSafeLogger(namespace=f"SocketServer::{name}")
+    return AdminSite(AdminResource(engine, registry, secret, engine.reactor, log), name,
+                     secret=secret, reactor=engine.reactor)
