@@ -17,6 +17,8 @@ pipelines its requests).  Figure: pages/s over direct pages/s, the median of
 from __future__ import annotations
 
 from bench import servers
+# The page listener and the http channel, as the web benchmark configures them.
+from bench.web import daemonConfig
 from bench.harness import (BenchError, Cleanup, Daemon, Peer, Row, describeSpread,
                            spread)
 
@@ -29,19 +31,6 @@ def fetches(settings, window) -> int:
     """Timed pages per run: about 2 s through aiengine."""
     count = 10_000 if window == 1 else 50_000
     return count // 4 if settings.quick else count
-
-
-def daemonConfig(serverPort):
-    """The page listener and the http channel to nginx (as :mod:`bench.web`)."""
-    return (
-        ("pages", {"port": 0, "direction": "duplex", "protocol": "text-messages",
-                   "protocol.delimiter": r"\n", "topic-in": "web.get",
-                   "topic-out": "web.body"}),
-    ), (
-        ("web", {"host": "127.0.0.1", "port": serverPort, "protocol": "http",
-                 "redirect-in": "true", "redirect-out": "true",
-                 "topic-out": "web.get", "topic-in": "web.body"}),
-    )
 
 
 def client(settings, mode, port, count, window) -> dict:
