@@ -199,6 +199,19 @@ class DialerClockTests(unittest.TestCase):
         self.assertEqual([c for c in self.reactor.getDelayedCalls() if c.active()], [])
         self.assertEqual(ch.failures, 0)
 
+    def test_stopDuringResolution(self):
+        """Stopped while the name is being resolved by a resolver that cannot
+        cancel (as Twisted's own): the stop completes, and the late answer
+        starts no attempt."""
+        later = _Later()
+        self.reactor.installNameResolver(later)
+        ch = self.channel()
+        ch.start()
+        self.successResultOf(ch.stop())
+        later.answer("127.0.0.1")
+        self.assertEqual(self.reactor.tcpClients, [])
+        self.assertEqual(ch.failures, 0)
+
     def test_aLateWinnerIsClosed(self):
         """Two addresses connect at once: the second connection is refused
         a protocol, so it is closed, and the channel keeps the first."""
@@ -210,6 +223,25 @@ class DialerClockTests(unittest.TestCase):
         lastAttempt(self.reactor, channel=ch).accept()  # the second
         self.assertIsNone(factories[0].buildProtocol(None))
         self.assertEqual((ch.state, ch.connects), (CONNECTED, 1))
+
+
+class _Later:
+    """A name resolver that answers when the test says, and whose resolutions
+    cannot be cancelled (Twisted's own raise NotImplementedError)."""
+
+    def resolveHostName(self, receiver, name, portNumber=0, addressTypes=None,
+                        transportSemantics="TCP"):
+        self.receiver, self.port = receiver, portNumber
+        receiver.resolutionBegan(self)
+        return self
+
+    def cancel(self):
+        raise NotImplementedError()
+
+    def answer(self, host):
+        from twisted.internet.address import IPv4Address
+        self.receiver.addressResolved(IPv4Address("TCP", host, self.port))
+        self.receiver.resolutionComplete()
 
 
 class _Immediate:

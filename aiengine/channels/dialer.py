@@ -84,7 +84,7 @@ class _Resolution:
         self.addresses = []
 
     def resolutionBegan(self, resolution):
-        self.dialer._resolution = resolution
+        """Nothing to keep: a resolution cannot be cancelled (see Dialer)."""
 
     def addressResolved(self, address):
         if (type(address), address.host) not in self.addresses:
@@ -141,7 +141,6 @@ class Dialer:
         self.family = family
         self.attemptDelay = attemptDelay
         self._addressesSeen = addressesSeen
-        self._resolution = None
         self._pending: list = []  # addresses not tried yet
         self._legs: list = []  # attempts under way
         self._failures: list = []  # (address, reason) of the attempts that failed
@@ -161,8 +160,10 @@ class Dialer:
         return self
 
     def _resolved(self, addresses):
-        self._resolution = None
         if self._over:
+            # Cancelled or connected meanwhile: a resolution under way is not
+            # cancelled (Twisted's resolver cannot: its cancel raises
+            # NotImplementedError), its answer is ignored.
             return
         usable = [a for a in addresses if a[0] in self.types]
         if not usable:
@@ -206,9 +207,6 @@ class Dialer:
             if self._next.active():
                 self._next.cancel()
             self._next = None
-        if self._resolution is not None:
-            self._resolution.cancel()
-            self._resolution = None
         for leg in list(self._legs):
             if leg is not keep:
                 self._legs.remove(leg)
