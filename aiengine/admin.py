@@ -1,4 +1,4 @@
-"""The admin listener: Prometheus metrics and a health check over HTTP.
+"""The admin listener: Prometheus metrics, a health check and a live dashboard over HTTP.
 
 A ``<listener>`` with ``msgtype`` ``admin`` serves, with twisted.web:
 
@@ -10,12 +10,21 @@ A ``<listener>`` with ``msgtype`` ``admin`` serves, with twisted.web:
 - ``GET /health``: ``200`` when every running permanent channel is connected
   and every listener is listening, else ``503``; the JSON body names what
   is down (:func:`health`).
-- any other path: ``404``; any method but GET and HEAD: ``405``.
+- ``GET /``: the dashboard, a page that follows channels, listeners and
+  topics live, and its endpoints under ``/api/`` (:mod:`aiengine.dashboard`).
+- any other path: ``404``; a method a path does not take: ``405``.
 
 With a secret (``auth=true``), every request must carry ``Authorization:
 Bearer <secret>``; without it the answer is ``401`` with ``WWW-Authenticate:
 Bearer``.  A wrong secret makes its address wait before the next one is
-checked (:class:`~aiengine.auth.LoginThrottle`): ``429`` meanwhile.
+checked (:class:`~aiengine.auth.LoginThrottle`): ``429`` meanwhile.  A
+browser logs in instead with the form ``GET /`` shows (``POST /login``),
+which trades the secret, under the same throttle, for a session cookie
+(:mod:`aiengine.dashboard.sessions`) that is then accepted as the bearer
+token is.  Without a secret (a loopback listener), the dashboard answers
+only requests whose ``Host`` is a loopback name or the listener's own
+address, so that a web site cannot reach it through a name of its own that
+resolves to 127.0.0.1 (DNS rebinding).
 
 The listener's ``max-connections``, ``idle-timeout`` and TLS apply as to any
 listener: :meth:`aiengine.engine.Engine._listener` wraps :func:`adminSite`'s
@@ -26,17 +35,22 @@ from __future__ import annotations
 
 import json
 import math
+from urllib.parse import parse_qs
 
 from prometheus_client import generate_latest
 from prometheus_client.metrics_core import (CounterMetricFamily, GaugeMetricFamily,
                                             HistogramMetricFamily)
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
+from twisted.internet import defer
 from twisted.web import resource, server
 
 from aiengine.auth import LoginThrottle, SharedSecret
 from aiengine.channels.machine import CONNECTED
 from aiengine.console.registry import CALL_BUCKETS
+from aiengine.dashboard import staticFile
+from aiengine.dashboard.sessions import Sessions
+from aiengine.dashboard.web import ACTION_HEADER, Dashboard, jsonAnswer, securityHeaders
 from aiengine.logs import PeerSafeLogger
 
 __all__ = ["EngineCollector", "AdminResource", "AdminSite", "adminSite", "health",
@@ -205,19 +219,23 @@ def health(engine) -> dict:
 
 
 class AdminResource(resource.Resource):
-    """Every request of an admin listener: ``/metrics``, ``/health`` or an error.
+    """Every request of an admin listener: ``/metrics``, ``/health``, the
+    dashboard, or an error.
 
     :param engine: the :class:`~aiengine.engine.Engine`.
     :param registry: the ``CollectorRegistry`` ``/metrics`` writes out.
     :param secret: bytes a request must carry as ``Authorization: Bearer``,
         or None for none.
-    :param clock: an ``IReactorTime`` for the login throttle.
-    :param log: where refused secrets are logged.
+    :param clock: an ``IReactorTime`` for the login throttle, the browser
+        sessions and the dashboard's event feed.
+    :param log: where refused secrets and the dashboard's actions are logged.
+    :param name: the listener's name.
     """
 
     isLeaf = True
 
-    def __init__(self, engine, registry, secret=None, clock=None, log=None):
+    def __init__(self, engine, registry, secret=None, clock=None, log=None,
+                 name="admin"):
         super().__init__()
         self.engine = engine
         self.registry = registry
@@ -231,20 +249,37 @@ class AdminResource(resource.Resource):
         #: requests refused for a missing or wrong secret, and unchecked ones
         #: refused while their address had to wait
         self.authFailures = self.authThrottled = 0
+        #: browsers logged in with the form
+        self.sessions = Sessions(clock)
+        #: the page and its endpoints
+        self.dashboard = Dashboard(engine, name, clock, self.log,
+                                   secured=self.sharedSecret is not None)
         self._routes = {b"/metrics": self.metrics, b"/health": self.health}
 
     def render(self, request):
         """Check the secret, then the path, then the method."""
         # Counters and states are of this instant: no cache may keep them.
         request.setHeader(b"cache-control", b"no-store")
-        if self.sharedSecret is not None:
+        path = request.path
+        if self.sharedSecret is None:
+            if path not in self._routes and not _loopbackHost(request):
+                return _plain(request, 403, b"forbidden: without auth, the dashboard "
+                                            b"answers loopback names and addresses only\n")
+        elif path not in _PUBLIC:
             refusal = self._refusal(request)
             if refusal is not None:
+                if (path in (b"/", b"/index.html") and request.method == b"GET"
+                        and request.getHeader(b"authorization") is None):
+                    # A browser: the login form, still a 401.
+                    return self._loginPage(request, 401)
                 return refusal
-        handler = self._routes.get(request.path)
+        if path == b"/login":
+            return self.login(request)
+        if path == b"/logout":
+            return self.logout(request)
+        handler = self._routes.get(path)
         if handler is None:
-            return _plain(request, 404, b"not found: the admin listener serves "
-                                        b"/metrics and /health\n")
+            return self.dashboard.render(request)
         if request.method not in (b"GET", b"HEAD"):
             request.setHeader(b"allow", b"GET, HEAD")
             return _plain(request, 405, b"method not allowed: use GET or HEAD\n")
@@ -262,9 +297,85 @@ class AdminResource(resource.Resource):
         request.setHeader(b"content-type", b"application/json")
         return json.dumps(state).encode() + b"\n"
 
+    # -- browsers --------------------------------------------------------------
+
+    def cookieName(self, request) -> bytes:
+        """The session cookie's name: a browser keeps cookies per host, not
+        per port, so each listener's has its port in it."""
+        return b"aiengine_session_%d" % request.getHost().port
+
+    def login(self, request):
+        """``/login``: ``GET`` shows the form, ``POST`` (form field ``secret``)
+        sets the session cookie and goes to the page."""
+        securityHeaders(request)
+        if self.sharedSecret is None:
+            return _seeOther(request)  # nothing to log in to
+        if request.method == b"GET":
+            return self._loginPage(request, 200)
+        if request.method != b"POST":
+            request.setHeader(b"allow", b"GET, POST")
+            return _plain(request, 405, b"method not allowed: use GET or POST\n")
+        host = _host(request)
+        wait = self.throttle.retryAfter(host)
+        if wait > 0:
+            self.authThrottled += 1
+            request.setHeader(b"retry-after", b"%d" % math.ceil(wait))
+            return self._loginPage(request, 429, "Too many wrong secrets: wait "
+                                                 f"{math.ceil(wait)} s and try again.")
+        # The form's body only: a secret in the URL would end up in histories.
+        body = request.content.read(4096) if request.content is not None else b""
+        secret = (parse_qs(body).get(b"secret") or [b""])[0]
+        if secret.strip() and self.sharedSecret.matches(secret):
+            self.throttle.succeeded(host)
+            request.addCookie(self.cookieName(request), self.sessions.create().encode(),
+                              path=b"/", max_age=str(int(self.sessions.lifetime)),
+                              httpOnly=True, secure=request.isSecure(), sameSite="strict")
+            self.log.info("dashboard: browser logged in from {peer}", peer=host)
+            return _seeOther(request)
+        self.authFailures += 1
+        wait = self.throttle.failed(host)
+        self.log.warn("wrong secret from {peer} at the login form; the next try from "
+                      "there waits {wait:g} s", peer=host, wait=wait)
+        return self._loginPage(request, 401, "Wrong secret.")
+
+    def _loginPage(self, request, code, message=None) -> bytes:
+        securityHeaders(request)
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", b"text/html; charset=utf-8")
+        page = staticFile("login.html")
+        if message:
+            # Fixed texts of ours: nothing from the request is echoed.
+            page = page.replace(b"<!--message-->",
+                                b'<p class="error">' + message.encode() + b"</p>")
+        return page
+
+    def _session(self, request):
+        """The request's session token, or None."""
+        token = request.getCookie(self.cookieName(request))
+        return token if token and self.sessions.valid(token) else None
+
+    def logout(self, request) -> bytes:
+        """``POST /logout`` (with ``X-Aiengine: 1``): end the browser's session."""
+        securityHeaders(request)
+        if request.method != b"POST":
+            request.setHeader(b"allow", b"POST")
+            return jsonAnswer(request, 405, {"ok": False,
+                                             "error": "method not allowed: use POST"})
+        if request.getHeader(ACTION_HEADER[0]) != ACTION_HEADER[1]:
+            return jsonAnswer(request, 403, {
+                "ok": False, "error": "actions need the header X-Aiengine: 1"})
+        token = request.getCookie(self.cookieName(request))
+        self.sessions.end(token)
+        request.addCookie(self.cookieName(request), b"", path=b"/", max_age="0",
+                          httpOnly=True, secure=request.isSecure(), sameSite="strict")
+        return jsonAnswer(request, 200, {"ok": True})
+
     def _refusal(self, request):
         """The answer for a request without the right secret, or None."""
-        header = request.getHeader(b"authorization") or b""
+        header = request.getHeader(b"authorization")
+        if header is None and self._session(request) is not None:
+            return None
+        header = header or b""
         scheme, _, token = header.strip().partition(b" ")
         if scheme.lower() != b"bearer" or not token.strip():
             self.authFailures += 1
@@ -287,6 +398,40 @@ class AdminResource(resource.Resource):
                       "waits {wait:g} s", peer=host,
                       path=request.path.decode("ascii", "replace"), wait=wait)
         return _unauthorized(request)
+
+
+#: What the login form needs before a login: itself and its style.
+_PUBLIC = frozenset((b"/login", b"/style.css"))
+
+
+def _host(request) -> str:
+    return str(getattr(request.getClientAddress(), "host", "?"))
+
+
+#: Host names that can only mean this machine.
+_LOOPBACK_NAMES = frozenset((b"localhost", b"127.0.0.1", b"::1"))
+
+
+def _loopbackHost(request) -> bool:
+    """Whether the request's ``Host`` names this machine: a loopback name or
+    the address the request came in on (no ``Host``: not a browser)."""
+    header = request.getHeader(b"host")
+    if header is None:
+        return True
+    header = header.strip().lower()
+    if header.startswith(b"["):
+        name = header[1:].partition(b"]")[0]
+    else:
+        name = header.rpartition(b":")[0] if b":" in header else header
+    local = str(getattr(request.getHost(), "host", "")).lower().encode()
+    return name in _LOOPBACK_NAMES or name == local or name.endswith(b".localhost")
+
+
+def _seeOther(request) -> bytes:
+    request.setResponseCode(303)
+    # Relative: right behind a proxy that serves the page under a prefix.
+    request.setHeader(b"location", b"./")
+    return b""
 
 
 def _plain(request, code, body: bytes) -> bytes:
@@ -329,6 +474,12 @@ class AdminSite(server.Site):
     def log(self, request):
         """No access log."""
 
+    def closeConnections(self):
+        """At shutdown (before the connections close): end the dashboard's
+        event streams and cancel its calls, so that nothing is left running."""
+        self.resource.dashboard.close()
+        return defer.succeed(None)
+
 
 def adminSite(engine, name: str, secret: bytes | None = None) -> AdminSite:
     """The factory of the admin listener ``name`` of ``engine``: a
@@ -337,5 +488,5 @@ def adminSite(engine, name: str, secret: bytes | None = None) -> AdminSite:
     registry = CollectorRegistry()
     registry.register(EngineCollector(engine))
     log = PeerSafeLogger(namespace=f"SocketServer::{name}")
-    return AdminSite(AdminResource(engine, registry, secret, engine.reactor, log), name,
-                     secret=secret, reactor=engine.reactor)
+    return AdminSite(AdminResource(engine, registry, secret, engine.reactor, log, name),
+                     name, secret=secret, reactor=engine.reactor)

@@ -353,7 +353,8 @@ class RequestTests(AdminTestCase):
     @defer.inlineCallbacks
     def test_notFound(self):
         yield self.startAdmin()
-        for path in ("/", "/metrics/", "/healthz", "/metrics/x"):
+        # "/" is the dashboard's (tests/test_dashboard.py).
+        for path in ("/api/nope", "/metrics/", "/healthz", "/metrics/x"):
             response, _ = yield self.get(path)
             self.assertEqual(response.code, 404, path)
 
