@@ -582,12 +582,13 @@ def _checkTopics(*names):
 def _checkRouting(msgtype, direction, topicIn, topicOut, protocol):
     """A listener's msgtype, direction and topics fit together."""
     if msgtype == "admin":
-        # It serves HTTP itself (metrics, health): nothing goes through the
-        # broker, and its protocol settings are not used.
+        # It serves HTTP itself (dashboard, metrics, health): nothing goes
+        # through the broker, and its protocol settings are not used.
         for prop, topic in (("topic-in", topicIn), ("topic-out", topicOut)):
             if topic is not None:
-                raise ConfigError("an admin listener serves /metrics and /health over "
-                                  "HTTP and routes no messages: remove it", prop=prop)
+                raise ConfigError("an admin listener serves the dashboard, /metrics and "
+                                  "/health over HTTP and routes no messages: remove it",
+                                  prop=prop)
         if direction != "duplex":
             raise ConfigError("an admin listener routes no messages, so it has no "
                               "direction: remove it", prop="direction")

@@ -493,8 +493,8 @@ class ConfigTests(unittest.TestCase):
         for prop in ("topic-in", "topic-out"):
             e = self.assertRaises(ConfigError, self.parse, admin(**{prop: "t"}))
             self.assertEqual(e.prop, prop)
-            self.assertIn("an admin listener serves /metrics and /health over HTTP and "
-                          "routes no messages: remove it", str(e))
+            self.assertIn("an admin listener serves the dashboard, /metrics and /health "
+                          "over HTTP and routes no messages: remove it", str(e))
             self.assertTrue(str(e).startswith("t.xml:"), str(e))
             self.assertIn("listener 'admin'", str(e))
 
