@@ -199,7 +199,7 @@ class Channel:
         # The attempt in progress (or the last one): a Dialer.
         self._connector = None
         # The addresses the last attempt tried (the host's, resolved).
-        self._addresses: list = []
+        self._addresses: tuple = ()
         # The next attempt, when one is scheduled (WAITING).
         self._retryCall = None
         # Failed attempts in a row, for the retry delay (reset when a

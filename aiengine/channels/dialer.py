@@ -22,12 +22,12 @@ fails, ``clientConnectionLost`` when the winning connection ends, and
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 from typing import Optional
 
 from twisted.internet import error
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IResolutionReceiver
-from twisted.internet.protocol import ClientFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -53,7 +53,10 @@ class AddressesFailed(error.ConnectError):
     MESSAGE = "Every address failed"
 
 
+@lru_cache(maxsize=4096)
 def _literalFamily(host: str) -> Optional[type]:
+    # Cached: thousands of channels often name the same few hosts, and every
+    # attempt asks.
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -94,8 +97,11 @@ class _Resolution:
         self.dialer._resolved(self.addresses)
 
 
-class _Leg(ClientFactory):
-    """The factory of the attempt to one address."""
+class _Leg:
+    """The factory of the attempt to one address (a ``ClientFactory`` for
+    the connector; slotted: each channel keeps its winning one)."""
+
+    __slots__ = ("dialer", "host", "connector")
 
     noisy = False
 
@@ -109,6 +115,18 @@ class _Leg(ClientFactory):
         """The channel whose attempt this is (aiengine.testing finds the
         attempts of a channel by it)."""
         return getattr(self.dialer.factory, "channel", None)
+
+    def doStart(self):
+        """Nothing to count: one leg makes one connection."""
+
+    doStop = doStart
+
+    def startedConnecting(self, connector):
+        """Nothing to do: the dialer knows."""
+
+    def logPrefix(self):
+        """As a factory's: its class name."""
+        return self.__class__.__name__
 
     def buildProtocol(self, addr):
         return self.dialer._connected(self, addr)
@@ -128,6 +146,10 @@ class Dialer:
     :param addressesSeen: called with the addresses to try once they are
         known (for the channel's status).
     """
+
+    __slots__ = ("reactor", "host", "port", "factory", "timeout", "tlsOptions", "types",
+                 "family", "attemptDelay", "_addressesSeen", "_pending", "_legs",
+                 "_failures", "_next", "_winner", "_over")
 
     def __init__(self, reactor, host, port, factory, timeout=30.0, tlsOptions=None,
                  family="any", attemptDelay=ATTEMPT_DELAY, addressesSeen=None):
@@ -175,7 +197,7 @@ class Dialer:
             return
         self._pending = _interleave(usable)
         if self._addressesSeen is not None:
-            self._addressesSeen([host for _, host in self._pending])
+            self._addressesSeen(tuple(host for _, host in self._pending))
         self._attemptNext()
 
     def _attemptNext(self):
@@ -200,6 +222,9 @@ class Dialer:
         self._over = True
         self._winner = leg
         self._cancelOthers(leg)
+        # What stays with the channel for its connection's life: the winner only.
+        self._legs = [leg]
+        self._pending = self._failures = ()
         return self.factory.buildProtocol(addr)
 
     def _cancelOthers(self, keep=None):
