@@ -55,21 +55,27 @@ def twistdCommand():
     return [found]
 
 
-class Daemon:
-    """A ``twistd -n aiengine`` subprocess and its collected output."""
+def environment():
+    """The environment of a twistd that imports aiengine (and finds its
+    plugin) where these tests import it from."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(aiengine.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    env.pop("NOTIFY_SOCKET", None)
+    return env
 
-    def __init__(self, workdir, config):
-        path = os.path.join(workdir, "media.xml")
-        with open(path, "w") as f:
-            f.write(config)
-        env = dict(os.environ)
-        # Let twistd find aiengine (and its plugin) where these tests import it from.
-        root = os.path.dirname(os.path.dirname(os.path.abspath(aiengine.__file__)))
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (root, env.get("PYTHONPATH")) if p)
+
+class TwistdProcess:
+    """A ``twistd -n aiengine -c <path>`` subprocess (with ``options`` after
+    the path) and its collected output; ``ports`` by listener name, from its
+    "listening on" lines."""
+
+    def __init__(self, workdir, path, pidfile="", options=()):
         self.process = subprocess.Popen(
-            twistdCommand() + ["-n", "--pidfile=", "aiengine", "-c", path],
-            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            twistdCommand() + ["-n", f"--pidfile={pidfile}", "aiengine", "-c", path,
+                               *options],
+            cwd=workdir, env=environment(), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT)
         self.output = []
         self.ports = {}
         self._changed = threading.Condition()
@@ -89,6 +95,8 @@ class Daemon:
             self._changed.notify_all()
 
     def waitFor(self, predicate, timeout=20.0):
+        """Whether ``predicate()`` (called with the output locked) became
+        true within ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         with self._changed:
             while not predicate():
@@ -102,6 +110,16 @@ class Daemon:
     def text(self):
         with self._changed:
             return "".join(self.output)
+
+
+class Daemon(TwistdProcess):
+    """A ``twistd -n aiengine`` running ``config`` (media.xml text)."""
+
+    def __init__(self, workdir, config):
+        path = os.path.join(workdir, "media.xml")
+        with open(path, "w") as f:
+            f.write(config)
+        super().__init__(workdir, path)
 
     def stop(self):
         if self.process.poll() is None:

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import signal
 import socket
 import subprocess
-import threading
 import time
 
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
-import aiengine
 from aiengine import tap
 from aiengine.listeners import ListenerService, ListenerUnavailable
 from tests.support import ReservedPort
-from tests.test_daemon import Peer, call, twistdCommand
+from tests.test_daemon import (LISTENING, Peer, TwistdProcess, call, environment,
+                               twistdCommand)
 from tests.test_tap import FakeCollector
 
 CONSOLE = """    <listener name="console">
@@ -58,7 +56,6 @@ SLOW_CHANNEL = """  <directchannels>
   </directchannels>
 """
 
-LISTENING = re.compile(r"\[SocketServer::(\S+?)#info\] listening on ([0-9.]+):(\d+)")
 
 
 def mediaXml(console=0, lines=None, interface="127.0.0.1", channels=""):
@@ -66,15 +63,6 @@ def mediaXml(console=0, lines=None, interface="127.0.0.1", channels=""):
     if lines is not None:
         listeners += LINES.format(port=lines, interface=interface)
     return f"<service>\n  <listeners>\n{listeners}  </listeners>\n{channels}</service>\n"
-
-
-def environment():
-    """The environment of a twistd that imports aiengine from this checkout."""
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(aiengine.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    env.pop("NOTIFY_SOCKET", None)
-    return env
 
 
 def held(listening=True):
@@ -247,48 +235,16 @@ class BindListenersTests(unittest.TestCase):
         yield task.deferLater(reactor, 0.01, lambda: None)
 
 
-class Daemon:
+class Daemon(TwistdProcess):
     """A ``twistd -n aiengine`` with a pid file; its output collected."""
 
     def __init__(self, workdir, config, pidfile, *options):
         self.pidfile = pidfile
-        self.process = subprocess.Popen(
-            twistdCommand() + ["-n", f"--pidfile={pidfile}", "aiengine", "-c", config,
-                               *options],
-            cwd=workdir, env=environment(), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT)
-        self.output = []
-        self.ports = {}
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self):
-        for raw in self.process.stdout:
-            line = raw.decode("utf-8", "replace")
-            with self._changed:
-                self.output.append(line)
-                match = LISTENING.search(line)
-                if match:
-                    self.ports[match.group(1)] = int(match.group(3))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def text(self):
-        with self._changed:
-            return "".join(self.output)
+        super().__init__(workdir, config, pidfile, options)
 
     def waitFor(self, text, timeout=20.0):
         """Whether ``text`` appeared in the output within ``timeout`` seconds."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while text not in "".join(self.output):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._reader.is_alive():
-                    return False
-                self._changed.wait(min(remaining, 0.2))
-            return True
+        return super().waitFor(lambda: text in "".join(self.output), timeout)
 
     def signal(self, signum):
         self.process.send_signal(signum)
