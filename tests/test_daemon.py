@@ -67,14 +67,15 @@ def environment():
 
 class TwistdProcess:
     """A ``twistd -n aiengine -c <path>`` subprocess (with ``options`` after
-    the path) and its collected output; ``ports`` by listener name, from its
-    "listening on" lines."""
+    the path, in ``env``, by default :func:`environment`) and its collected
+    output; ``ports`` by listener name, from its "listening on" lines."""
 
-    def __init__(self, workdir, path, pidfile="", options=()):
+    def __init__(self, workdir, path, pidfile="", options=(), env=None):
         self.process = subprocess.Popen(
             twistdCommand() + ["-n", f"--pidfile={pidfile}", "aiengine", "-c", path,
                                *options],
-            cwd=workdir, env=environment(), stdout=subprocess.PIPE,
+            cwd=workdir, env=environment() if env is None else env,
+            stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT)
         self.output = []
         self.ports = {}

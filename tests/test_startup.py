@@ -238,9 +238,9 @@ class BindListenersTests(unittest.TestCase):
 class Daemon(TwistdProcess):
     """A ``twistd -n aiengine`` with a pid file; its output collected."""
 
-    def __init__(self, workdir, config, pidfile, *options):
+    def __init__(self, workdir, config, pidfile, *options, env=None):
         self.pidfile = pidfile
-        super().__init__(workdir, config, pidfile, options)
+        super().__init__(workdir, config, pidfile, options, env)
 
     def waitFor(self, text, timeout=20.0):
         """Whether ``text`` appeared in the output within ``timeout`` seconds."""

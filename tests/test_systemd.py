@@ -358,9 +358,7 @@ class DaemonProcessTests(unittest.TestCase):
             f.write(MEDIA_XML)
         env = environment()
         env.update(NOTIFY_SOCKET=server.address, WATCHDOG_USEC="400000")
-        import tests.test_startup
-        self.patch(tests.test_startup, "environment", lambda: env)
-        daemon = Daemon(workdir, path, "")
+        daemon = Daemon(workdir, path, "", env=env)
         self.addCleanup(daemon.kill)
 
         yield waitFor(lambda: server.has("READY=1"), timeout=20, what="READY=1")
