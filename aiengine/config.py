@@ -24,6 +24,7 @@ __all__ = [
     "ConfigError", "ProtocolSettings", "ProtocolConfig", "ListenerConfig",
     "checkListener", "checkChannel", "checkService",
     "ChannelConfig", "ServiceConfig", "load", "parse", "parseCString",
+    "BridgeConfig", "BridgeTopic", "checkBridge",
 ]
 
 
@@ -177,12 +178,59 @@ class ChannelConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class BridgeTopic:
+    """A ``<topic>`` of a bridge: local topic ``local`` shared as MQTT topic
+    ``remote``; ``direction`` in (remote to local), out or both."""
+
+    local: str
+    remote: str
+    direction: str  # in, out, both
+    qos: int = 0
+    line: Optional[int] = None
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeConfig:
+    """A ``<bridge>``: topics shared with other daemons through an MQTT 5 broker."""
+
+    name: str
+    host: str
+    node_id: str
+    topics: tuple = ()
+    engine: str = "mqtt"
+    port: int = 1883
+    #: None means ``aiengine-<node-id>-<name>``
+    client_id: Optional[str] = None
+    keepalive: int = 60
+    #: seconds the broker keeps the session after a disconnection; 0 = none
+    session_expiry: int = 0
+    username: Optional[str] = None
+    password_file: Optional[str] = None
+    tls: bool = False
+    tls_ca: Optional[str] = None
+    tls_hostname: Optional[str] = None
+    reconnection_timeout: float = 10.0
+    #: outbound messages kept while not connected (or beyond the window of
+    #: unacknowledged ones); when full, publishers are paused
+    queue_size: int = 10000
+    run: bool = True
+    line: Optional[int] = None
+
+    @property
+    def effective_client_id(self) -> str:
+        """``client_id``, or its default from the node id and the bridge name."""
+        return self.client_id or f"aiengine-{self.node_id}-{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
 class ServiceConfig:
-    """The whole file: every listener and channel, including ``run="false"`` ones."""
+    """The whole file: every listener, channel and bridge, including
+    ``run="false"`` ones."""
 
     path: str
     listeners: tuple = field(default_factory=tuple)
     channels: tuple = field(default_factory=tuple)
+    bridges: tuple = field(default_factory=tuple)
 
 
 
@@ -449,8 +497,30 @@ _LISTENER_PROPERTIES = {
     "tcp.nodelay": _bool,
 }
 
-_KINDS = {"listener": _LISTENER_PROPERTIES, "channel": _CHANNEL_PROPERTIES}
-_SECTIONS = {"listeners": "listener", "directchannels": "channel"}
+_BRIDGE_PROPERTIES = {
+    "engine": _choice("mqtt"),
+    "host": _host,
+    "port": _integer(1, 65535),
+    "node-id": _text,
+    "client-id": _text,
+    # MQTT's keep alive is a two-byte number of seconds
+    "keepalive": _integer(0, 65535),
+    "session-expiry": _integer(0, 4294967295),
+    "username": _text,
+    "password-file": _text,
+    "tls": _bool,
+    "tls.ca": _text,
+    "tls.hostname": _text,
+    "reconnectionTimeout": _seconds(positive=False),
+    "queue-size": _integer(1),
+}
+#: <topic> attributes of a bridge
+_BRIDGE_TOPIC_ATTRIBUTES = ("local", "remote", "direction", "qos")
+
+_KINDS = {"listener": _LISTENER_PROPERTIES, "channel": _CHANNEL_PROPERTIES,
+          "bridge": _BRIDGE_PROPERTIES}
+_SECTIONS = {"listeners": "listener", "directchannels": "channel",
+             "bridges": "bridge"}
 
 
 # -- the original's spellings -------------------------------------------------------
@@ -488,6 +558,7 @@ _ALIASES = {
         # what ActiveSocket::configure read; the wiki wrote reconnectionTimeout
         "reconnectionTimeoutSec": "reconnectionTimeout",
     },
+    "bridge": {},
 }
 #: trunk_HLAv3 channels: one property gave the topic and switched the
 #: redirection on (ActiveSocket::configure); read as the topic property and
@@ -533,6 +604,7 @@ _REFUSED = {
     "channel": {"topic.in": _earlyTopic("topic-in"),
                 "topic.out": _earlyTopic("topic-out"),
                 "connection": _connectionMode, "session": _sessionMode},
+    "bridge": {},
 }
 #: attributes of the early layout (trunk/aiengine/etc/media.xml:
 #: <listener name="debug" type="tcp" direction="duplex" auth="false">)
@@ -673,12 +745,55 @@ def checkChannel(config: ChannelConfig) -> ChannelConfig:
     return config
 
 
+def checkBridge(config: BridgeConfig) -> BridgeConfig:
+    """Raise :class:`ConfigError` if the bridge's settings do not fit
+    together, as media.xml's reader would; return ``config``."""
+    if config.engine != "mqtt":
+        raise ConfigError(f"{config.engine!r} is not one of mqtt", prop="engine")
+    for prop, value in (("host", config.host), ("node-id", config.node_id)):
+        if not value:
+            raise ConfigError("missing required property", prop=prop)
+    if not config.tls:
+        for prop, stray in (("tls.ca", config.tls_ca is not None),
+                            ("tls.hostname", config.tls_hostname is not None)):
+            if stray:
+                raise ConfigError("only used with tls=true", prop=prop)
+    if config.password_file is not None and config.username is None:
+        raise ConfigError("missing required property (password-file is set)",
+                          prop="username")
+    if not config.topics:
+        raise ConfigError("a bridge needs at least one <topic local=\"..\" "
+                          "remote=\"..\" direction=\"in|out|both\"/>")
+    remotes = {}
+    for topic in config.topics:
+        where = f"<topic local={topic.local!r} remote={topic.remote!r}>"
+        if topic.direction not in ("in", "out", "both"):
+            raise ConfigError(f"{where}: direction {topic.direction!r} is not one of "
+                              "in, out, both", line=topic.line)
+        if topic.qos not in (0, 1):
+            raise ConfigError(f"{where}: qos {topic.qos!r} is not one of 0, 1", line=topic.line)
+        if not topic.local or len(topic.local) > MAX_TOPIC_NAME:
+            raise ConfigError(f"{where}: local must be a topic name of 1 to "
+                              f"{MAX_TOPIC_NAME} characters", line=topic.line)
+        # wildcards would make one remote topic feed several messages to one
+        # local name with no way back: not in this stage
+        if not topic.remote or "+" in topic.remote or "#" in topic.remote:
+            raise ConfigError(f"{where}: remote must be an MQTT topic name without "
+                              "wildcards (+ and #)", line=topic.line)
+        if topic.remote in remotes:
+            raise ConfigError(f"{where}: remote topic already shared by the <topic> "
+                              f"of local {remotes[topic.remote]!r}", line=topic.line)
+        remotes[topic.remote] = topic.local
+    return config
+
+
 def checkService(config: ServiceConfig) -> ServiceConfig:
-    """Every listener and channel checked, names unique, no two running
-    listeners on one address and port; raises :class:`ConfigError`."""
+    """Every listener, channel and bridge checked, names unique, no two
+    running listeners on one address and port; raises :class:`ConfigError`."""
     seen = {}
     for kind, items, check in (("listener", config.listeners, checkListener),
-                               ("channel", config.channels, checkChannel)):
+                               ("channel", config.channels, checkChannel),
+                               ("bridge", config.bridges, checkBridge)):
         for item in items:
             label = _label(kind, item.name)
             if not item.name:
@@ -762,6 +877,15 @@ _CHANNEL_FIELDS = {
 }
 
 
+#: bridge properties read as they are (property -> BridgeConfig field)
+_BRIDGE_FIELDS = {
+    "engine": "engine", "port": "port", "client-id": "client_id",
+    "keepalive": "keepalive", "session-expiry": "session_expiry",
+    "username": "username", "tls": "tls", "tls.hostname": "tls_hostname",
+    "reconnectionTimeout": "reconnection_timeout", "queue-size": "queue_size",
+}
+
+
 def _label(kind, name):
     return f"{kind} '{name}'"
 
@@ -789,6 +913,7 @@ class _Element:
         self.label = _label(kind, name)
         self.line = line
         self.properties = {}
+        self.topics = []  # a bridge's BridgeTopic, in order
 
     def error(self, message, prop=None):
         found = self.properties.get(prop)
@@ -805,7 +930,8 @@ class _Element:
         the file used."""
         found = self.properties.get(error.prop)
         if found is None:
-            error.line = self.line
+            # a bridge's <topic> rule gives the topic's own line
+            error.line = error.line or self.line
         else:
             error.line, error.prop = found.line, found.name
 
@@ -983,7 +1109,7 @@ class _Reader:
         if root.tag != "service":
             raise self.error(f"root element is <{root.tag}>; expected <service>",
                              line=root.sourceline)
-        built = {"listener": [], "channel": []}
+        built = {"listener": [], "channel": [], "bridge": []}
         seen = {}
         for section in self.children(root, "<service>", tuple(_SECTIONS)):
             if section.tag in seen:
@@ -998,10 +1124,12 @@ class _Reader:
             kind = _SECTIONS[section.tag]
             for node in self.children(section, f"<{section.tag}>", (kind,)):
                 element = self.element(kind, node)
-                build = self.listener if kind == "listener" else self.channel
+                build = {"listener": self.listener, "channel": self.channel,
+                         "bridge": self.bridge}[kind]
                 built[kind].append(build(element))
         config = ServiceConfig(path=self.path, listeners=tuple(built["listener"]),
-                               channels=tuple(built["channel"]))
+                               channels=tuple(built["channel"]),
+                               bridges=tuple(built["bridge"]))
         try:
             checkService(config)
         except ConfigError as e:
@@ -1047,9 +1175,56 @@ class _Reader:
                              element=label) from None
         element = _Element(self, kind, name, run, line)
         self.owners[name] = element
-        for prop in self.children(node, f"<{kind}>", ("property",), element=label):
-            element.add(prop)
+        allowed = ("property", "topic") if kind == "bridge" else ("property",)
+        for prop in self.children(node, f"<{kind}>", allowed, element=label):
+            if prop.tag == "topic":
+                element.topics.append(self.bridgeTopic(element, prop))
+            else:
+                element.add(prop)
         return element
+
+    def bridgeTopic(self, element, node):
+        """One ``<topic local remote direction qos/>`` of a bridge."""
+        line = node.sourceline
+
+        def fail(message):
+            return ConfigError(f"<topic>: {message}", path=self.path, line=line,
+                               element=element.label)
+
+        self.checkEmpty(node, "<topic>")
+        for attribute in node.attrib:
+            if attribute not in _BRIDGE_TOPIC_ATTRIBUTES:
+                raise fail(f"unknown attribute '{attribute}'; expected "
+                           f"{', '.join(_BRIDGE_TOPIC_ATTRIBUTES)}")
+        values = {}
+        for attribute, convert in (("local", _topic), ("remote", _text),
+                                   ("direction", _choice("in", "out", "both")),
+                                   ("qos", _choice("0", "1"))):
+            raw = node.get(attribute)
+            if raw is None:
+                if attribute == "qos":
+                    continue
+                raise fail(f"missing '{attribute}' attribute")
+            try:
+                values[attribute] = convert(raw.strip())
+            except ConfigError as e:
+                raise fail(f"attribute '{attribute}': {e.message}") from None
+        if "qos" in values:
+            values["qos"] = int(values["qos"])
+        return BridgeTopic(line=line, **values)
+
+    def bridge(self, element):
+        """A ``<bridge>``: properties and topics, files resolved and readable."""
+        host = element.require("host")
+        nodeId = element.require("node-id")
+        tls = element.get("tls", False)
+        given = _given(element, _BRIDGE_FIELDS)
+        return self.located(element, checkBridge, BridgeConfig(
+            name=element.name, host=host, node_id=nodeId,
+            topics=tuple(element.topics),
+            password_file=self.path_(element, "password-file"),
+            tls_ca=self.path_(element, "tls.ca") if tls else element.get("tls.ca"),
+            run=element.run, line=element.line, **given))
 
     # -- protocols ---------------------------------------------------------------
 
@@ -1224,7 +1399,8 @@ def main(argv=None) -> int:
         print(e, file=sys.stderr)
         return 1
     print(f"OK: {config.path}: {len(config.listeners)} listener(s), "
-          f"{len(config.channels)} channel(s)")
+          f"{len(config.channels)} channel(s)"
+          + (f", {len(config.bridges)} bridge(s)" if config.bridges else ""))
     return 0
 
 

@@ -1,7 +1,8 @@
 """The running daemon: broker, console registry, listeners and channels in one service.
 
 :class:`Engine` is built from a :class:`~aiengine.config.ServiceConfig`.  It
-starts listeners before channels and stops them in that order too.  Console
+starts listeners before channels, then its MQTT bridges
+(:mod:`aiengine.bridge`), and stops them in that order too.  Console
 classes find what they need on it: ``broker``, ``channels``, ``media``.
 
 Building the engine reads what the listeners need from disk, once: each
@@ -36,7 +37,9 @@ from aiengine.console.builtins import registerBuiltins
 from aiengine.console.protocol import ConsoleFactory
 from aiengine.console.topics import ConsoleTopics
 from aiengine.console.registry import CallRegistry
-from aiengine.auth import readSecret
+from aiengine.auth import readSecret, readSecretFile
+from aiengine.bridge import MqttBridge
+from aiengine.console.bridges import registerBridges
 from aiengine.listeners import ListenerFactory, ListenerService
 from aiengine.media import Media, registerMedia
 from aiengine.tls import serverTLSOptions
@@ -69,7 +72,8 @@ class ReloadError(Exception):
 
 @dataclasses.dataclass
 class ReloadResult:
-    """What a reload did: ``(kind, name)`` pairs, kind ``listener`` or ``channel``.
+    """What a reload did: ``(kind, name)`` pairs, kind ``listener``, ``channel``
+    or ``bridge`` (any change to a bridge restarts it).
 
     ``failed`` lists what was to start and could not (a listener whose
     address is taken, say), with the reason: ``(kind, name, reason)``.
@@ -121,6 +125,12 @@ def _channelKey(cc):
     return dataclasses.replace(cc, line=None), _fileContents(cc.tls_ca if cc.tls else None)
 
 
+def _bridgeKey(bc):
+    topics = tuple(dataclasses.replace(t, line=None) for t in bc.topics)
+    return (dataclasses.replace(bc, line=None, topics=topics),
+            _fileContents(bc.password_file, bc.tls_ca if bc.tls else None))
+
+
 class Engine(MultiService):
     """aiengine as a Twisted service.
 
@@ -152,6 +162,10 @@ class Engine(MultiService):
         self.channels: dict[str, Channel] = {}
         self.media = Media(self.channels)
         registerMedia(self.registry)
+        registerBridges(self.registry)
+        #: name -> MqttBridge, the bridges that run
+        self.bridges: dict[str, MqttBridge] = {}
+        self._bridgeKeys: dict = {}
         self.listeners: dict[str, ListenerService] = {}
         # What each running listener and channel was built from (with its
         # files' contents), to tell what a reload changes.
@@ -173,6 +187,10 @@ class Engine(MultiService):
             if self._runs(cc, "channel"):
                 self.channels[cc.name] = self._channel(cc)
                 self._channelKeys[cc.name] = _channelKey(cc)
+        for bc in config.bridges:
+            if self._runs(bc, "bridge"):
+                self.bridges[bc.name] = self._bridge(bc)
+                self._bridgeKeys[bc.name] = _bridgeKey(bc)
 
     def _runningListeners(self, config, quiet=False) -> list:
         """The listeners of ``config`` that run, the default console included."""
@@ -190,6 +208,19 @@ class Engine(MultiService):
         except ConfigError as e:
             self._locate(e, cc, path)
             raise
+
+    def _bridge(self, bc, path=None) -> MqttBridge:
+        """The bridge of ``bc``; its password file read now, or ConfigError."""
+        password = None
+        if bc.password_file is not None:
+            try:
+                password = readSecretFile(bc.password_file).decode("utf-8")
+            except ValueError as e:
+                error = ConfigError(str(e), element=f"bridge '{bc.name}'",
+                                    prop="password-file")
+                self._locate(error, bc, path)
+                raise error from None
+        return MqttBridge(bc, self.broker, self.reactor, password=password)
 
     def _listener(self, lc: ListenerConfig, path=None) -> ListenerService:
         """The service of one listener; raises ConfigError for unusable files."""
@@ -273,7 +304,9 @@ class Engine(MultiService):
                 ("listener", self.listeners, self._listenerKeys,
                  self._runningListeners(new, quiet=True), _listenerKey, self._listener),
                 ("channel", self.channels, self._channelKeys,
-                 [c for c in new.channels if c.run], _channelKey, self._channel)):
+                 [c for c in new.channels if c.run], _channelKey, self._channel),
+                ("bridge", self.bridges, self._bridgeKeys,
+                 [b for b in new.bridges if b.run], _bridgeKey, self._bridge)):
             names = set()
             for item in wanted:
                 names.add(item.name)
@@ -303,6 +336,10 @@ class Engine(MultiService):
                 service = self.listeners.pop(name)
                 del self._listenerKeys[name]
                 stops.append(defer.maybeDeferred(service.disownServiceParent))
+            elif kind == "bridge":
+                bridge = self.bridges.pop(name)
+                del self._bridgeKeys[name]
+                stops.append(defer.maybeDeferred(bridge.stop))
             else:
                 channel = self.channels.pop(name)
                 del self._channelKeys[name]
@@ -315,6 +352,10 @@ class Engine(MultiService):
                     self.listeners[name] = built
                     self._listenerKeys[name] = key
                     built.setServiceParent(self)
+                elif kind == "bridge":
+                    self.bridges[name] = built
+                    self._bridgeKeys[name] = key
+                    built.start()
                 else:
                     self.channels[name] = built
                     self._channelKeys[name] = key
@@ -328,6 +369,10 @@ class Engine(MultiService):
                     self._listenerKeys.pop(name, None)
                     if built.parent is not None:
                         await defer.maybeDeferred(built.disownServiceParent)
+                elif kind == "bridge":
+                    self.bridges.pop(name, None)
+                    self._bridgeKeys.pop(name, None)
+                    await defer.maybeDeferred(built.stop)
                 else:
                     self.channels.pop(name, None)
                     self._channelKeys.pop(name, None)
@@ -352,6 +397,13 @@ class Engine(MultiService):
             seconds=self.reactor.seconds() - began))
         done.addErrback(lambda failure: failure.trap(task.TaskStopped, task.TaskFinished))
         done.addBoth(self._startupOver)
+        # Bridges after the channels have begun: each connects in the
+        # background and queues what is published meanwhile.
+        for bridge in list(self.bridges.values()):
+            try:
+                bridge.start()
+            except Exception:
+                self.log.failure("bridge {name} could not start", name=bridge.name)
 
     def _startChannels(self):
         for channel in list(self.channels.values()):
@@ -381,5 +433,7 @@ class Engine(MultiService):
                                   for s in self.listeners.values()])
         yield defer.DeferredList([defer.maybeDeferred(c.stop)
                                   for c in self.channels.values()])
+        yield defer.DeferredList([defer.maybeDeferred(b.stop)
+                                  for b in self.bridges.values()])
         self.running = 0
         self.log.info("aiengine stopped")

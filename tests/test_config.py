@@ -178,7 +178,7 @@ class LayoutTests(Helpers, TestCase):
         self.assertEqual(
             str(self.parseError(text)),
             "media.xml:2: unknown element <listner> in <service>; expected "
-            "<listeners> or <directchannels>; did you mean <listeners>?")
+            "<listeners> or <directchannels> or <bridges>; did you mean <listeners>?")
 
     def test_unknownElementInsideElement(self):
         text = channelDoc(CHANNEL).replace('<property name="port"', '<prop name="port"')

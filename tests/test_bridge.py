@@ -1,0 +1,307 @@
+"""MQTT bridges: configuration, and two engines sharing topics through a
+real mosquitto on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+from twisted.internet import defer, reactor, threads
+from twisted.trial import unittest
+
+from aiengine.bridge import CONNECTED, STOPPED, WAITING
+from aiengine.config import BridgeConfig, BridgeTopic, ConfigError, ServiceConfig, parse
+from aiengine.console.interfaces import Call, CallError
+from aiengine.engine import Engine
+from tests.support import waitFor
+
+MOSQUITTO = "/usr/sbin/mosquitto"
+
+
+def freePort() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Mosquitto:
+    """A mosquitto on 127.0.0.1:``port``, persistence off."""
+
+    def __init__(self, case):
+        self.case = case
+        self.port = freePort()
+        self.dir = tempfile.mkdtemp(prefix="aiengine-mosquitto-")
+        case.addCleanup(shutil.rmtree, self.dir, True)
+        self.conf = os.path.join(self.dir, "mosquitto.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                    "persistence false\nlog_dest none\n")
+        self.process = None
+        case.addCleanup(self.stop)
+
+    def start(self):
+        self.process = subprocess.Popen([MOSQUITTO, "-c", self.conf],
+                                        stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"mosquitto did not start on {self.port}")
+                time.sleep(0.02)
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+def bridge(port, node, *topics, **settings):
+    return BridgeConfig(name="cluster", host="127.0.0.1", port=port, node_id=node,
+                        topics=tuple(BridgeTopic(*t) for t in topics),
+                        reconnection_timeout=0.2, **settings)
+
+
+class BridgeConfigTests(unittest.TestCase):
+    """``<bridges>`` in media.xml: defaults, and errors with file and line."""
+
+    XML = """<service>
+<bridges>
+  <bridge name="cluster">
+    <property name="engine" value="mqtt"/>
+    <property name="host" value="127.0.0.1"/>
+    <property name="node-id" value="node-a"/>
+    <topic local="sensor" remote="aie/sensor" direction="out" qos="1"/>
+    <topic local="chat" remote="aie/chat" direction="both"/>
+  </bridge>
+</bridges>
+</service>"""
+
+    def fails(self, xml):
+        with self.assertRaises(ConfigError) as caught:
+            parse(xml, "/etc/media.xml")
+        return str(caught.exception)
+
+    def test_defaults(self):
+        (b,) = parse(self.XML, "/etc/media.xml").bridges
+        self.assertEqual((b.port, b.keepalive, b.session_expiry, b.queue_size,
+                          b.reconnection_timeout, b.effective_client_id),
+                         (1883, 60, 0, 10000, 10.0, "aiengine-node-a-cluster"))
+        self.assertEqual(b.topics, (BridgeTopic("sensor", "aie/sensor", "out", 1, 7),
+                                    BridgeTopic("chat", "aie/chat", "both", 0, 8)))
+
+    def test_errors(self):
+        for old, new, expected in (
+                ('"mqtt"', '"amqp"', "/etc/media.xml:4: bridge 'cluster': property "
+                                     "'engine': 'amqp' is not one of mqtt"),
+                ('"both"', '"sideways"', "/etc/media.xml:8: bridge 'cluster': <topic>: "
+                                         "attribute 'direction'"),
+                ('qos="1"', 'qos="2"', "/etc/media.xml:7: bridge 'cluster': <topic>: "
+                                       "attribute 'qos'"),
+                ('"node-id" value', '"nodeid" value', "/etc/media.xml:6: bridge "
+                                                      "'cluster': property 'nodeid': "
+                                                      "unknown property"),
+                ('aie/chat', 'aie/#', "/etc/media.xml:8: bridge 'cluster': <topic"),
+                ('<topic local="chat"', '<topic lokal="chat"',
+                 "/etc/media.xml:8: bridge 'cluster': <topic>: unknown attribute "
+                 "'lokal'"),
+                ('<property name="node-id" value="node-a"/>', '',
+                 "/etc/media.xml:3: bridge 'cluster': property 'node-id': missing")):
+            self.assertIn(old, self.XML)
+            self.assertIn(expected, self.fails(self.XML.replace(old, new)))
+
+    def test_passwordWithoutUser(self):
+        secret = self.mktemp()
+        with open(secret, "w") as f:
+            f.write("pw\n")
+        xml = self.XML.replace(
+            '<property name="engine" value="mqtt"/>',
+            f'<property name="password-file" value="{os.path.abspath(secret)}"/>')
+        self.assertIn("/etc/media.xml:3: bridge 'cluster': property 'username'",
+                      self.fails(xml))
+
+    def test_checkedInCode(self):
+        with self.assertRaises(ConfigError):
+            Engine(ServiceConfig(path="<test>", bridges=(
+                bridge(1883, "a", ("t", "r", "sideways")),)), reactor=reactor)
+
+
+class BridgeTests(unittest.TestCase):
+    """Two engines, node-a and node-b, bridged through one mosquitto."""
+
+    timeout = 60
+
+    def setUp(self):
+        if not os.access(MOSQUITTO, os.X_OK):
+            raise unittest.SkipTest(f"mosquitto is not installed ({MOSQUITTO}); "
+                                    "apt-get install mosquitto")
+        self.mosquitto = Mosquitto(self)
+        self.mosquitto.start()
+
+    @defer.inlineCallbacks
+    def engine(self, node, *topics, wait=True, **settings):
+        engine = Engine(ServiceConfig(path="<test>", bridges=(
+            bridge(self.mosquitto.port, node, *topics, **settings),)), reactor=reactor)
+        engine.startService()
+        self.addCleanup(engine.stopService)
+        if wait:
+            yield waitFor(lambda: engine.bridges["cluster"].state == CONNECTED,
+                          timeout=10, what=f"{node} connected")
+        return engine
+
+    def collect(self, engine, topic):
+        got = []
+        engine.broker.subscribe(topic, got.append)
+        return got
+
+    @defer.inlineCallbacks
+    def flow(self, qos, count=1000):
+        a = yield self.engine("node-a", ("sensor", "aie/sensor", "out", qos))
+        b = yield self.engine("node-b", ("sensor", "aie/sensor", "in", qos))
+        got = self.collect(b, "sensor")
+        for n in range(count):
+            a.broker.publish("sensor", f"m{n}")
+        yield waitFor(lambda: len(got) >= count, timeout=20, what="messages at B")
+        yield threads.deferToThread(time.sleep, 0.2)  # none more may come
+        self.assertEqual([m.text for m in got], [f"m{n}" for n in range(count)])
+        self.assertTrue(all(m.source == "bridge:cluster" and m.session is None
+                            for m in got))
+        self.assertEqual(a.bridges["cluster"].status()["messagesOut"], count)
+        self.assertEqual(b.bridges["cluster"].status()["messagesIn"], count)
+
+    def test_qos0(self):
+        return self.flow(0)
+
+    def test_qos1(self):
+        return self.flow(1)
+
+    @defer.inlineCallbacks
+    def test_bothNoEchoNoLoop(self):
+        a = yield self.engine("node-a", ("chat", "aie/chat", "both", 1))
+        b = yield self.engine("node-b", ("chat", "aie/chat", "both", 1))
+        atA, atB = self.collect(a, "chat"), self.collect(b, "chat")
+        a.broker.publish("chat", "from a")
+        yield waitFor(lambda: atB, what="a's message at B")
+        b.broker.publish("chat", "from b")
+        yield waitFor(lambda: len(atA) == 2, what="b's message at A")
+        yield threads.deferToThread(time.sleep, 0.3)
+        self.assertEqual([m.text for m in atA], ["from a", "from b"])
+        self.assertEqual([m.text for m in atB], ["from a", "from b"])
+        self.assertEqual(atA[1].source, "bridge:cluster")
+        self.assertEqual(atB[0].source, "bridge:cluster")
+        for engine in (a, b):
+            status = engine.bridges["cluster"].status()
+            self.assertEqual((status["messagesIn"], status["messagesOut"]), (1, 1))
+            # the message that came in was seen on the way out, and kept in
+            self.assertEqual(status["loopsDropped"], 1)
+
+    @defer.inlineCallbacks
+    def test_attributesAndBinary(self):
+        a = yield self.engine("node-a", ("data", "aie/data", "out", 1))
+        b = yield self.engine("node-b", ("data", "aie/data", "in", 1))
+        got = self.collect(b, "data")
+        body = bytes(range(256)) * 4
+        a.broker.publish("data", body, msgtype="xml",
+                         attributes={"status": "200", "x-name": "é ü"})
+        yield waitFor(lambda: got, what="the message at B")
+        self.assertEqual(got[0].body, body)
+        self.assertEqual(got[0].msgtype, "xml")
+        self.assertEqual(dict(got[0].attributes), {"status": "200", "x-name": "é ü"})
+
+    @defer.inlineCallbacks
+    def test_connectedMeansSubscribed(self):
+        a = yield self.engine("node-a", ("t", "aie/t", "out", 0))
+        b = yield self.engine("node-b", ("t", "aie/t", "in", 0), wait=False)
+        got = self.collect(b, "t")
+        bridgeB = b.bridges["cluster"]
+        sent = defer.Deferred()
+        seen = []
+
+        def poll():
+            # publish in the very turn B reports connected
+            if bridgeB.state == CONNECTED and not seen:
+                seen.append(True)
+                a.broker.publish("t", "first")
+                sent.callback(None)
+            elif not seen:
+                reactor.callLater(0, poll)
+
+        poll()
+        yield sent
+        yield waitFor(lambda: got, what="the message published right after connected")
+        self.assertEqual([m.text for m in got], ["first"])
+
+    @defer.inlineCallbacks
+    def test_console(self):
+        a = yield self.engine("node-a", ("t", "aie/t", "out", 0))
+        listed = a.registry.lookup("Bridges", "list").function(Call({}, None, a))
+        self.assertEqual([(e.tag, dict(e.attrib)) for e in listed],
+                         [("bridge", {"name": "cluster", "state": "connected"})])
+        a.broker.publish("t", "x")
+        status = a.registry.lookup("Bridges", "status").function(
+            Call({"name": "cluster"}, None, a))
+        self.assertEqual(status.get("state"), "connected")
+        self.assertEqual(status.get("messagesOut"), "1")
+        for counter in ("messagesIn", "duplicatesDropped", "loopsDropped", "queued",
+                        "dropped", "reconnects", "paused"):
+            self.assertEqual(status.get(counter), "0", counter)
+        with self.assertRaises(CallError) as caught:
+            a.registry.lookup("Bridges", "status").function(
+                Call({"name": "clustr"}, None, a))
+        self.assertIn("did you mean 'cluster'", str(caught.exception))
+
+    @defer.inlineCallbacks
+    def test_brokerRestart(self):
+        a = yield self.engine("node-a", ("sensor", "aie/sensor", "out", 1),
+                              queue_size=100)
+        b = yield self.engine("node-b", ("sensor", "aie/sensor", "in", 1))
+        got = self.collect(b, "sensor")
+        bridgeA = a.bridges["cluster"]
+        a.broker.publish("sensor", "before")
+        yield waitFor(lambda: got, what="the first message")
+        # Without persistence the restarted broker knows no subscription: A
+        # may connect again only once B has subscribed again, or B would miss
+        # some of A's messages.
+        bridgeB, connect = b.bridges["cluster"], bridgeA._connect
+        bridgeA._connect = lambda: (
+            connect() if bridgeB.state == CONNECTED and bridgeB.counters["reconnects"]
+            else bridgeA._schedule(0.05))
+        yield threads.deferToThread(self.mosquitto.stop)
+        yield waitFor(lambda: bridgeA.state != CONNECTED, what="A notices")
+        # 150 messages for a queue of 100: the publisher is paused, not dropped
+        # (the topic's subscription holds the rest)
+        for n in range(150):
+            a.broker.publish("sensor", f"m{n}")
+        self.assertIn(bridgeA.state, (WAITING, "connecting"))
+        self.assertEqual(bridgeA.status()["queued"], 100)
+        self.assertEqual(bridgeA.status()["paused"], 1)
+        self.assertEqual(bridgeA.status()["dropped"], 0)
+        yield threads.deferToThread(self.mosquitto.start)
+        yield waitFor(lambda: len(got) >= 151, timeout=20, what="the queued messages")
+        yield threads.deferToThread(time.sleep, 0.2)
+        self.assertEqual([m.text for m in got], ["before"] + [f"m{n}" for n in range(150)])
+        self.assertGreaterEqual(bridgeA.status()["reconnects"], 1)
+        self.assertEqual(bridgeA.status()["queued"], 0)
+
+    @defer.inlineCallbacks
+    def test_stopWhileConnecting(self):
+        """A bridge stopped while connecting leaves nothing behind."""
+        self.mosquitto.stop()
+        a = yield self.engine("node-a", ("t", "aie/t", "out", 0), wait=False)
+        yield waitFor(lambda: a.bridges["cluster"].state == WAITING,
+                      what="the failed attempt")
+        yield a.stopService()
+        self.assertEqual(a.bridges["cluster"].state, STOPPED)
