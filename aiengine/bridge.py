@@ -269,10 +269,9 @@ class MqttBridge:
     def _failed(self, client, why) -> None:
         """An attempt that did not get as far as connected."""
         self._forget(client)
-        self._streak.failed(why, f"; trying again in about "
-                                 f"{self.config.reconnection_timeout:g} s")
-        self._schedule(reconnectDelay(self.config.reconnection_timeout,
-                                      self._streak.count))
+        delay = reconnectDelay(self.config.reconnection_timeout, self._streak.count + 1)
+        self._streak.failed(why, f"; next attempt in {delay:.2f} s")
+        self._schedule(delay)
 
     def _lost(self, client, why) -> None:
         """A connection that was up has ended."""
