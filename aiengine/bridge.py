@@ -22,7 +22,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python import threadable
 from zope.interface import implementer
-from twisted.internet.interfaces import IReadWriteDescriptor
+from twisted.internet.interfaces import IPushProducer, IReadWriteDescriptor
 
 from aiengine.channels.policy import FailureStreak, reconnectDelay
 from aiengine.logs import worthLogging
@@ -41,7 +41,7 @@ WINDOW = 1000
 RECENT_IDS = 10000
 #: the counters of :meth:`MqttBridge.status`
 COUNTERS = ("messagesIn", "messagesOut", "duplicatesDropped", "loopsDropped",
-            "queued", "dropped", "reconnects", "paused")
+            "queued", "dropped", "reconnects", "paused", "inboundPaused")
 
 #: user properties the bridge sets itself; not message attributes
 _ORIGIN = "origin"
@@ -68,7 +68,7 @@ class _PahoSocket:
         self.bridge = bridge
         self.client = client
         self.sock = sock
-        self.reading = self.writing = False
+        self.writing = False
 
     def fileno(self):
         return self.sock.fileno()
@@ -86,6 +86,30 @@ class _PahoSocket:
         # The reactor only calls this when it gave up on the descriptor:
         # paho reports the end itself in its own calls.
         self.bridge._socketGone(self)
+
+
+@implementer(IPushProducer)
+class _InboundGate:
+    """Registered with a local topic that a bridge publishes to: tells the
+    bridge when a subscriber there is busy."""
+
+    def __init__(self, bridge, topic):
+        self.bridge = bridge
+        self.topic = topic
+        self.paused = False
+
+    def pauseProducing(self):
+        if not self.paused:
+            self.paused = True
+            self.bridge._topicBusy(True)
+
+    def resumeProducing(self):
+        if self.paused:
+            self.paused = False
+            self.bridge._topicBusy(False)
+
+    def stopProducing(self):
+        """Nothing: the bridge stops with the engine."""
 
 
 class MqttBridge:
@@ -125,6 +149,14 @@ class MqttBridge:
         self._retry = None
         self._misc = None
         self._address = f"{config.host}:{config.port}"
+        # Inbound flow control: the local topics that came in pause the bridge
+        # while a subscriber there is busy.  A bridge that only takes topics
+        # in then stops reading its socket; one that also sends cannot (its
+        # acknowledgements come on the same socket) and goes on reading.
+        self._gates = [_InboundGate(self, broker.topic(local))
+                       for local in sorted({t.local for t in self._inbound.values()})]
+        self._busyTopics = 0
+        self._mayStopReading = not self._outbound
 
     # -- life cycle ------------------------------------------------------------
 
@@ -133,6 +165,8 @@ class MqttBridge:
         if self.state != STOPPED:
             return
         self.state = WAITING
+        for gate in self._gates:
+            gate.topic.registerProducer(gate)
         for topic in self._outbound:
             self._subscriptions.append(self.broker.subscribe(
                 topic.local, self._outgoing(topic), name=f"bridge {self.name}"))
@@ -142,6 +176,9 @@ class MqttBridge:
         """Disconnect and stop; fires once paho's socket is closed and its
         connecting thread (if any) is over.  Queued messages are discarded."""
         self.state = STOPPED
+        for gate in self._gates:
+            gate.topic.unregisterProducer(gate)
+        self._busyTopics = 0
         for sub in self._subscriptions:
             sub.cancel()
         self._subscriptions = []
@@ -251,7 +288,8 @@ class MqttBridge:
             self._failed(client, "connection closed while connecting")
             return
         self._socket = _PahoSocket(self, client, sock)
-        self.reactor.addReader(self._socket)
+        if not self._readingStopped():
+            self.reactor.addReader(self._socket)
         # the CONNECT packet queued in the thread waits for the reactor
         self.reactor.addWriter(self._socket)
         self._socket.writing = True
@@ -373,6 +411,24 @@ class MqttBridge:
         else:
             self._failed(client, self._why or f"connection to {self._address} ended "
                                               f"before it was ready: {reasonCode}")
+
+    # -- inbound flow control ------------------------------------------------------
+
+    def _readingStopped(self) -> bool:
+        return self._mayStopReading and self._busyTopics > 0
+
+    def _topicBusy(self, busy: bool) -> None:
+        """A local topic that messages come in to became busy (or not)."""
+        before = self._readingStopped()
+        self._busyTopics += 1 if busy else -1
+        after = self._readingStopped()
+        if busy:
+            self.counters["inboundPaused"] += 1
+        if before != after and self._socket is not None:
+            if after:
+                self.reactor.removeReader(self._socket)
+            else:
+                self.reactor.addReader(self._socket)
 
     # -- outbound ----------------------------------------------------------------
 

@@ -40,7 +40,10 @@ class Mosquitto:
         self.conf = os.path.join(self.dir, "mosquitto.conf")
         with open(self.conf, "w") as f:
             f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                    "persistence false\nlog_dest none\n")
+                    "persistence false\nlog_dest none\n"
+                    # While a node reads nothing (its topic is busy), the
+                    # broker keeps its messages: more than mosquitto's 1,000.
+                    "max_queued_messages 100000\n")
         self.process = None
         case.addCleanup(self.stop)
 
@@ -184,6 +187,47 @@ class BridgeTests(unittest.TestCase):
 
     def test_qos0(self):
         return self.flow(0)
+
+    @defer.inlineCallbacks
+    def test_busySubscriberAtBPausesTheFlow(self):
+        """B's only local subscriber is busy for a while: B stops reading the
+        broker, A's window and then its queue fill, A's publishers pause;
+        nothing is dropped anywhere, and everything arrives in order."""
+        # More than a busy subscriber's queue holds (10,000), and no more than
+        # A's queue and its own subscription's queue take while A publishes
+        # them all at once (2,000 + 10,000): the test is not a paused producer.
+        count = 11000
+        a = yield self.engine("node-a", ("sensor", "aie/sensor", "out", 1),
+                              queue_size=2000)
+        b = yield self.engine("node-b", ("sensor", "aie/sensor", "in", 1))
+        got, gate = [], defer.Deferred()
+
+        def slow(message):
+            got.append(message.text)
+            if len(got) == 1:
+                return gate  # busy until the test opens the gate
+            return None
+
+        b.broker.subscribe("sensor", slow)
+        for n in range(count):
+            a.broker.publish("sensor", f"m{n}")
+        yield waitFor(lambda: b.bridges["cluster"].counters["inboundPaused"] >= 1,
+                      what="B paused")
+        # A sends everything (the broker takes it) while B's subscriber is busy.
+        yield waitFor(lambda: a.bridges["cluster"].counters["messagesOut"] == count,
+                      timeout=30, what="A sent everything")
+        yield threads.deferToThread(time.sleep, 0.3)
+        self.assertEqual(len(got), 1)
+        # B stopped reading: the broker keeps the messages, not B's memory
+        # (at most what one read had brought in waits for the subscriber).
+        [subscription] = b.broker.topic("sensor").subscriptions
+        self.assertLess(subscription.queued, 100)
+        gate.callback(None)
+        yield waitFor(lambda: len(got) >= count, timeout=30, what="every message at B")
+        self.assertEqual(got, [f"m{n}" for n in range(count)])
+        self.assertEqual((b.broker.topic("sensor").dropped,
+                          a.broker.topic("sensor").dropped,
+                          a.bridges["cluster"].counters["dropped"]), (0, 0, 0))
 
     def test_qos1(self):
         return self.flow(1)
