@@ -351,6 +351,25 @@ class RequestTests(AdminTestCase):
     """Paths and methods that are not served."""
 
     @defer.inlineCallbacks
+    def test_listedAtTheConsole(self):
+        """Engine.listeners, both forms, with an admin listener among them:
+        its guard's counters (its web site counts nothing of its own)."""
+        yield self.startAdmin()
+        yield self.get("/health")
+        client = yield self.console()
+        [listeners, table] = yield self.call(client, xmlcall(
+            "Engine", "listeners", requestId="x") + xmlcall(
+            "Engine", "listeners", requestId="t", format="table"), ["x", "t"])
+        self.assertEqual((listeners.get("status"), table.get("status")), ("OK", "OK"))
+        [adminElement] = [e for e in listeners.findall("listener")
+                          if e.get("name") == "admin"]
+        self.assertEqual(adminElement.get("accepted"), "1")
+        self.assertIn("openConnections", adminElement.attrib)
+        [row] = [line for line in table.findtext("table").splitlines()
+                 if line.startswith("admin ")]
+        self.assertEqual(row.split()[1], f"127.0.0.1:{self.port('admin')}")
+
+    @defer.inlineCallbacks
     def test_notFound(self):
         yield self.startAdmin()
         # "/" is the dashboard's (tests/test_dashboard.py).

@@ -70,12 +70,16 @@ def _listenerRows(engine):
     services = getattr(engine, "listeners", {})
     for name in sorted(services):
         service = services[name]
-        counters = dict(service.factory.stats())
+        # An admin listener's web site counts nothing of its own: the guard's
+        # counters are all it has.
+        stats = getattr(service.factory, "stats", None)
+        counters = dict(stats()) if stats is not None else {}
         guard = getattr(service, "guard", None)
         if guard is not None:
             counters.update(accepted=guard.accepted, refused=guard.refused,
                             timedOut=guard.timedOut, aborted=guard.aborted,
                             handshakeTimeouts=guard.handshakeTimeouts)
+            counters.setdefault("openConnections", len(guard.protocols))
         rows.append((name, service.address, counters))
     return rows
 
