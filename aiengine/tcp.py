@@ -109,9 +109,7 @@ class _WriteThrough:
                 raise TypeError("Data must be bytes")
             held.append(data)
             return
-        if (data and self.connected and not self._tempDataLen
-                and self.offset == len(self.dataBuffer) and not self._writeDisconnected
-                and not self.disconnected):
+        if data and self._clear():
             if not isinstance(data, bytes):
                 raise TypeError("Data must be bytes")
             if _reading:
@@ -121,6 +119,11 @@ class _WriteThrough:
             self._send(data)
             return
         super().write(data)
+
+    def _clear(self) -> bool:
+        """Open for writing, with nothing of Twisted's buffered ahead."""
+        return (self.connected and not self._tempDataLen and not self.disconnected
+                and self.offset == len(self.dataBuffer) and not self._writeDisconnected)
 
     def _send(self, data):
         try:
@@ -136,8 +139,7 @@ class _WriteThrough:
     def _flushHeld(self):
         held, self._held = self._held, None
         data = held[0] if len(held) == 1 else b"".join(held)
-        if (self.connected and not self._tempDataLen and not self.disconnected
-                and self.offset == len(self.dataBuffer) and not self._writeDisconnected):
+        if self._clear():
             self._send(data)
         else:
             super().write(data)  # gone meanwhile (dropped, as Twisted would) or buffered
