@@ -37,15 +37,24 @@ WAITING = "waiting"
 
 #: QoS 1 messages sent and not yet acknowledged, at most
 WINDOW = 1000
-#: (origin, id) pairs remembered to drop duplicates
+#: message origins (node, boot epoch and id) remembered to drop duplicates
 RECENT_IDS = 10000
-#: the counters of :meth:`MqttBridge.status`
+#: the counters of :meth:`MqttBridge.status` (``queued`` and ``heldAcks``
+#: are what waits now, the others count since start)
 COUNTERS = ("messagesIn", "messagesOut", "duplicatesDropped", "loopsDropped",
-            "queued", "dropped", "reconnects", "paused", "inboundPaused")
+            "queued", "dropped", "reconnects", "paused", "inboundPaused",
+            "heldAcks")
+#: bytes read from the broker's socket at once
+READ_SIZE = 256 * 1024
+#: bytes for the broker waiting in the bridge's buffer, at most; beyond them
+#: outbound messages wait in the bridge's queue (and pause publishers)
+OUT_HIGH = 256 * 1024
+#: messages handed to paho per reactor turn, at most
+DRAIN_BATCH = 2000
 
-#: user properties the bridge sets itself; not message attributes
+#: the user property the bridge sets itself (not a message attribute):
+#: ``<node-id>:<boot epoch ms>/<n>``
 _ORIGIN = "origin"
-_ORIGIN_ID = "origin-id"
 
 
 class _HostnameContext(ssl.SSLContext):
@@ -62,13 +71,75 @@ class _HostnameContext(ssl.SSLContext):
 
 @implementer(IReadWriteDescriptor)
 class _PahoSocket:
-    """paho's socket as a reactor file descriptor."""
+    """paho's socket as a reactor file descriptor, buffered both ways.
+
+    paho reads a packet with three ``recv`` calls and writes each packet
+    with its own ``send``.  Given this object as its socket, it reads from a
+    buffer that one ``recv`` of the reactor's read filled, and its writes
+    gather in a buffer that goes out with one ``send`` per reactor turn.
+    """
+
+    __slots__ = ("bridge", "client", "sock", "inbuf", "inpos", "outbuf", "error",
+                 "eof", "pahoWrites", "writing", "published")
 
     def __init__(self, bridge, client, sock):
         self.bridge = bridge
         self.client = client
         self.sock = sock
+        self.inbuf = b""
+        self.inpos = 0
+        self.outbuf = bytearray()
+        #: why the connection ended (an OSError), or None; ``eof``: it closed
+        self.error = None
+        self.eof = False
+        #: paho has packets to write; ``writing``: we are a reactor writer
+        self.pahoWrites = False
         self.writing = False
+        #: messages given to paho since its packets were last written out
+        self.published = 0
+
+    # -- the socket paho sees ---------------------------------------------------
+
+    def recv(self, size):
+        """From the buffer; BlockingIOError when it is empty."""
+        pos = self.inpos
+        if pos < len(self.inbuf):
+            self.inpos = pos + size
+            return self.inbuf[pos:pos + size]
+        if self.error is not None:
+            raise self.error
+        if self.eof:
+            return b""
+        raise BlockingIOError()
+
+    def send(self, data):
+        """Into the buffer; BlockingIOError when it is full (paho keeps the
+        packet and writes it later)."""
+        if len(self.outbuf) >= OUT_HIGH:
+            raise BlockingIOError()
+        self.outbuf += data
+        return len(data)
+
+    def close(self):
+        """paho is done: what it wrote goes out if the socket takes it now."""
+        if self.outbuf and self.error is None:
+            try:
+                self.sock.send(self.outbuf)
+            except (OSError, ValueError):
+                pass
+            self.outbuf.clear()
+        self.sock.close()
+
+    def setblocking(self, flag):
+        self.sock.setblocking(flag)
+
+    def pending(self):
+        return len(self.inbuf) - self.inpos
+
+    def __getattr__(self, name):
+        return getattr(self.sock, name)
+
+    # -- the reactor's side -------------------------------------------------------
 
     def fileno(self):
         return self.sock.fileno()
@@ -76,16 +147,103 @@ class _PahoSocket:
     def logPrefix(self):
         return f"MqttBridge {self.bridge.name}"
 
+    def buffered(self) -> bool:
+        """Whether paho has bytes to read (or the end to see)."""
+        return (self.inpos < len(self.inbuf) or self.error is not None
+                or self.eof)
+
     def doRead(self):
-        self.client.loop_read()
+        sock = self.sock
+        try:
+            data = sock.recv(READ_SIZE)
+            # TLS may hold decrypted bytes that the socket no longer signals
+            pending = getattr(sock, "pending", None)
+            while pending is not None and pending():
+                data += sock.recv(READ_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except OSError as e:
+            self.error, data = e, b""
+        if not data and self.error is None:
+            self.eof = True
+        rest = self.inbuf[self.inpos:]
+        self.inbuf = rest + data if rest else data
+        self.inpos = 0
+        self.bridge._read(self)
 
     def doWrite(self):
-        self.client.loop_write()
+        if self.pahoWrites:
+            self.published = 0
+            self.client.loop_write()
+        self.flush()
+        self.bridge._wrote(self)
+
+    def flush(self) -> None:
+        """Write the buffer, as much as the socket takes now."""
+        out = self.outbuf
+        while out and self.error is None:
+            try:
+                n = self.sock.send(out)
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                break
+            except OSError as e:
+                self.error = e
+                out.clear()
+                # paho learns it at its next read
+                self.bridge._read(self)
+                return
+            del out[:n]
+        self.updateWriter()
+
+    def updateWriter(self) -> None:
+        want = self.pahoWrites or bool(self.outbuf)
+        if want != self.writing and self.bridge._socket is self:
+            self.writing = want
+            if want:
+                self.bridge.reactor.addWriter(self)
+            else:
+                self.bridge.reactor.removeWriter(self)
 
     def connectionLost(self, reason):
         # The reactor only calls this when it gave up on the descriptor:
         # paho reports the end itself in its own calls.
         self.bridge._socketGone(self)
+
+
+class _Properties:
+    """MQTT 5 PUBLISH properties already encoded: paho only calls ``pack``
+    (its own Properties object costs more than the rest of a publish)."""
+
+    __slots__ = ("packed",)
+
+    def __init__(self, packed: bytes):
+        self.packed = packed
+
+    def pack(self) -> bytes:
+        return self.packed
+
+
+def _utf8(text: str) -> bytes:
+    data = text.encode("utf-8")
+    return len(data).to_bytes(2, "big") + data
+
+
+def _packProperties(msgtype: str, pairs) -> bytes:
+    """The property block of a PUBLISH: content type (left out for
+    ``text``, the default at the receiver) and user properties."""
+    out = bytearray()
+    if msgtype != "text":
+        out += b"\x03" + _utf8(msgtype)
+    for key, value in pairs:
+        out += b"\x26" + _utf8(key) + _utf8(value)
+    length = len(out)
+    prefix = bytearray()
+    while True:  # MQTT variable byte integer
+        byte, length = length & 0x7F, length >> 7
+        prefix.append(byte | 0x80 if length else byte)
+        if not length:
+            break
+    return bytes(prefix + out)
 
 
 @implementer(IPushProducer)
@@ -130,17 +288,20 @@ class MqttBridge:
         self.source = f"bridge:{config.name}"
         #: node id and boot epoch: message ids restart at every start
         self.origin = f"{config.node_id}:{int(time.time() * 1000)}"
+        self._originPrefix = self.origin + "/"
         self.state = STOPPED
         self.counters = dict.fromkeys(COUNTERS, 0)
         self._streak = FailureStreak(reactor, self.log)
         self._inbound = {t.remote: t for t in config.topics if t.direction != "out"}
         self._outbound = [t for t in config.topics if t.direction != "in"]
-        self._queue = deque()  # (remote, qos, body, properties), oldest first
+        self._queue = deque()  # (remote, qos, body, packed properties), oldest first
         self._inflight = OrderedDict()  # paho mid -> queue entry, QoS 1 only
         self._waiters = []  # Deferreds of paused publishers
         self._recent = deque()
         self._recentSet = set()
         self._nextId = 0
+        self._arrived = []  # (local, body, msgtype, attributes) of one read
+        self._acks = []  # packet ids of QoS 1 messages not yet acknowledged
         self._subscriptions = []
         self._client = None
         self._socket = None
@@ -156,7 +317,12 @@ class MqttBridge:
         self._gates = [_InboundGate(self, broker.topic(local))
                        for local in sorted({t.local for t in self._inbound.values()})]
         self._busyTopics = 0
-        self._mayStopReading = not self._outbound
+        # QoS 1 is held back by holding its acks (the broker sends at most
+        # receive-maximum unacknowledged); QoS 0 has no acks, so a bridge
+        # taking QoS 0 in can only stop reading, and only when it sends
+        # nothing (its acks share the socket).
+        self._mayStopReading = not self._outbound and any(
+            t.qos == 0 for t in self._inbound.values())
 
     # -- life cycle ------------------------------------------------------------
 
@@ -168,8 +334,9 @@ class MqttBridge:
         for gate in self._gates:
             gate.topic.registerProducer(gate)
         for topic in self._outbound:
+            send, sendBatch = self._outgoing(topic)
             self._subscriptions.append(self.broker.subscribe(
-                topic.local, self._outgoing(topic), name=f"bridge {self.name}"))
+                topic.local, send, name=f"bridge {self.name}", batchCallback=sendBatch))
         self._connect()
 
     def stop(self) -> defer.Deferred:
@@ -199,17 +366,16 @@ class MqttBridge:
     def _close(self) -> None:
         """Say goodbye to the broker and close paho's socket (not from
         inside paho's callbacks: see :meth:`_forget`)."""
-        client = self._client
+        client, descriptor = self._client, self._socket
         self._release()
         if client is None:
             return
-        if self._socket is not None:
+        if descriptor is not None:
             try:
                 client.disconnect()
                 client.loop_write()
             except Exception:
                 self.log.failure("disconnecting from {address}", address=self._address)
-        self._dropSocket()
         sock = client.socket()
         if sock is not None:
             sock.close()
@@ -234,8 +400,9 @@ class MqttBridge:
     def _newClient(self):
         from paho.mqtt.client import CallbackAPIVersion, Client, MQTTv5
         config = self.config
-        client = Client(CallbackAPIVersion.VERSION2,
-                        client_id=config.effective_client_id, protocol=MQTTv5)
+        # manual acks: held while a local subscriber is busy
+        client = Client(CallbackAPIVersion.VERSION2, client_id=config.effective_client_id,
+                        protocol=MQTTv5, manual_ack=True)
         # The bridge keeps its own window: with paho's, every ack scans all
         # its out-messages.
         client.max_inflight_messages_set(0)
@@ -253,7 +420,9 @@ class MqttBridge:
         client.on_disconnect = self._onDisconnect
         client.on_subscribe = self._onSubscribe
         client.on_message = self._onMessage
-        client.on_publish = self._onPublish
+        # paho builds two objects per QoS 0 message to call on_publish
+        if any(t.qos for t in self._outbound):
+            client.on_publish = self._onPublish
         client.on_socket_register_write = self._registerWrite
         client.on_socket_unregister_write = self._unregisterWrite
         client.on_socket_close = self._socketClosed
@@ -269,6 +438,7 @@ class MqttBridge:
         config = self.config
         client = self._client = self._newClient()
         properties = Properties(PacketTypes.CONNECT)
+        properties.ReceiveMaximum = config.receive_maximum
         if config.session_expiry:
             properties.SessionExpiryInterval = config.session_expiry
         # paho's connect resolves, connects and (with TLS) shakes hands
@@ -287,12 +457,16 @@ class MqttBridge:
         if sock is None:
             self._failed(client, "connection closed while connecting")
             return
-        self._socket = _PahoSocket(self, client, sock)
+        descriptor = self._socket = _PahoSocket(self, client, sock)
+        # paho has no way to be given a socket: it takes the buffered one in
+        # place of the one it made (its own reads and writes go through
+        # ``_sock``, and ``socket()`` returns it)
+        client._sock = descriptor
         if not self._readingStopped():
-            self.reactor.addReader(self._socket)
+            self.reactor.addReader(descriptor)
         # the CONNECT packet queued in the thread waits for the reactor
-        self.reactor.addWriter(self._socket)
-        self._socket.writing = True
+        descriptor.pahoWrites = True
+        descriptor.updateWriter()
         self._misc = LoopingCall(client.loop_misc)
         self._misc.clock = self.reactor
         self._misc.start(1.0, now=False)
@@ -324,6 +498,10 @@ class MqttBridge:
         # right before or after: only the reactor lets go of it here.
         if client is self._client:
             self._release()
+        # acks are for the connection that brought the messages: the broker
+        # sends them again on the next one
+        self._acks.clear()
+        self._arrived.clear()
         # unacknowledged QoS 1 messages go first again, in their order; a
         # copy that did arrive is dropped by the receiver's recent ids
         if self._inflight:
@@ -339,20 +517,23 @@ class MqttBridge:
     # -- paho's callbacks (in the reactor, but for the connecting thread's) -----
 
     def _registerWrite(self, client, userdata, sock):
-        if threadable.isInIOThread() and self._socket is not None \
-                and not self._socket.writing and client is self._client:
-            self._socket.writing = True
-            self.reactor.addWriter(self._socket)
+        descriptor = self._socket
+        if descriptor is not None and sock is descriptor and not descriptor.pahoWrites \
+                and threadable.isInIOThread():
+            descriptor.pahoWrites = True
+            descriptor.updateWriter()
 
     def _unregisterWrite(self, client, userdata, sock):
-        if threadable.isInIOThread() and self._socket is not None \
-                and self._socket.writing and client is self._client:
-            self._socket.writing = False
-            self.reactor.removeWriter(self._socket)
+        descriptor = self._socket
+        if descriptor is not None and sock is descriptor and descriptor.pahoWrites:
+            descriptor.pahoWrites = False
+            # what paho wrote may still be in the buffer: the writer stays
+            # until the socket took it
+            descriptor.updateWriter()
 
     def _socketClosed(self, client, userdata, sock):
         # paho closes the socket right after: it must leave the reactor first
-        if self._socket is not None and self._socket.sock is sock:
+        if self._socket is not None and self._socket is sock:
             self._dropSocket()
 
     def _socketGone(self, descriptor):
@@ -362,6 +543,7 @@ class MqttBridge:
             if client is not None and self.state != STOPPED:
                 sock = client.socket()
                 if sock is not None:
+                    descriptor.error = descriptor.error or ConnectionError("lost")
                     sock.close()
                 if self.state == CONNECTED:
                     self._lost(client, "the reactor lost the socket")
@@ -424,24 +606,60 @@ class MqttBridge:
         after = self._readingStopped()
         if busy:
             self.counters["inboundPaused"] += 1
+        elif not self._busyTopics:
+            self._ack()
         if before != after and self._socket is not None:
             if after:
                 self.reactor.removeReader(self._socket)
             else:
                 self.reactor.addReader(self._socket)
 
+    def _ack(self) -> None:
+        """Acknowledge the QoS 1 messages received, unless a local topic is
+        busy: then the broker, limited by receive-maximum, waits."""
+        acks, client = self._acks, self._client
+        if not acks or self._busyTopics or client is None:
+            return
+        for mid in acks:
+            client.ack(mid, 1)
+        acks.clear()
+
+    # -- the socket ----------------------------------------------------------------
+
+    def _read(self, descriptor) -> None:
+        """paho reads, packet by packet, what the reactor's read brought;
+        the messages are published locally together, then acknowledged."""
+        client = descriptor.client
+        while descriptor.buffered() and client is self._client \
+                and client.socket() is descriptor:
+            client.loop_read()
+        if self._arrived:
+            self._publishArrived()
+        if client is self._client:
+            self._ack()
+            if descriptor.buffered() and self._socket is descriptor:
+                # paho did not see the end (it cannot happen with paho 2.1's
+                # reads; if it does, it must not leave the bridge hanging)
+                self._socketGone(descriptor)
+
+    def _wrote(self, descriptor) -> None:
+        """The socket took paho's packets: hand it more if any wait."""
+        if self._queue and descriptor is self._socket and self.state == CONNECTED:
+            self._drain()
+
     # -- outbound ----------------------------------------------------------------
 
     def _outgoing(self, topic):
         remote, qos = topic.remote, topic.qos
+        source = self.source
 
-        def send(message):
-            if message.source == self.source:
+        def enqueue(message, limit):
+            if message.source == source:
                 # it came in through this bridge: sending it out would loop
                 self.counters["loopsDropped"] += 1
-                return None
+                return
             queue = self._queue
-            if len(queue) >= self.config.queue_size + len(self._outbound):
+            if len(queue) >= limit:
                 # only reached when several topics push at once past the pause
                 self.counters["dropped"] += 1
                 if worthLogging(self.counters["dropped"]):
@@ -449,20 +667,35 @@ class MqttBridge:
                                   "message for {remote} ({dropped} so far)",
                                   n=len(queue), remote=remote,
                                   dropped=self.counters["dropped"])
-                return self._pause()
+                return
             self._nextId += 1
-            attributes = [(str(k), str(v)) for k, v in message.attributes.items()
-                          if k not in (_ORIGIN, _ORIGIN_ID)]
-            attributes.append((_ORIGIN, self.origin))
-            attributes.append((_ORIGIN_ID, str(self._nextId)))
-            queue.append((remote, qos, message.body, message.msgtype, attributes))
+            pairs = [(str(k), str(v)) for k, v in message.attributes.items()
+                     if k != _ORIGIN]
+            pairs.append((_ORIGIN, self._originPrefix + str(self._nextId)))
+            body = message.body
+            queue.append((remote, qos, body if body.__class__ is bytes else bytes(body),
+                          _packProperties(message.msgtype, pairs)))
+
+        def after():
             if self.state == CONNECTED:
                 self._drain()
-            if len(queue) >= self.config.queue_size:
+            if len(self._queue) >= self.config.queue_size:
                 return self._pause()
             return None
 
-        return send
+        def send(message):
+            enqueue(message, self.config.queue_size + len(self._outbound))
+            return after()
+
+        def sendBatch(messages):
+            # a batch is what one read of a connection brought: taken whole,
+            # past the queue's size if need be, and then its publisher waits
+            limit = self.config.queue_size + len(self._outbound) + len(messages)
+            for message in messages:
+                enqueue(message, limit)
+            return after()
+
+        return send, sendBatch
 
     def _pause(self) -> defer.Deferred:
         self.counters["paused"] += 1
@@ -471,23 +704,25 @@ class MqttBridge:
         return d
 
     def _drain(self) -> None:
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
         client, queue, inflight = self._client, self._queue, self._inflight
-        while queue and self.state == CONNECTED:
+        descriptor = self._socket
+        if descriptor is None:
+            return
+        budget = DRAIN_BATCH - descriptor.published
+        while queue and budget > 0 and self.state == CONNECTED \
+                and len(descriptor.outbuf) < OUT_HIGH:
             entry = queue[0]
-            remote, qos, body, msgtype, attributes = entry
+            remote, qos, body, packed = entry
             if qos and len(inflight) >= WINDOW:
                 break
             queue.popleft()
-            properties = Properties(PacketTypes.PUBLISH)
-            properties.UserProperty = attributes
-            properties.ContentType = msgtype
-            info = client.publish(remote, bytes(body), qos, properties=properties)
+            budget -= 1
+            info = client.publish(remote, body, qos, properties=_Properties(packed))
             if qos:
                 inflight[info.mid] = entry
             else:
                 self.counters["messagesOut"] += 1
+        descriptor.published = DRAIN_BATCH - budget
         if self._waiters and len(queue) < self.config.queue_size:
             waiters, self._waiters = self._waiters, []
             for d in waiters:
@@ -504,39 +739,66 @@ class MqttBridge:
     # -- inbound -----------------------------------------------------------------
 
     def _onMessage(self, client, userdata, mqttMessage):
+        if client is not self._client:
+            return
+        if mqttMessage.qos:
+            # acknowledged once published locally (see _read)
+            self._acks.append(mqttMessage.mid)
         topic = self._inbound.get(mqttMessage.topic)
         if topic is None:
             return
-        origin = originId = None
+        origin = None
         attributes = {}
         msgtype = "text"
-        properties = getattr(mqttMessage, "properties", None)
+        properties = mqttMessage.properties
         if properties is not None:
             for key, value in getattr(properties, "UserProperty", ()):
                 if key == _ORIGIN:
                     origin = value
-                elif key == _ORIGIN_ID:
-                    originId = value
                 else:
                     attributes[key] = value
             msgtype = getattr(properties, "ContentType", None) or "text"
         if origin is not None:
-            if origin == self.origin:
+            if origin.startswith(self._originPrefix):
                 self.counters["loopsDropped"] += 1
                 return
-            if originId is not None:
-                key = (origin, originId)
-                if key in self._recentSet:
-                    self.counters["duplicatesDropped"] += 1
-                    return
-                self._recent.append(key)
-                self._recentSet.add(key)
-                if len(self._recent) > RECENT_IDS:
-                    self._recentSet.discard(self._recent.popleft())
+            recent = self._recentSet
+            if origin in recent:
+                self.counters["duplicatesDropped"] += 1
+                return
+            self._recent.append(origin)
+            recent.add(origin)
+            if len(self._recent) > RECENT_IDS:
+                recent.discard(self._recent.popleft())
         self.counters["messagesIn"] += 1
-        # no session: it reaches every local subscriber
-        self.broker.publish(topic.local, mqttMessage.payload, msgtype=msgtype,
-                            source=self.source, attributes=attributes or None)
+        self._arrived.append((topic.local, mqttMessage.payload, msgtype,
+                              attributes or None))
+
+    def _publishArrived(self) -> None:
+        """Publish what one read brought, with no session (it reaches every
+        local subscriber): consecutive messages of a topic in one batch,
+        replies on their own (only :meth:`Broker.publish` routes them)."""
+        arrived, self._arrived = self._arrived, []
+        broker, source = self.broker, self.source
+        run, runTopic = [], None
+
+        def flush():
+            if run:
+                topic = broker.topic(runTopic)
+                topic.publishBatch(topic.batch(run, source))
+                run.clear()
+
+        for local, body, msgtype, attributes in arrived:
+            if attributes is not None and "in-reply-to" in attributes:
+                flush()
+                broker.publish(local, body, msgtype=msgtype, source=source,
+                               attributes=attributes)
+                continue
+            if local != runTopic:
+                flush()
+                runTopic = local
+            run.append((body, msgtype, attributes))
+        flush()
 
     # -- status ------------------------------------------------------------------
 
@@ -545,4 +807,5 @@ class MqttBridge:
         QoS 1 messages included)."""
         counters = dict(self.counters)
         counters["queued"] = len(self._queue) + len(self._inflight)
+        counters["heldAcks"] = len(self._acks)
         return {"name": self.name, "state": self.state, **counters}

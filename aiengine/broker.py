@@ -345,6 +345,18 @@ class Topic:
         return [Message(name, None, body, msgtype, source, session, None, seq)
                 for seq, body in enumerate(bodies, first)]
 
+    def batch(self, items, source=None) -> list:
+        """Messages for ``items`` of ``(body, msgtype, attributes)`` (bytes,
+        str, dict or None), with consecutive ids, not yet published.
+
+        None of them may be a reply (no ``in-reply-to`` attribute): they go
+        to :meth:`publishBatch`, which routes no replies.
+        """
+        name = self.name
+        first = self._idBase + self.published + 1
+        return [Message(name, None, body, msgtype, source, None, attributes, seq)
+                for seq, (body, msgtype, attributes) in enumerate(items, first)]
+
     def publishBatch(self, messages) -> None:
         """Publish ``messages`` (from :meth:`messages`: no replies) in order.
 

@@ -213,6 +213,9 @@ class BridgeConfig:
     #: outbound messages kept while not connected (or beyond the window of
     #: unacknowledged ones); when full, publishers are paused
     queue_size: int = 10000
+    #: MQTT 5 Receive Maximum: QoS 1 messages the broker may send before
+    #: they are acknowledged (acks are held while a local subscriber is busy)
+    receive_maximum: int = 1000
     run: bool = True
     line: Optional[int] = None
 
@@ -513,6 +516,7 @@ _BRIDGE_PROPERTIES = {
     "tls.hostname": _text,
     "reconnectionTimeout": _seconds(positive=False),
     "queue-size": _integer(1),
+    "receive-maximum": _integer(1, 65535),
 }
 #: <topic> attributes of a bridge
 _BRIDGE_TOPIC_ATTRIBUTES = ("local", "remote", "direction", "qos")
@@ -883,6 +887,7 @@ _BRIDGE_FIELDS = {
     "keepalive": "keepalive", "session-expiry": "session_expiry",
     "username": "username", "tls": "tls", "tls.hostname": "tls_hostname",
     "reconnectionTimeout": "reconnection_timeout", "queue-size": "queue_size",
+    "receive-maximum": "receive_maximum",
 }
 
 

@@ -14,7 +14,7 @@ import time
 from twisted.internet import defer, reactor, threads
 from twisted.trial import unittest
 
-from aiengine.bridge import CONNECTED, STOPPED, WAITING
+from aiengine.bridge import CONNECTED, READ_SIZE, STOPPED, WAITING
 from aiengine.config import BridgeConfig, BridgeTopic, ConfigError, ServiceConfig, parse
 from aiengine.console.interfaces import Call, CallError
 from aiengine.engine import Engine
@@ -188,18 +188,33 @@ class BridgeTests(unittest.TestCase):
     def test_qos0(self):
         return self.flow(0)
 
+    def test_busySubscriberAtBHoldsAcks(self):
+        """B's only local subscriber is busy for a while: B holds its acks,
+        so the broker sends it no more than its receive-maximum; A's window
+        and then its queue fill, A's publishers pause; nothing is dropped
+        anywhere, and everything arrives in order."""
+        return self.busyAtB("in", 1)
+
+    def test_busySubscriberAtBothHoldsAcks(self):
+        """The same with a ``both`` topic at B, whose bridge must go on
+        reading (its own acks come on the same socket)."""
+        return self.busyAtB("both", 1)
+
+    def test_busySubscriberAtBStopsReadingQoS0(self):
+        """QoS 0 has no acks to hold: an in-only bridge stops reading, and
+        the broker keeps the messages."""
+        return self.busyAtB("in", 0)
+
     @defer.inlineCallbacks
-    def test_busySubscriberAtBPausesTheFlow(self):
-        """B's only local subscriber is busy for a while: B stops reading the
-        broker, A's window and then its queue fill, A's publishers pause;
-        nothing is dropped anywhere, and everything arrives in order."""
+    def busyAtB(self, direction, qos):
         # More than a busy subscriber's queue holds (10,000), and no more than
         # A's queue and its own subscription's queue take while A publishes
         # them all at once (2,000 + 10,000): the test is not a paused producer.
         count = 11000
-        a = yield self.engine("node-a", ("sensor", "aie/sensor", "out", 1),
+        a = yield self.engine("node-a", ("sensor", "aie/sensor", "out", qos),
                               queue_size=2000)
-        b = yield self.engine("node-b", ("sensor", "aie/sensor", "in", 1))
+        b = yield self.engine("node-b", ("sensor", "aie/sensor", direction, qos),
+                              receive_maximum=50)
         got, gate = [], defer.Deferred()
 
         def slow(message):
@@ -208,7 +223,7 @@ class BridgeTests(unittest.TestCase):
                 return gate  # busy until the test opens the gate
             return None
 
-        b.broker.subscribe("sensor", slow)
+        subscription = b.broker.subscribe("sensor", slow, name="slow")
         for n in range(count):
             a.broker.publish("sensor", f"m{n}")
         yield waitFor(lambda: b.bridges["cluster"].counters["inboundPaused"] >= 1,
@@ -218,10 +233,16 @@ class BridgeTests(unittest.TestCase):
                       timeout=30, what="A sent everything")
         yield threads.deferToThread(time.sleep, 0.3)
         self.assertEqual(len(got), 1)
-        # B stopped reading: the broker keeps the messages, not B's memory
-        # (at most what one read had brought in waits for the subscriber).
-        [subscription] = b.broker.topic("sensor").subscriptions
-        self.assertLess(subscription.queued, 100)
+        # The broker keeps the messages, not B's memory: at most
+        # receive-maximum (QoS 1), or what one read had brought in (QoS 0),
+        # waits for the subscriber.
+        if qos:
+            self.assertLessEqual(subscription.queued, 50)
+            self.assertEqual(b.bridges["cluster"].status()["heldAcks"],
+                             subscription.queued + 1)
+        else:
+            # every PUBLISH here is more than 40 bytes
+            self.assertLess(subscription.queued, READ_SIZE // 40)
         gate.callback(None)
         yield waitFor(lambda: len(got) >= count, timeout=30, what="every message at B")
         self.assertEqual(got, [f"m{n}" for n in range(count)])
