@@ -4,12 +4,13 @@ A ``<listener>`` with ``msgtype`` ``admin`` serves, with twisted.web:
 
 - ``GET /metrics``: the engine's counters in the Prometheus text format.
   :class:`EngineCollector` reads them from the live channels, listeners,
-  topics and console registry at each scrape; nothing here keeps a copy.
+  MQTT bridges, topics and console registry at each scrape; nothing here
+  keeps a copy.
   Each admin listener has its own ``CollectorRegistry``, so nothing else in
   the process (the global default registry) ends up in its output.
-- ``GET /health``: ``200`` when every running permanent channel is connected
-  and every listener is listening, else ``503``; the JSON body names what
-  is down (:func:`health`).
+- ``GET /health``: ``200`` when every running permanent channel and every
+  running bridge is connected and every listener is listening, else
+  ``503``; the JSON body names what is down (:func:`health`).
 - ``GET /``: the dashboard, a page that follows channels, listeners and
   topics live, and its endpoints under ``/api/`` (:mod:`aiengine.dashboard`).
 - any other path: ``404``; a method a path does not take: ``405``.
@@ -35,6 +36,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from urllib.parse import parse_qs
 
 from prometheus_client import generate_latest
@@ -46,6 +48,8 @@ from twisted.internet import defer
 from twisted.web import resource, server
 
 from aiengine.auth import LoginThrottle, SharedSecret
+from aiengine.bridge import CONNECTED as BRIDGE_CONNECTED
+from aiengine.bridge import COUNTERS as BRIDGE_COUNTERS
 from aiengine.channels.machine import CONNECTED
 from aiengine.console.registry import CALL_BUCKETS
 from aiengine.dashboard import staticFile
@@ -63,6 +67,42 @@ METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 _BUCKET_LABELS = [floatToGoString(bound) for bound in CALL_BUCKETS] + ["+Inf"]
 
+#: The HELP texts of the bridges' counters (:data:`aiengine.bridge.COUNTERS`,
+#: as ``Bridges.status`` shows them).  ``messagesIn`` and ``messagesOut`` are
+#: one family with a ``direction`` label, as the channels' and listeners'
+#: messages are; each other counter ``fooBar`` is ``aiengine_bridge_foo_bar``
+#: (a gauge, see :func:`_bridgeGauge`) or ``aiengine_bridge_foo_bar_total``.
+#: A counter missing here is exported all the same, with a plain HELP text.
+_BRIDGE_HELP = {
+    "duplicatesDropped": "Inbound messages dropped as copies of ones already received",
+    "loopsDropped": "Messages dropped because they would loop: one of the bridge's own "
+                    "coming back in, or one that came in through it going back out",
+    "queued": "Outbound messages waiting in the bridge's queue, unacknowledged QoS 1 "
+              "ones included",
+    "dropped": "Outbound messages dropped from a full queue",
+    "reconnects": "Working connections to the MQTT broker that were lost (each is "
+                  "followed by a reconnection)",
+    "paused": "Times publishers of outbound topics were paused by a full queue",
+    "inboundPaused": "Times a busy subscriber of an inbound topic paused the bridge",
+    "heldAcks": "Inbound QoS 1 messages not acknowledged to the MQTT broker yet (held "
+                "while a subscriber of their topic is busy)",
+}
+
+#: The bridge counters read as messages, by direction.
+_BRIDGE_MESSAGES = {"messagesIn": "in", "messagesOut": "out"}
+
+
+def _bridgeGauge(key: str) -> bool:
+    """Whether the bridge counter ``key`` is a level (``queued``, and any
+    ``held...``: what is waiting now), exported as a gauge; every other one
+    only grows and is a Prometheus counter."""
+    return key == "queued" or key.startswith("held")
+
+
+def _snake(key: str) -> str:
+    """``inboundPaused`` -> ``inbound_paused``."""
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", key).lower()
+
 
 class EngineCollector(Collector):
     """A Prometheus collector of an :class:`~aiengine.engine.Engine`'s counters.
@@ -78,6 +118,7 @@ class EngineCollector(Collector):
         """The metric families, read from the engine now."""
         yield from self._channels(self.engine.channels.values())
         yield from self._listeners(self.engine.listeners.values())
+        yield from self._bridges(self.engine.bridges.values())
         yield from self._topics(self.engine.broker.topics())
         yield from self._console(self.engine.registry)
 
@@ -160,6 +201,39 @@ class EngineCollector(Collector):
         return up, connections, accepted, refused, messages, dropped
 
     @staticmethod
+    def _bridges(bridges):
+        labels = ["bridge"]
+        up = GaugeMetricFamily("aiengine_bridge_up",
+                               "1 when the bridge is connected to its MQTT broker, else 0",
+                               labels=labels)
+        messages = CounterMetricFamily(
+            "aiengine_bridge_messages_total",
+            "Messages received from the MQTT broker (in) and published to it (out)",
+            labels=["bridge", "direction"])
+        families = {}
+        for key in BRIDGE_COUNTERS:
+            if key in _BRIDGE_MESSAGES:
+                continue
+            text = _BRIDGE_HELP.get(key, f"The bridge's {key} counter")
+            if _bridgeGauge(key):
+                families[key] = GaugeMetricFamily(f"aiengine_bridge_{_snake(key)}", text,
+                                                  labels=labels)
+            else:
+                families[key] = CounterMetricFamily(
+                    f"aiengine_bridge_{_snake(key)}_total", text, labels=labels)
+        for bridge in bridges:
+            status = bridge.status()
+            name = [bridge.name]
+            up.add_metric(name, 1 if status["state"] == BRIDGE_CONNECTED else 0)
+            for key, direction in _BRIDGE_MESSAGES.items():
+                if key in status:
+                    messages.add_metric([bridge.name, direction], status[key])
+            for key, family in families.items():
+                if key in status:
+                    family.add_metric(name, status[key])
+        return [up, messages, *families.values()]
+
+    @staticmethod
     def _topics(topics):
         families = {
             key: CounterMetricFamily(f"aiengine_topic_{key}_total", text, labels=["topic"])
@@ -200,12 +274,15 @@ class EngineCollector(Collector):
 
 def health(engine) -> dict:
     """``{"status": "ok" | "down", "down": [...]}``: what is down, each as
-    ``{"kind": "channel" | "listener", "name": ..., "state": ...}``.
+    ``{"kind": "channel" | "listener" | "bridge", "name": ..., "state": ...}``.
 
     Down: a running permanent channel that is not connected (connecting,
     waiting to retry, or stopped by ``Media.disconnect``), a listener that
-    is not listening.  An on-demand channel is never down: it connects when
-    it has something to send.
+    is not listening, a running bridge that is not connected to its MQTT
+    broker (connecting, waiting to retry, or stopped because it could not
+    start).  An on-demand channel is never down: it connects when it has
+    something to send.  A bridge is always down while not connected: like a
+    permanent channel, it stays connected to share its topics.
     """
     down = []
     for channel in engine.channels.values():
@@ -215,6 +292,9 @@ def health(engine) -> dict:
         if service.address is None:
             down.append({"kind": "listener", "name": service.name,
                          "state": "not listening"})
+    for bridge in engine.bridges.values():
+        if bridge.state != BRIDGE_CONNECTED:
+            down.append({"kind": "bridge", "name": bridge.name, "state": bridge.state})
     return {"status": "down" if down else "ok", "down": down}
 
 

@@ -3,13 +3,17 @@
 An engine is built from media.xml text with a console, an admin listener, a
 message listener and a channel connected to a local echo server, all on
 loopback ports the system picks.  Requests go through Twisted's HTTP client
-(``Agent``), over a connection pool that each test closes.
+(``Agent``), over a connection pool that each test closes.  The bridge tests
+give their engine an MQTT bridge to a loopback port that refuses (no broker):
+it stays down, and its counters are set on it directly.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+from dataclasses import replace
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, reactor
@@ -22,11 +26,15 @@ from twisted.web.client import (Agent, BrowserLikePolicyForHTTPS, HTTPConnection
                                 readBody)
 from twisted.web.http_headers import Headers
 
+from aiengine import admin as adminModule
 from aiengine.admin import health
-from aiengine.config import ConfigError, ListenerConfig, ProtocolConfig, checkListener, parse
+from aiengine.bridge import CONNECTED, COUNTERS, WAITING
+from aiengine.config import (BridgeConfig, BridgeTopic, ConfigError, ListenerConfig,
+                             ProtocolConfig, checkListener, parse)
 from aiengine.console.registry import CALL_BUCKETS, CallRegistry
+from aiengine.engine import Engine
 from tests.certs import makeCertificates
-from tests.support import waitFor
+from tests.support import ReservedPort, waitFor
 from tests.test_console import Slow, xmlcall
 from tests.test_listeners import LineClient
 from tests.test_routing import RoutingTestCase, channel, listener
@@ -67,6 +75,41 @@ def metric(found, name, **labels):
     return found[(name, tuple(sorted(labels.items())))]
 
 
+def types(body: bytes) -> dict:
+    """``{sample name: family type}`` of an exposition."""
+    return {sample.name: family.type
+            for family in text_string_to_metric_families(body.decode("utf-8"))
+            for sample in family.samples}
+
+
+#: Bridge counter -> (sample name, labels besides bridge, type), written out
+#: for the counters of today.
+BRIDGE_SERIES = {
+    "messagesIn": ("aiengine_bridge_messages_total", {"direction": "in"}, "counter"),
+    "messagesOut": ("aiengine_bridge_messages_total", {"direction": "out"}, "counter"),
+    "duplicatesDropped": ("aiengine_bridge_duplicates_dropped_total", {}, "counter"),
+    "loopsDropped": ("aiengine_bridge_loops_dropped_total", {}, "counter"),
+    "queued": ("aiengine_bridge_queued", {}, "gauge"),
+    "dropped": ("aiengine_bridge_dropped_total", {}, "counter"),
+    "reconnects": ("aiengine_bridge_reconnects_total", {}, "counter"),
+    "paused": ("aiengine_bridge_paused_total", {}, "counter"),
+    "inboundPaused": ("aiengine_bridge_inbound_paused_total", {}, "counter"),
+    "heldAcks": ("aiengine_bridge_held_acks", {}, "gauge"),
+}
+
+
+def bridgeSeries(key):
+    """The series of bridge counter ``key``: as written out above, else by
+    the rule for new ones (``heldFoo``: gauge ``aiengine_bridge_held_foo``;
+    ``fooBar``: counter ``aiengine_bridge_foo_bar_total``)."""
+    if key in BRIDGE_SERIES:
+        return BRIDGE_SERIES[key]
+    snake = re.sub("([A-Z])", lambda m: "_" + m.group(1).lower(), key)
+    if key.startswith("held"):
+        return f"aiengine_bridge_{snake}", {}, "gauge"
+    return f"aiengine_bridge_{snake}_total", {}, "counter"
+
+
 class AdminTestCase(RoutingTestCase):
     """An engine with an admin listener, an echo server, and an HTTP client."""
 
@@ -97,6 +140,28 @@ class AdminTestCase(RoutingTestCase):
             channels=channel("echo", self.echoPort.getHost().port, topicIn="echo.in",
                              topicOut="echo.out"),
             connected=("echo",))
+
+    @defer.inlineCallbacks
+    def startBridged(self):
+        """The engine: an admin listener and a bridge ``cluster`` (one topic
+        out, one in) whose MQTT broker is not there: a loopback port that
+        refuses.  Returns the bridge once its first attempt has failed; its
+        next one would be a minute later (the engine's stop cancels it)."""
+        closed = ReservedPort()
+        self.addCleanup(closed.close)
+        config = replace(
+            parse(f"<service><listeners>{admin()}</listeners></service>".encode()),
+            bridges=(BridgeConfig(
+                name="cluster", host="127.0.0.1", port=closed.port, node_id="node-a",
+                topics=(BridgeTopic("sensor", "aie/sensor", "out", 1),
+                        BridgeTopic("chat", "aie/chat", "in", 0)),
+                reconnection_timeout=60.0),))
+        self.engine = Engine(config, reactor)
+        self.engine.startService()
+        self.addCleanup(self.engine.stopService)
+        bridge = self.engine.bridges["cluster"]
+        yield waitFor(lambda: bridge.state == WAITING, what="the bridge's failed attempt")
+        return bridge
 
     @defer.inlineCallbacks
     def get(self, path, method=b"GET", headers=None, listenerName="admin"):
@@ -142,8 +207,12 @@ class MetricsTests(AdminTestCase):
                      "aiengine_listener_dropped", "aiengine_topic_published",
                      "aiengine_topic_delivered", "aiengine_topic_unrouted",
                      "aiengine_topic_dropped", "aiengine_topic_expired",
-                     "aiengine_console_calls", "aiengine_console_call_duration_seconds"):
+                     "aiengine_console_calls", "aiengine_console_call_duration_seconds",
+                     # no bridge: the families all the same, without series
+                     "aiengine_bridge_up", "aiengine_bridge_messages"):
             self.assertIn(name, names)
+        for key in COUNTERS:
+            self.assertIn(bridgeSeries(key)[0].removesuffix("_total"), names, key)
         # Nothing from prometheus_client's global registry (process metrics).
         self.assertNotIn(b"process_", body)
         self.assertNotIn(b"python_gc", body)
@@ -218,6 +287,53 @@ class MetricsTests(AdminTestCase):
         # are the refused ones after it.
         self.assertGreaterEqual(metric(found, "aiengine_channel_connect_failures_total",
                                        channel="echo"), 1)
+
+    @defer.inlineCallbacks
+    def test_bridge(self):
+        """A bridge's state and every counter of Bridges.status, each of the
+        type it is (queued a gauge: what waits now; the others counters)."""
+        bridge = yield self.startBridged()
+        # Waiting for a broker: what is published on its outbound topic queues.
+        for n in range(3):
+            self.engine.broker.publish("sensor", b"m%d" % n)
+        yield waitFor(lambda: bridge.status()["queued"] == 3, what="3 queued")
+        for n, key in enumerate(COUNTERS):
+            if bridgeSeries(key)[2] == "counter":
+                bridge.counters[key] = 10 + n
+        response, body = yield self.get("/metrics")
+        found, kinds = samples(body), types(body)
+        self.assertEqual(metric(found, "aiengine_bridge_up", bridge="cluster"), 0)
+        self.assertEqual(kinds["aiengine_bridge_up"], "gauge")
+        status = bridge.status()
+        self.assertEqual(status["queued"], 3)
+        for key in COUNTERS:
+            name, labels, kind = bridgeSeries(key)
+            self.assertEqual(metric(found, name, bridge="cluster", **labels),
+                             status[key], key)
+            self.assertEqual(kinds[name], kind, key)
+        self.assertEqual(metric(found, "aiengine_bridge_queued", bridge="cluster"), 3)
+        self.assertEqual(metric(found, "aiengine_bridge_reconnects_total",
+                                bridge="cluster"), 10 + COUNTERS.index("reconnects"))
+
+        # Connected (as if: these tests have no broker): up.
+        bridge.state = CONNECTED
+        found = yield self.scrape()
+        self.assertEqual(metric(found, "aiengine_bridge_up", bridge="cluster"), 1)
+
+    @defer.inlineCallbacks
+    def test_bridgeCountersAddedLater(self):
+        """A counter added to aiengine.bridge.COUNTERS later is exported with
+        no change here: a held... one as a gauge, any other as a counter."""
+        bridge = yield self.startBridged()
+        self.patch(adminModule, "BRIDGE_COUNTERS", COUNTERS + ("heldProbes", "probeRuns"))
+        bridge.counters.update(heldProbes=4, probeRuns=7)
+        response, body = yield self.get("/metrics")
+        found, kinds = samples(body), types(body)
+        self.assertEqual(metric(found, "aiengine_bridge_held_probes", bridge="cluster"), 4)
+        self.assertEqual(kinds["aiengine_bridge_held_probes"], "gauge")
+        self.assertEqual(metric(found, "aiengine_bridge_probe_runs_total",
+                                bridge="cluster"), 7)
+        self.assertEqual(kinds["aiengine_bridge_probe_runs_total"], "counter")
 
     @defer.inlineCallbacks
     def test_consoleCalls(self):
@@ -334,6 +450,20 @@ class HealthTests(AdminTestCase):
             channels=channel("later", self.echoPort.getHost().port, permanent="false"))
         response, body = yield self.get("/health")
         self.assertEqual((response.code, json.loads(body)["status"]), (200, "ok"))
+
+    @defer.inlineCallbacks
+    def test_bridgeNotConnected(self):
+        """A bridge not connected to its MQTT broker is down; connected, it is not."""
+        bridge = yield self.startBridged()
+        response, body = yield self.get("/health")
+        self.assertEqual(response.code, 503)
+        self.assertEqual(json.loads(body), {"status": "down", "down": [
+            {"kind": "bridge", "name": "cluster", "state": "waiting"}]})
+        # Connected (as if: these tests have no broker).
+        bridge.state = CONNECTED
+        response, body = yield self.get("/health")
+        self.assertEqual((response.code, json.loads(body)), (200, {"status": "ok",
+                                                                   "down": []}))
 
     @defer.inlineCallbacks
     def test_listenerNotListening(self):
