@@ -26,6 +26,8 @@ from twisted.internet.interfaces import IPushProducer, IReadWriteDescriptor
 
 from aiengine.channels.policy import FailureStreak, reconnectDelay
 from aiengine.logs import worthLogging
+from aiengine.mqttwire import (PUBLISH, MalformedPacket, decodePublish,
+                               encodeProperties, puback, splitPackets)
 
 __all__ = ["MqttBridge", "STOPPED", "CONNECTING", "CONNECTED", "WAITING",
            "WINDOW", "RECENT_IDS", "COUNTERS"]
@@ -77,15 +79,20 @@ class _PahoSocket:
     with its own ``send``.  Given this object as its socket, it reads from a
     buffer that one ``recv`` of the reactor's read filled, and its writes
     gather in a buffer that goes out with one ``send`` per reactor turn.
+    PUBLISH packets never reach paho: the bridge takes them from the
+    buffer (:meth:`MqttBridge._publishPacket`).
     """
 
-    __slots__ = ("bridge", "client", "sock", "inbuf", "inpos", "outbuf", "error",
-                 "eof", "pahoWrites", "writing", "published")
+    __slots__ = ("bridge", "client", "sock", "raw", "inbuf", "inpos", "outbuf",
+                 "error", "eof", "pahoWrites", "writing", "published")
 
     def __init__(self, bridge, client, sock):
         self.bridge = bridge
         self.client = client
         self.sock = sock
+        #: the start of a packet that has not fully arrived
+        self.raw = b""
+        #: packets for paho, read up to ``inpos``
         self.inbuf = b""
         self.inpos = 0
         self.outbuf = bytearray()
@@ -166,9 +173,28 @@ class _PahoSocket:
             self.error, data = e, b""
         if not data and self.error is None:
             self.eof = True
-        rest = self.inbuf[self.inpos:]
-        self.inbuf = rest + data if rest else data
-        self.inpos = 0
+        raw = self.raw + data if self.raw else data
+        packets, end = splitPackets(raw)
+        self.raw = raw[end:]
+        forPaho = []
+        take = self.bridge._publishPacket
+        try:
+            for start, body, end in packets:
+                if raw[start] >> 4 == PUBLISH:
+                    take(raw[start], raw, body, end)
+                else:
+                    forPaho.append(raw[start:end])
+        except MalformedPacket as e:
+            # paho then ends the connection, as MQTT says to
+            self.bridge.log.warn("{address} sent a malformed PUBLISH ({why}): "
+                                 "closing the connection", address=self.bridge._address,
+                                 why=e)
+            self.error = ConnectionError(f"malformed PUBLISH: {e}")
+            self.raw = b""
+        if forPaho:
+            rest = self.inbuf[self.inpos:]
+            self.inbuf = rest + b"".join(forPaho) if rest else b"".join(forPaho)
+            self.inpos = 0
         self.bridge._read(self)
 
     def doWrite(self):
@@ -221,29 +247,6 @@ class _Properties:
 
     def pack(self) -> bytes:
         return self.packed
-
-
-def _utf8(text: str) -> bytes:
-    data = text.encode("utf-8")
-    return len(data).to_bytes(2, "big") + data
-
-
-def _packProperties(msgtype: str, pairs) -> bytes:
-    """The property block of a PUBLISH: content type (left out for
-    ``text``, the default at the receiver) and user properties."""
-    out = bytearray()
-    if msgtype != "text":
-        out += b"\x03" + _utf8(msgtype)
-    for key, value in pairs:
-        out += b"\x26" + _utf8(key) + _utf8(value)
-    length = len(out)
-    prefix = bytearray()
-    while True:  # MQTT variable byte integer
-        byte, length = length & 0x7F, length >> 7
-        prefix.append(byte | 0x80 if length else byte)
-        if not length:
-            break
-    return bytes(prefix + out)
 
 
 @implementer(IPushProducer)
@@ -400,9 +403,8 @@ class MqttBridge:
     def _newClient(self):
         from paho.mqtt.client import CallbackAPIVersion, Client, MQTTv5
         config = self.config
-        # manual acks: held while a local subscriber is busy
-        client = Client(CallbackAPIVersion.VERSION2, client_id=config.effective_client_id,
-                        protocol=MQTTv5, manual_ack=True)
+        client = Client(CallbackAPIVersion.VERSION2,
+                        client_id=config.effective_client_id, protocol=MQTTv5)
         # The bridge keeps its own window: with paho's, every ack scans all
         # its out-messages.
         client.max_inflight_messages_set(0)
@@ -419,7 +421,6 @@ class MqttBridge:
         client.on_connect = self._onConnect
         client.on_disconnect = self._onDisconnect
         client.on_subscribe = self._onSubscribe
-        client.on_message = self._onMessage
         # paho builds two objects per QoS 0 message to call on_publish
         if any(t.qos for t in self._outbound):
             client.on_publish = self._onPublish
@@ -617,24 +618,25 @@ class MqttBridge:
     def _ack(self) -> None:
         """Acknowledge the QoS 1 messages received, unless a local topic is
         busy: then the broker, limited by receive-maximum, waits."""
-        acks, client = self._acks, self._client
-        if not acks or self._busyTopics or client is None:
+        acks, descriptor = self._acks, self._socket
+        if not acks or self._busyTopics or descriptor is None:
             return
-        for mid in acks:
-            client.ack(mid, 1)
+        descriptor.outbuf += b"".join(puback(mid) for mid in acks)
         acks.clear()
+        descriptor.updateWriter()
 
     # -- the socket ----------------------------------------------------------------
 
     def _read(self, descriptor) -> None:
-        """paho reads, packet by packet, what the reactor's read brought;
-        the messages are published locally together, then acknowledged."""
+        """What the reactor's read brought: the messages, published locally
+        together, then the packets for paho, which it reads one by one (the
+        end of the connection among them), then the messages' acks."""
         client = descriptor.client
+        if self._arrived:
+            self._publishArrived()
         while descriptor.buffered() and client is self._client \
                 and client.socket() is descriptor:
             client.loop_read()
-        if self._arrived:
-            self._publishArrived()
         if client is self._client:
             self._ack()
             if descriptor.buffered() and self._socket is descriptor:
@@ -674,7 +676,8 @@ class MqttBridge:
             pairs.append((_ORIGIN, self._originPrefix + str(self._nextId)))
             body = message.body
             queue.append((remote, qos, body if body.__class__ is bytes else bytes(body),
-                          _packProperties(message.msgtype, pairs)))
+                          encodeProperties(None if message.msgtype == "text"
+                                           else message.msgtype, pairs)))
 
         def after():
             if self.state == CONNECTED:
@@ -738,26 +741,25 @@ class MqttBridge:
 
     # -- inbound -----------------------------------------------------------------
 
-    def _onMessage(self, client, userdata, mqttMessage):
-        if client is not self._client:
-            return
-        if mqttMessage.qos:
+    def _publishPacket(self, first, buf, start, end):
+        """A PUBLISH from the broker (first byte ``first``, body
+        ``buf[start:end]``); MalformedPacket if it is not one."""
+        remote, qos, mid, payload, pairs, msgtype = decodePublish(first, buf, start, end)
+        if qos == 2:
+            raise MalformedPacket("QoS 2, above every subscription's")
+        if qos:
             # acknowledged once published locally (see _read)
-            self._acks.append(mqttMessage.mid)
-        topic = self._inbound.get(mqttMessage.topic)
+            self._acks.append(mid)
+        topic = self._inbound.get(remote)
         if topic is None:
             return
         origin = None
         attributes = {}
-        msgtype = "text"
-        properties = mqttMessage.properties
-        if properties is not None:
-            for key, value in getattr(properties, "UserProperty", ()):
-                if key == _ORIGIN:
-                    origin = value
-                else:
-                    attributes[key] = value
-            msgtype = getattr(properties, "ContentType", None) or "text"
+        for key, value in pairs:
+            if key == _ORIGIN:
+                origin = value
+            else:
+                attributes[key] = value
         if origin is not None:
             if origin.startswith(self._originPrefix):
                 self.counters["loopsDropped"] += 1
@@ -771,7 +773,7 @@ class MqttBridge:
             if len(self._recent) > RECENT_IDS:
                 recent.discard(self._recent.popleft())
         self.counters["messagesIn"] += 1
-        self._arrived.append((topic.local, mqttMessage.payload, msgtype,
+        self._arrived.append((topic.local, payload, msgtype or "text",
                               attributes or None))
 
     def _publishArrived(self) -> None:

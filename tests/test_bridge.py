@@ -11,13 +11,15 @@ import subprocess
 import tempfile
 import time
 
-from twisted.internet import defer, reactor, threads
+from twisted.internet import defer, protocol, reactor, threads
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from aiengine.bridge import CONNECTED, READ_SIZE, STOPPED, WAITING
 from aiengine.config import BridgeConfig, BridgeTopic, ConfigError, ServiceConfig, parse
 from aiengine.console.interfaces import Call, CallError
 from aiengine.engine import Engine
+from aiengine.mqttwire import encodeProperties, splitPackets
 from tests.support import waitFor
 
 MOSQUITTO = "/usr/sbin/mosquitto"
@@ -370,3 +372,116 @@ class BridgeTests(unittest.TestCase):
                       what="the failed attempt")
         yield a.stopService()
         self.assertEqual(a.bridges["cluster"].state, STOPPED)
+
+
+class _FakeBroker(protocol.Protocol):
+    """Just enough of an MQTT 5 broker: CONNACK, SUBACK, and the packets
+    that the bridge sends, kept for the test."""
+
+    def connectionMade(self):
+        self.factory.connections.append(self)
+        self.buffer = b""
+        self.packets = []
+
+    def dataReceived(self, data):
+        self.buffer += data
+        packets, end = splitPackets(self.buffer)
+        for start, body, stop in packets:
+            kind = self.buffer[start] >> 4
+            self.packets.append((kind, self.buffer[body:stop]))
+            if kind == 1:  # CONNECT
+                self.transport.write(b"\x20\x03\x00\x00\x00")
+            elif kind == 8:  # SUBSCRIBE: grant QoS 1
+                self.transport.write(b"\x90\x04" + self.buffer[body:body + 2] + b"\x00\x01")
+        self.buffer = self.buffer[end:]
+
+    def acks(self):
+        return [int.from_bytes(body[:2], "big") for kind, body in self.packets if kind == 4]
+
+
+def _publishPacket(topic, qos, mid, body, origin):
+    block = encodeProperties(None, [("origin", origin)])
+    rest = len(topic).to_bytes(2, "big") + topic.encode()
+    if qos:
+        rest += mid.to_bytes(2, "big")
+    rest += block + body
+    assert len(rest) < 128
+    return bytes((0x30 | qos << 1, len(rest))) + rest
+
+
+class FakeBrokerTests(unittest.TestCase):
+    """The bridge's own handling of PUBLISH packets and their acks, on the
+    wire, against a scripted broker on loopback."""
+
+    @defer.inlineCallbacks
+    def setUp(self):
+        factory = protocol.Factory.forProtocol(_FakeBroker)
+        factory.connections = []
+        self.broker = factory
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        self.engine = Engine(ServiceConfig(path="<test>", bridges=(bridge(
+            port.getHost().port, "node-b", ("sensor", "aie/sensor", "in", 1)),)),
+            reactor=reactor)
+        self.engine.startService()
+        self.addCleanup(self.engine.stopService)
+        self.bridge = self.engine.bridges["cluster"]
+        yield waitFor(lambda: self.bridge.state == CONNECTED, what="connected")
+        self.peer = factory.connections[-1]
+        self.addCleanup(lambda: [c.transport.loseConnection() for c in factory.connections])
+
+    @defer.inlineCallbacks
+    def test_acksHeldWhileBusy(self):
+        """PUBACKs go out once the message is published locally, and not
+        while the local subscriber is busy; then all of them, in order."""
+        got, gate = [], defer.Deferred()
+
+        def slow(message):
+            got.append(message.text)
+            return gate if len(got) == 1 else None
+
+        self.engine.broker.subscribe("sensor", slow)
+        self.peer.transport.write(b"".join(
+            _publishPacket("aie/sensor", 1, mid, b"m%d" % mid, f"node-a:1/{mid}")
+            for mid in (11, 12, 13)))
+        yield waitFor(lambda: self.bridge.status()["heldAcks"] == 3, what="acks held")
+        yield threads.deferToThread(time.sleep, 0.1)
+        self.assertEqual(self.peer.acks(), [])
+        gate.callback(None)
+        yield waitFor(lambda: len(self.peer.acks()) == 3, what="acks")
+        self.assertEqual(self.peer.acks(), [11, 12, 13])
+        self.assertEqual(got, ["m11", "m12", "m13"])
+
+    @defer.inlineCallbacks
+    def test_duplicateAckedNotDelivered(self):
+        """A copy sent again (same origin) is acknowledged, not delivered."""
+        got = []
+        self.engine.broker.subscribe("sensor", lambda m: got.append(m.text))
+        self.peer.transport.write(_publishPacket("aie/sensor", 1, 1, b"x", "node-a:1/7"))
+        self.peer.transport.write(_publishPacket("aie/sensor", 1, 2, b"x", "node-a:1/7"))
+        yield waitFor(lambda: len(self.peer.acks()) == 2, what="both acked")
+        self.assertEqual((got, self.bridge.counters["duplicatesDropped"]), (["x"], 1))
+
+    @defer.inlineCallbacks
+    def test_malformedPublishReconnects(self):
+        """A malformed PUBLISH ends the connection with a warning; what came
+        before it in the same read is delivered, and the bridge connects
+        again."""
+        got = []
+        self.engine.broker.subscribe("sensor", lambda m: got.append(m.text))
+        lines = []
+
+        def observe(event):
+            if event.get("log_level") == LogLevel.warn:
+                lines.append(formatEvent(event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        self.peer.transport.write(_publishPacket("aie/sensor", 0, None, b"good", "node-a:1/1")
+                                  + b"\x30\x06\x00\x01t\x02\x11\x00")
+        yield waitFor(lambda: len(self.broker.connections) == 2, what="reconnected")
+        yield waitFor(lambda: self.bridge.state == CONNECTED, what="connected again")
+        self.assertEqual(got, ["good"])
+        self.assertEqual(self.bridge.counters["reconnects"], 1)
+        self.assertTrue(any("sent a malformed PUBLISH (property 0x11 in a PUBLISH)" in line
+                            for line in lines), lines)
