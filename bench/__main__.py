@@ -1,8 +1,8 @@
 """``python -m bench``: run aiengine's benchmarks and print the results table.
 
-``python -m bench`` runs all nine; ``python -m bench relay console`` runs
-some, ``python -m bench peers`` the comparisons with redis-server, mosquitto
-and nginx, ``python -m bench baselines`` the other five; ``--quick`` makes
+``python -m bench`` runs all ten; ``python -m bench relay console`` runs
+some, ``python -m bench peers`` the comparisons with redis-server, mosquitto,
+nginx and paho-mqtt, ``python -m bench baselines`` the other five; ``--quick`` makes
 every run smaller.  A full run writes the table to ``bench/results.md`` and
 into ``bench/README.md``.  See ``bench/README.md`` for what each benchmark
 measures.
@@ -21,20 +21,22 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import console, httpvia, latency, ping, pubsub, relay, scale, storm, web
+from bench import bridge, console, httpvia, latency, ping, pubsub, relay, scale, storm, web
 from bench.harness import (ROOT, BenchError, Row, Settings, describeTree, exportCommit,
                            machine, raiseFileLimit, removeTree)
 
 #: aiengine against baselines of its own (raw Twisted programs, reconnectionTimeout)
 BASELINES = [module.NAME for module in (relay, console, scale, web, storm)]
 #: aiengine against the servers users would deploy instead (redis-server,
-#: mosquitto, nginx; installed with apt when missing)
-PEERS = [module.NAME for module in (pubsub, latency, ping, httpvia)]
+#: mosquitto, nginx; installed with apt when missing), and its MQTT bridge
+#: against a direct paho-mqtt pair through mosquitto
+PEERS = [module.NAME for module in (pubsub, latency, ping, httpvia, bridge)]
 #: ``python -m bench`` without names: all of them (about 4 minutes on 2 cores)
 DEFAULT = BASELINES + PEERS
 GROUPS = {"baselines": BASELINES, "peers": PEERS}
 BENCHMARKS = {module.NAME: module for module in (relay, console, scale, web, storm,
-                                                 pubsub, latency, ping, httpvia)}
+                                                 pubsub, latency, ping, httpvia,
+                                                 bridge)}
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results.md"
 README = HERE / "README.md"

@@ -284,18 +284,26 @@ class Peer(_Process):
         return super().stop(grace)
 
 
-def mediaXml(listeners=(), channels=()) -> str:
-    """A media.xml: ``listeners`` and ``channels`` are ``(name, {property: value})``."""
-    def element(kind, name, properties):
+def mediaXml(listeners=(), channels=(), bridges=()) -> str:
+    """A media.xml: ``listeners`` and ``channels`` are ``(name, {property: value})``;
+    ``bridges`` are ``(name, {property: value}, [{attribute: value}, ...])``, the
+    last the bridge's ``<topic>`` elements (no ``<bridges>`` section without)."""
+    def element(kind, name, properties, topics=()):
         props = "".join(f"<property name={quoteattr(k)} value={quoteattr(str(v))}/>"
                         for k, v in properties.items())
+        props += "".join("<topic " + " ".join(f"{k}={quoteattr(str(v))}"
+                                              for k, v in topic.items()) + "/>"
+                         for topic in topics)
         return f"<{kind} name={quoteattr(name)}>{props}</{kind}>\n"
 
     return ("<service>\n<listeners>\n"
             + "".join(element("listener", n, p) for n, p in listeners)
             + "</listeners>\n<directchannels>\n"
             + "".join(element("channel", n, p) for n, p in channels)
-            + "</directchannels>\n</service>\n")
+            + "</directchannels>\n"
+            + ("<bridges>\n" + "".join(element("bridge", n, p, t) for n, p, t in bridges)
+               + "</bridges>\n" if bridges else "")
+            + "</service>\n")
 
 
 #: the console listener every benchmark daemon has, on a free port
@@ -303,25 +311,26 @@ CONSOLE = ("console", {"port": 0, "msgtype": "xmlcall", "protocol": "text-messag
                        "protocol.delimiter": r"\1"})
 
 
-def daemonXml(listeners=(), channels=()) -> str:
-    """The media.xml of a benchmark daemon: its console, then ``listeners``
-    and ``channels`` (as for :func:`mediaXml`)."""
-    return mediaXml((CONSOLE,) + tuple(listeners), channels)
+def daemonXml(listeners=(), channels=(), bridges=()) -> str:
+    """The media.xml of a benchmark daemon: its console, then ``listeners``,
+    ``channels`` and ``bridges`` (as for :func:`mediaXml`)."""
+    return mediaXml((CONSOLE,) + tuple(listeners), channels, bridges)
 
 
 class Daemon(_Process):
     """``twistd -n --pidfile= aiengine -c <media.xml>`` with its log in a file.
 
     ``profile`` (a path) runs it under cProfile, which writes its statistics
-    there when the daemon exits.
+    there when the daemon exits.  ``bridges``: its ``<bridges>`` (as for
+    :func:`mediaXml`).
     """
 
     def __init__(self, settings: Settings, name: str, listeners=(), channels=(),
-                 profile: Optional[Path] = None):
+                 profile: Optional[Path] = None, bridges=()):
         self.name = f"aiengine-{name}"
         workdir = settings.workdir
         self.config = workdir / f"{name}.xml"
-        self.config.write_text(daemonXml(listeners, channels))
+        self.config.write_text(daemonXml(listeners, channels, bridges))
         self.logPath = workdir / f"{name}.log"
         argv = [str(TWISTD), "-n", "--pidfile=", "aiengine", "-c", str(self.config)]
         if profile is not None:

@@ -6,6 +6,7 @@ Run with ``python -m twisted.trial bench.test_bench``.
 
 from __future__ import annotations
 
+import argparse
 import cProfile
 import json
 from pathlib import Path
@@ -18,13 +19,13 @@ from twisted.trial.unittest import SkipTest, TestCase
 
 from aiengine.config import parse
 from aiengine.console.results import frame, resultElement
-from bench import (console, httpvia, instructions, ping, pubsub, relay, scale, servers,
-                   storm, web)
+from bench import (bridge, console, httpvia, instructions, ping, pubsub, relay, scale,
+                   servers, storm, web)
 from bench.__main__ import (BASELINES, DEFAULT, PEERS, chosen, formatValue,
                             profileReport, table)
 from bench.harness import Row, Settings, best, daemonXml, mediaXml, spread
-from bench.peers import (httpserver, latencyclient, pubsubclient, rrclient, sink, source,
-                         wire, xmlloop)
+from bench.peers import (httpserver, latencyclient, mqttclient, pubsubclient, rrclient,
+                         sink, source, wire, xmlloop)
 from bench.peers.consoleclient import request
 from bench.storm import maxInWindow
 
@@ -101,6 +102,37 @@ class ConfigurationTests(TestCase):
         self.assertEqual((channel.protocol.name, channel.port), ("http", 8080))
         self.assertEqual((pages.topic_in, pages.topic_out),
                          (channel.topic_out, channel.topic_in))
+
+    def test_bridgeNodes(self):
+        """A sends each QoS's listener topic out through its bridge, B takes the
+        same MQTT topic in and writes it to its listener."""
+        (la, ca, ba), (lb, cb, bb) = bridge.daemonConfigs(1884)
+        a = parse(daemonXml(la, ca, ba), path="a.xml")
+        b = parse(daemonXml(lb, cb, bb), path="b.xml")
+        (bridgeA,), (bridgeB,) = a.bridges, b.bridges
+        self.assertEqual((bridgeA.name, bridgeA.host, bridgeA.port), ("cluster",
+                                                                      "127.0.0.1", 1884))
+        self.assertEqual((bridgeA.node_id, bridgeB.node_id), ("node-a", "node-b"))
+        self.assertNotEqual(bridgeA.effective_client_id, bridgeB.effective_client_id)
+        for qos in (0, 1):
+            listenerA = next(c for c in a.listeners if c.name == f"in-qos{qos}")
+            listenerB = next(c for c in b.listeners if c.name == f"out-qos{qos}")
+            self.assertEqual((listenerA.direction, listenerB.direction), ("in", "out"))
+            self.assertEqual(listenerA.protocol.inbound.delimiter, b"\n")
+            topicA = next(t for t in bridgeA.topics if t.qos == qos)
+            topicB = next(t for t in bridgeB.topics if t.qos == qos)
+            self.assertEqual((topicA.local, topicA.direction), (listenerA.topic_in, "out"))
+            self.assertEqual((topicB.local, topicB.direction), (listenerB.topic_out, "in"))
+            self.assertEqual(topicA.remote, topicB.remote)
+            # the paho pair's topic is not one the bridges carry
+            self.assertNotIn(bridge.direct(qos), {t.remote for t in bridgeB.topics})
+        self.assertEqual((a.channels, b.channels), ((), ()))
+
+    def test_noBridgesSection(self):
+        """Without bridges the file is what it was before they existed."""
+        self.assertNotIn("<bridges>", mediaXml([("l", {"port": 0})]))
+        self.assertEqual(daemonXml([("l", {"port": 0})]),
+                         daemonXml([("l", {"port": 0})], (), ()))
 
     def test_quoting(self):
         """Property values are XML-escaped."""
@@ -199,6 +231,26 @@ class ServerTests(TestCase):
         self.assertIn("allow_anonymous true", lines)
         self.assertIn("persistence false", lines)
         self.assertFalse(any(line.startswith("port ") for line in lines))
+
+    def test_bridgeMosquittoConf(self):
+        """The bridge benchmark's broker: the usual one, without queue limits."""
+        lines = bridge.mosquittoConf(7004).splitlines()
+        self.assertEqual(lines[:len(servers.mosquittoConf(7004).splitlines())],
+                         servers.mosquittoConf(7004).splitlines())
+        self.assertIn("max_queued_messages 1000000", lines)
+        self.assertIn("max_inflight_messages 0", lines)
+
+    def test_bridgeSkipped(self):
+        """Without mosquitto every bridge row is a SKIP with the reason; nothing starts."""
+        def unavailable(kind, settings):
+            raise servers.Unavailable(f"no {kind}")
+
+        self.patch(bridge.servers, "install", unavailable)
+        rows = bridge.run(Settings(workdir=Path(self.mktemp())))
+        self.assertEqual(len(rows), 4)
+        self.assertEqual({row.skipped for row in rows}, {"no mosquitto"})
+        self.assertEqual([row.target for row in rows],
+                         [">= 0.8", ">= 0.7, >= 5,000/s", "info", "info"])
 
     def test_nginxConf(self):
         root = Path(self.mktemp()).resolve()
@@ -354,6 +406,114 @@ class WireTests(TestCase):
                          pubsub.published(Settings(), 1, 10) * 10)
 
 
+class FakePaho:
+    """What the paho pair's peer calls on its client."""
+
+    def __init__(self):
+        self.published = []
+        self.pending = False
+
+    def publish(self, topic, payload, qos):
+        self.published.append((topic, payload, qos))
+        self.pending = True
+
+    def want_write(self):
+        return self.pending
+
+
+class MqttClientTests(TestCase):
+    """The paho pair's window, batches, pace and counting, without a broker."""
+
+    def peer(self, role, qos=0, count=10, rate=None, skip=None):
+        self.events = []
+        self.patch(mqttclient, "emit",
+                   lambda event, **fields: self.events.append((event, fields)))
+        self.clock = Clock()
+        self.patch(mqttclient, "reactor", self.clock)
+        self.patch(mqttclient, "now", self.clock.seconds)
+        args = argparse.Namespace(
+            role=role, port=1883, topic="bench/direct", qos=qos, count=count, rate=rate,
+            skip=skip, stall=5.0, timeout=60.0)
+        peer = mqttclient.Peer(args)
+        peer.client = FakePaho()
+        peer.stall.clock = self.clock
+        return peer
+
+    def names(self):
+        return [event for event, _ in self.events]
+
+    def test_qos1Window(self):
+        """At most WINDOW unacknowledged; each PUBACK lets one more go."""
+        window = mqttclient.WINDOW
+        peer = self.peer("pub", qos=1, count=window + 5)
+        peer.go()
+        self.assertEqual(len(peer.client.published), window)
+        for n in range(5):
+            peer.onPublish(None, None, n, None, None)
+            self.assertEqual(len(peer.client.published), window + n + 1)
+        self.assertEqual(self.names(), ["started", "sent"])
+        for n in range(window):
+            peer.onPublish(None, None, n, None, None)
+        self.assertEqual(self.names(), ["started", "sent", "acked"])
+        self.assertEqual({qos for _, _, qos in peer.client.published}, {1})
+        self.assertEqual({len(body) for _, body, _ in peer.client.published},
+                         {wire.BODY_SIZE})
+
+    def test_qos0Batches(self):
+        """A batch whenever paho has written the previous one; exactly --count."""
+        batch = mqttclient.BATCH
+        peer = self.peer("pub", qos=0, count=2 * batch + 3)
+        peer.go()
+        self.assertEqual(len(peer.client.published), batch)
+        peer.written()  # paho still has some to write
+        self.assertEqual(len(peer.client.published), batch)
+        for expected in (2 * batch, 2 * batch + 3, 2 * batch + 3):
+            peer.client.pending = False
+            peer.written()
+            self.assertEqual(len(peer.client.published), expected)
+        self.assertEqual(self.names(), ["started", "sent"])
+
+    def test_rate(self):
+        """With --rate, each message when it is due, stamped with its send time."""
+        peer = self.peer("pub", qos=1, count=5, rate=1000.0)
+        self.clock.advance(100)
+        peer.go()
+        self.assertEqual(len(peer.client.published), 1)
+        for _ in range(4):
+            self.clock.advance(0.001)
+        stamps = [wire.stampOf(body) for _, body, _ in peer.client.published]
+        self.assertEqual(len(stamps), 5)
+        for got, expected in zip(stamps, (100.0, 100.001, 100.002, 100.003, 100.004)):
+            self.assertAlmostEqual(got, expected, places=6)
+        self.assertIn("sent", self.names())
+
+    def test_subscriberLatency(self):
+        peer = self.peer("sub", count=3, skip=1)
+
+        class Message:
+            def __init__(self, t):
+                self.payload = wire.stampedBody(t)
+
+        for sent, read in ((1.0, 1.5), (2.0, 2.25), (3.0, 3.001)):
+            peer.readTime = read
+            peer.onMessage(None, None, Message(sent))
+        (event, done), = self.events
+        self.assertEqual((event, done["complete"], done["received"], done["lost"],
+                          done["counted"]), ("done", True, 3, 0, 2))
+        self.assertEqual((done["first"], done["last"]), (1.5, 3.001))
+        self.assertAlmostEqual(done["max"], 0.25)
+
+    def test_subscriberStall(self):
+        """Nothing for --stall seconds: done, incomplete, with the count so far."""
+        peer = self.peer("sub", count=10)
+        peer.readTime = 1.0
+        peer.onMessage(None, None, None)
+        self.clock.advance(5)
+        (event, done), = self.events
+        self.assertEqual((event, done["complete"], done["deliveries"]), ("done", False, 1))
+        self.assertIn("stalled", done["why"])
+
+
 class RequestResponseTests(TestCase):
     """rrclient's framings cut and check the answers of each server."""
 
@@ -424,7 +584,8 @@ class FigureTests(TestCase):
     def test_groups(self):
         self.assertEqual(chosen([]), DEFAULT)
         self.assertEqual(DEFAULT, BASELINES + PEERS)
-        self.assertEqual(chosen(["peers"]), ["pubsub", "latency", "ping", "httpvia"])
+        self.assertEqual(chosen(["peers"]), ["pubsub", "latency", "ping", "httpvia",
+                                             "bridge"])
         self.assertEqual(chosen(["baselines"]), ["relay", "console", "scale", "http",
                                                  "storm"])
         self.assertEqual(chosen(["relay", "peers", "ping"]), ["relay"] + PEERS)
