@@ -39,7 +39,10 @@ WAITING = "waiting"
 
 #: QoS 1 messages sent and not yet acknowledged, at most
 WINDOW = 1000
-#: message origins (node, boot epoch and id) remembered to drop duplicates
+#: message origins (node, boot epoch and id) remembered to drop duplicates,
+#: at least: a bridge remembers receive-maximum + WINDOW of them if more (after
+#: a broker restart with a persistent session, every message received and not
+#: yet acknowledged comes again, and A's unacknowledged ones after them)
 RECENT_IDS = 10000
 #: the counters of :meth:`MqttBridge.status` (``queued`` and ``heldAcks``
 #: are what waits now, the others count since start)
@@ -302,6 +305,7 @@ class MqttBridge:
         self._waiters = []  # Deferreds of paused publishers
         self._recent = deque()
         self._recentSet = set()
+        self._recentLimit = max(RECENT_IDS, config.receive_maximum + WINDOW)
         self._nextId = 0
         self._arrived = []  # (local, body, msgtype, attributes) of one read
         self._acks = []  # packet ids of QoS 1 messages not yet acknowledged
@@ -770,7 +774,7 @@ class MqttBridge:
                 return
             self._recent.append(origin)
             recent.add(origin)
-            if len(self._recent) > RECENT_IDS:
+            if len(self._recent) > self._recentLimit:
                 recent.discard(self._recent.popleft())
         self.counters["messagesIn"] += 1
         self._arrived.append((topic.local, payload, msgtype or "text",
