@@ -8,7 +8,11 @@ drops QoS 0), and go out in order once the bridge is connected; QoS 1 ones are
 limited to a window of unacknowledged messages and are sent again after a
 reconnection when they were not acknowledged.  Every message carries an
 ``origin`` user property (node id and boot epoch) and an ``origin-id``: a
-receiver drops the ones it has seen recently, and its own.
+receiver drops the ones it has seen recently, and its own.  Every message
+also carries its ``message-id`` at its sender, and a reply to a message that
+came in names it by that id and its sender's node and boot epoch
+(``in-reply-to-origin``): the reply pairs with its request at the sender (and
+goes to the request's session), and with nothing at any other node.
 """
 
 from __future__ import annotations
@@ -60,6 +64,15 @@ DRAIN_BATCH = 2000
 #: the user property the bridge sets itself (not a message attribute):
 #: ``<node-id>:<boot epoch ms>/<n>``
 _ORIGIN = "origin"
+#: user properties that pair a reply with its request across nodes (not
+#: message attributes either): every message carries its id at its sender
+#: (``message-id``); a reply to a request that came in through a bridge names
+#: the request by that id in ``in-reply-to`` and its sender's ``<node-id>:<boot
+#: epoch ms>`` in ``in-reply-to-origin``
+_MESSAGE_ID = "message-id"
+_REPLY_ORIGIN = "in-reply-to-origin"
+_INTERNAL = (_ORIGIN, _MESSAGE_ID, _REPLY_ORIGIN)
+_IN_REPLY_TO = "in-reply-to"
 
 
 class _HostnameContext(ssl.SSLContext):
@@ -252,6 +265,13 @@ class _Properties:
         return self.packed
 
 
+def _remember(table: OrderedDict, key, value) -> None:
+    """``table[key] = value``, forgetting the oldest beyond RECENT_IDS."""
+    table[key] = value
+    if len(table) > RECENT_IDS:
+        table.popitem(last=False)
+
+
 @implementer(IPushProducer)
 class _InboundGate:
     """Registered with a local topic that a bridge publishes to: tells the
@@ -307,7 +327,14 @@ class MqttBridge:
         self._recentSet = set()
         self._recentLimit = max(RECENT_IDS, config.receive_maximum + WINDOW)
         self._nextId = 0
-        self._arrived = []  # (local, body, msgtype, attributes) of one read
+        # (local, body, msgtype, attributes, session, request) of one read
+        self._arrived = []
+        #: local id of a message that came in -> (its sender's origin, its id
+        #: there): a reply to it goes out naming the request as its sender knows it
+        self._cameIn = OrderedDict()
+        #: local id of a message sent with a session -> the session: the reply
+        #: that comes back for it goes to that session only, as a local one would
+        self._sentSessions = OrderedDict()
         self._acks = []  # packet ids of QoS 1 messages not yet acknowledged
         self._subscriptions = []
         self._client = None
@@ -676,8 +703,19 @@ class MqttBridge:
                 return
             self._nextId += 1
             pairs = [(str(k), str(v)) for k, v in message.attributes.items()
-                     if k != _ORIGIN]
+                     if k not in _INTERNAL]
+            reply = message.inReplyTo
+            if reply is not None:
+                request = self._cameIn.get(reply)
+                if request is not None:
+                    # the request came in here: name it as its sender knows it
+                    pairs = [(k, request[1] if k == _IN_REPLY_TO else v)
+                             for k, v in pairs]
+                    pairs.append((_REPLY_ORIGIN, request[0]))
+            elif message.session is not None:
+                _remember(self._sentSessions, message.id, message.session)
             pairs.append((_ORIGIN, self._originPrefix + str(self._nextId)))
+            pairs.append((_MESSAGE_ID, message.id))
             body = message.body
             queue.append((remote, qos, body if body.__class__ is bytes else bytes(body),
                           encodeProperties(None if message.msgtype == "text"
@@ -757,11 +795,15 @@ class MqttBridge:
         topic = self._inbound.get(remote)
         if topic is None:
             return
-        origin = None
+        origin = messageId = replyOrigin = None
         attributes = {}
         for key, value in pairs:
             if key == _ORIGIN:
                 origin = value
+            elif key == _MESSAGE_ID:
+                messageId = value
+            elif key == _REPLY_ORIGIN:
+                replyOrigin = value
             else:
                 attributes[key] = value
         if origin is not None:
@@ -777,33 +819,59 @@ class MqttBridge:
             if len(self._recent) > self._recentLimit:
                 recent.discard(self._recent.popleft())
         self.counters["messagesIn"] += 1
+        sender = origin.rpartition("/")[0] if origin is not None else None
+        session = None
+        reply = attributes.get(_IN_REPLY_TO)
+        if reply is not None:
+            if replyOrigin is not None and replyOrigin == self.origin:
+                # a reply to a request this bridge sent: it names it by its id here
+                session = self._sentSessions.get(reply)
+            elif sender is not None or replyOrigin is not None:
+                # a reply to another node's request, or to one its sender
+                # made locally: it must not pair with a request of this node
+                # that happens to have the same id
+                attributes[_IN_REPLY_TO] = f"{replyOrigin or sender}/{reply}"
+        request = (sender, messageId) if sender is not None and messageId else None
         self._arrived.append((topic.local, payload, msgtype or "text",
-                              attributes or None))
+                              attributes or None, session, request))
 
     def _publishArrived(self) -> None:
         """Publish what one read brought, with no session (it reaches every
-        local subscriber): consecutive messages of a topic in one batch,
-        replies on their own (only :meth:`Broker.publish` routes them)."""
+        local subscriber) unless it is the reply to a request this bridge
+        sent with one: consecutive messages of a topic in one batch, replies
+        on their own (only :meth:`Topic.publish` routes them).  The local id
+        of each message is remembered with its sender's, for its replies."""
         arrived, self._arrived = self._arrived, []
         broker, source = self.broker, self.source
-        run, runTopic = [], None
+        cameIn = self._cameIn
+        run, requests, runTopic = [], [], None
 
         def flush():
             if run:
                 topic = broker.topic(runTopic)
-                topic.publishBatch(topic.batch(run, source))
+                messages = topic.batch(run, source)
+                # remembered before anyone can answer them
+                for message, request in zip(messages, requests):
+                    if request is not None:
+                        _remember(cameIn, message.id, request)
+                topic.publishBatch(messages)
                 run.clear()
+                requests.clear()
 
-        for local, body, msgtype, attributes in arrived:
-            if attributes is not None and "in-reply-to" in attributes:
+        for local, body, msgtype, attributes, session, request in arrived:
+            if attributes is not None and _IN_REPLY_TO in attributes:
                 flush()
-                broker.publish(local, body, msgtype=msgtype, source=source,
-                               attributes=attributes)
+                topic = broker.topic(local)
+                message = topic.message(body, msgtype, source, session, attributes)
+                if request is not None:
+                    _remember(cameIn, message.id, request)
+                topic.publish(message)
                 continue
             if local != runTopic:
                 flush()
                 runTopic = local
             run.append((body, msgtype, attributes))
+            requests.append(request)
         flush()
 
     # -- status ------------------------------------------------------------------

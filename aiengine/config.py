@@ -852,6 +852,32 @@ def _checkConsoleTopics(config):
                 "open the console to other machines: set auth on one of them, or "
                 "bind a loopback interface",
                 element=_label("listener", listener.name), prop="topic-in")
+        for bridge in config.bridges:
+            if not bridge.run or bridge.username is not None \
+                    or _loopbackHost(bridge.host):
+                continue
+            for topic in bridge.topics:
+                if topic.local != console.topic_in or topic.direction == "out":
+                    continue
+                raise ConfigError(
+                    f"<topic local={topic.local!r} remote={topic.remote!r}>: brings "
+                    f"'{topic.remote}' in to '{console.topic_in}', the topic-in of "
+                    f"console '{console.name}', which executes the calls it reads "
+                    f"there; a broker on {bridge.host} that takes anonymous clients "
+                    "would open the console to anyone who can reach it: set "
+                    "username (and password-file, tls, and an ACL on the broker "
+                    "for who may publish there), auth on the console (it then "
+                    "refuses bridged calls), or use a broker on loopback",
+                    element=_label("bridge", bridge.name), line=topic.line)
+
+
+def _loopbackHost(host) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 # -- the document ---------------------------------------------------------------
