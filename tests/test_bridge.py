@@ -100,6 +100,29 @@ class BridgeConfigTests(unittest.TestCase):
             parse(xml, "/etc/media.xml")
         return str(caught.exception)
 
+    CONSOLE_BRIDGED = """<service><listeners>
+<listener name="cmds"><property name="port" value="0"/>
+<property name="interface" value="127.0.0.1"/><property name="msgtype" value="xmlcall"/>
+<property name="protocol" value="xml-messages"/>
+<property name="topic-in" value="b.cmd"/><property name="topic-out" value="b.res"/>
+</listener></listeners>
+<bridges><bridge name="cluster">
+<property name="host" value="HOST"/><property name="node-id" value="b"/>EXTRA
+<topic local="b.cmd" remote="n/b/cmd" direction="in" qos="1"/>
+</bridge></bridges></service>"""
+
+    def test_consoleOpenedToAnonymousBroker(self):
+        """Calls brought in to an unauthenticated console from a broker that
+        is not on loopback and takes anyone: refused, with the line."""
+        xml = self.CONSOLE_BRIDGED.replace("EXTRA", "")
+        message = self.fails(xml.replace("HOST", "192.0.2.7"))
+        self.assertIn("/etc/media.xml:9: bridge 'cluster'", message)
+        self.assertIn("the topic-in of console 'cmds'", message)
+        # a loopback broker, or one the bridge logs in to, is accepted
+        parse(xml.replace("HOST", "127.0.0.1"), "/etc/media.xml")
+        parse(self.CONSOLE_BRIDGED.replace("HOST", "192.0.2.7").replace(
+            "EXTRA", '<property name="username" value="node-b"/>'), "/etc/media.xml")
+
     def test_defaults(self):
         (b,) = parse(self.XML, "/etc/media.xml").bridges
         self.assertEqual((b.port, b.keepalive, b.session_expiry, b.queue_size,
