@@ -4,6 +4,7 @@ real mosquitto on a free loopback port."""
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -508,3 +509,53 @@ class FakeBrokerTests(unittest.TestCase):
         self.assertEqual(self.bridge.counters["reconnects"], 1)
         self.assertTrue(any("sent a malformed PUBLISH (property 0x11 in a PUBLISH)" in line
                             for line in lines), lines)
+
+
+class TlsBridgeTests(unittest.TestCase):
+    """Bridges speaking TLS to a mosquitto whose certificate names
+    ``localhost``, checked against ``tls.ca`` and ``tls.hostname``."""
+
+    def setUp(self):
+        if not os.path.exists(MOSQUITTO):
+            raise unittest.SkipTest(f"mosquitto is not installed ({MOSQUITTO})")
+        from tests.certs import makeCertificates
+        self.mosquitto = Mosquitto(self)
+        # mosquitto reads its files as this user, not as the one it drops to
+        self.certs = makeCertificates(os.path.join(self.mosquitto.dir, "certs"))
+        with open(self.mosquitto.conf, "a") as f:
+            f.write(f"cafile {self.certs['ca']}\ncertfile {self.certs['certificate']}\n"
+                    f"keyfile {self.certs['key']}\n"
+                    f"user {pwd.getpwuid(os.geteuid()).pw_name}\n")
+        self.mosquitto.start()
+
+    def engine(self, node, direction, **settings):
+        engine = Engine(ServiceConfig(path="<test>", bridges=(bridge(
+            self.mosquitto.port, node, ("sensor", "aie/sensor", direction, 1),
+            tls=True, **settings),)), reactor=reactor)
+        engine.startService()
+        self.addCleanup(engine.stopService)
+        return engine
+
+    @defer.inlineCallbacks
+    def test_flow(self):
+        a = self.engine("node-a", "out", tls_ca=self.certs["ca"], tls_hostname="localhost")
+        b = self.engine("node-b", "in", tls_ca=self.certs["ca"], tls_hostname="localhost")
+        for engine in (a, b):
+            yield waitFor(lambda: engine.bridges["cluster"].state == CONNECTED,
+                          timeout=10, what="connected over TLS")
+        got = []
+        b.broker.subscribe("sensor", lambda m: got.append(m.text))
+        for n in range(2000):
+            a.broker.publish("sensor", f"m{n}")
+        yield waitFor(lambda: len(got) >= 2000, timeout=20, what="messages at B")
+        self.assertEqual(got, [f"m{n}" for n in range(2000)])
+
+    @defer.inlineCallbacks
+    def test_wrongHostnameRefused(self):
+        """A certificate that does not name ``tls.hostname``: never connected,
+        and the reason is logged."""
+        a = self.engine("node-a", "out", tls_ca=self.certs["ca"],
+                        tls_hostname="elsewhere.example")
+        bridge_ = a.bridges["cluster"]
+        yield waitFor(lambda: bridge_._streak.count >= 1, timeout=10, what="a failure")
+        self.assertNotEqual(bridge_.state, CONNECTED)
