@@ -33,7 +33,8 @@ def freePort() -> int:
 
 
 class Mosquitto:
-    """A mosquitto on 127.0.0.1:``port``, persistence off."""
+    """A mosquitto on 127.0.0.1:``port``, persistence off unless
+    :meth:`configure` says otherwise."""
 
     def __init__(self, case):
         self.case = case
@@ -41,14 +42,23 @@ class Mosquitto:
         self.dir = tempfile.mkdtemp(prefix="aiengine-mosquitto-")
         case.addCleanup(shutil.rmtree, self.dir, True)
         self.conf = os.path.join(self.dir, "mosquitto.conf")
-        with open(self.conf, "w") as f:
-            f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-                    "persistence false\nlog_dest none\n"
-                    # While a node reads nothing (its topic is busy), the
-                    # broker keeps its messages: more than mosquitto's 1,000.
-                    "max_queued_messages 100000\n")
+        self.configure("persistence false")
         self.process = None
         case.addCleanup(self.stop)
+
+    def configure(self, *lines):
+        """Write its configuration: the listener and ``lines``."""
+        with open(self.conf, "w") as f:
+            f.write("\n".join([
+                f"listener {self.port} 127.0.0.1", "allow_anonymous true",
+                "log_dest none",
+                # While a node reads nothing (its topic is busy), the broker
+                # keeps its messages: more than mosquitto's 1,000.
+                "max_queued_messages 100000",
+                # Started as root, mosquitto becomes the user "mosquitto", who
+                # may not read or write in our directory; as any other user,
+                # this line changes nothing.
+                f"user {pwd.getpwuid(os.geteuid()).pw_name}", *lines]) + "\n")
 
     def start(self):
         self.process = subprocess.Popen([MOSQUITTO, "-c", self.conf],
@@ -520,12 +530,10 @@ class TlsBridgeTests(unittest.TestCase):
             raise unittest.SkipTest(f"mosquitto is not installed ({MOSQUITTO})")
         from tests.certs import makeCertificates
         self.mosquitto = Mosquitto(self)
-        # mosquitto reads its files as this user, not as the one it drops to
         self.certs = makeCertificates(os.path.join(self.mosquitto.dir, "certs"))
-        with open(self.mosquitto.conf, "a") as f:
-            f.write(f"cafile {self.certs['ca']}\ncertfile {self.certs['certificate']}\n"
-                    f"keyfile {self.certs['key']}\n"
-                    f"user {pwd.getpwuid(os.geteuid()).pw_name}\n")
+        self.mosquitto.configure("persistence false", f"cafile {self.certs['ca']}",
+                                 f"certfile {self.certs['certificate']}",
+                                 f"keyfile {self.certs['key']}")
         self.mosquitto.start()
 
     def engine(self, node, direction, **settings):

@@ -56,7 +56,6 @@ Each case takes about 2 seconds.
 from __future__ import annotations
 
 import os
-import pwd
 import signal
 import time
 
@@ -95,19 +94,9 @@ class RestartableMosquitto(Mosquitto):
     def __init__(self, case, persistence):
         super().__init__(case)
         self.db = os.path.join(self.dir, "mosquitto.db")
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true",
-                 "log_dest none", "max_queued_messages 100000"]
         if persistence:
-            lines += ["persistence true", f"persistence_location {self.dir}/",
-                      "autosave_on_changes true", f"autosave_interval {AUTOSAVE}",
-                      # Started as root, mosquitto becomes the user
-                      # "mosquitto", who may not write in our directory; as
-                      # any other user, this line changes nothing.
-                      f"user {pwd.getpwuid(os.geteuid()).pw_name}"]
-        else:
-            lines.append("persistence false")
-        with open(self.conf, "w") as f:
-            f.write("\n".join(lines) + "\n")
+            self.configure("persistence true", f"persistence_location {self.dir}/",
+                           "autosave_on_changes true", f"autosave_interval {AUTOSAVE}")
 
 
 def tally(received, count):
