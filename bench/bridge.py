@@ -110,22 +110,8 @@ def mosquittoConf(port) -> str:
 
 
 def startMosquitto(settings) -> servers.Server:
-    """mosquitto with :func:`mosquittoConf` (``servers.start``'s way)."""
-    program = servers.install("mosquitto", settings)
-    for attempt in range(3):  # a free port may be taken before mosquitto binds it
-        port = servers.freePort()
-        conf = settings.workdir / "bridge-mosquitto.conf"
-        conf.write_text(mosquittoConf(port))
-        server = servers.Server(settings, "mosquitto", [program, "-c", str(conf)], port,
-                                settings.workdir)
-        try:
-            server.waitReady()
-            return server
-        except BenchError:
-            server.stop()
-            if attempt == 2:
-                raise
-    raise AssertionError("unreachable")
+    """mosquitto with :func:`mosquittoConf`."""
+    return servers.start("mosquitto", settings, MOSQUITTO_EXTRA, name="bridge-mosquitto")
 
 
 class Nodes:

@@ -252,9 +252,12 @@ def _hello(kind: str, port: int) -> bool:
         return answer.startswith(b"HTTP/1.1 200") and answer.endswith(page())
 
 
-def start(kind: str, settings: Settings) -> Server:
+def start(kind: str, settings: Settings, mosquittoExtra: str = "",
+          name: str = "mosquitto") -> Server:
     """Start ``kind`` (installing it first if need be) and wait until it answers.
 
+    mosquitto's configuration is :func:`mosquittoConf` and ``mosquittoExtra``,
+    written to ``<name>.conf`` in the work directory.
     :class:`Unavailable` when it cannot be installed; :class:`BenchError`
     when it does not start.  The caller registers the result with its
     ``Cleanup``; a server that fails to start is stopped here.
@@ -266,8 +269,8 @@ def start(kind: str, settings: Settings) -> Server:
         if kind == "redis":
             argv = [program, *redisArgs(port, workdir)]
         elif kind == "mosquitto":
-            conf = workdir / "mosquitto.conf"
-            conf.write_text(mosquittoConf(port))
+            conf = workdir / f"{name}.conf"
+            conf.write_text(mosquittoConf(port) + mosquittoExtra)
             argv = [program, "-c", str(conf)]
         else:
             root = workdir / "nginx"
