@@ -153,12 +153,6 @@ class _PahoSocket:
             self.outbuf.clear()
         self.sock.close()
 
-    def setblocking(self, flag):
-        self.sock.setblocking(flag)
-
-    def pending(self):
-        return len(self.inbuf) - self.inpos
-
     def __getattr__(self, name):
         return getattr(self.sock, name)
 
