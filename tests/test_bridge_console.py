@@ -29,6 +29,7 @@ from aiengine.engine import Engine
 from tests.support import waitFor
 from tests.test_bridge import MOSQUITTO, Mosquitto
 from tests.test_console import Collector, xmlcall
+from tests.test_media import ConsoleClientMixin
 
 #: B's command topics, locally and on the MQTT broker
 CMD, RES = "b.cmd", "b.res"
@@ -141,7 +142,7 @@ def answerOf(result):
     return etree.fromstring(result.findtext("message").encode())
 
 
-class ConsoleAcrossNodesTests(unittest.TestCase):
+class ConsoleAcrossNodesTests(ConsoleClientMixin, unittest.TestCase):
     """A person at node A's console calls node B's console."""
 
     timeout = 60
@@ -171,25 +172,6 @@ class ConsoleAcrossNodesTests(unittest.TestCase):
     def nodes(self, auth="", listeners=""):
         self.b = yield self.engine("b", nodeB(self.mosquitto.port, auth))
         self.a = yield self.engine("a", nodeA(self.mosquitto.port, listeners=listeners))
-
-    @defer.inlineCallbacks
-    def console(self, engine):
-        """A console connection to ``engine``, over loopback TCP."""
-        port = engine.listeners["debug"].address[1]
-        client = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port),
-                                       Collector())
-        self.addCleanup(lambda: client.transport.loseConnection() or client.lost)
-        return client
-
-    @defer.inlineCallbacks
-    def call(self, client, data, requestIds):
-        """Write ``data``; the answers to ``requestIds``, in that order."""
-        client.transport.write(data)
-        while True:
-            results = {r.get("requestId"): r for r in client.results()}
-            if all(i in results for i in requestIds):
-                return [results[i] for i in requestIds]
-            yield client.waitDocs(len(client.docs) + 1)
 
     def topics(self, engine):
         return engine.listeners["debug"].factory.topics

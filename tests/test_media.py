@@ -95,11 +95,12 @@ def settle(seconds=0.02):
 
 
 class ConsoleClientMixin:
-    """Console clients of ``self.engine``'s ``debug`` listener, cleaned up."""
+    """Console clients of an engine's ``debug`` listener (``self.engine``'s
+    unless told), cleaned up."""
 
     @defer.inlineCallbacks
-    def console(self):
-        port = self.engine.listeners["debug"].address[1]
+    def console(self, engine=None):
+        port = (engine or self.engine).listeners["debug"].address[1]
         client = yield connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port),
                                        Collector())
         self.addCleanup(lambda: client.transport.loseConnection() or client.lost)
