@@ -170,10 +170,18 @@ class ChannelConnection(ProtocolWrapper, TimeoutMixin):
     def awaitResponse(self, waiting: bool):
         """Replies are owed (``waiting``), or not: the next must complete
         within ``response-timeout`` seconds of now."""
-        self._cancel("_responseCall")
         timeout = self.config.response_timeout
         if waiting and timeout > 0 and not self.disconnecting:
-            self._responseCall = self.callLater(timeout, self._responseTimedOut)
+            call = self._responseCall
+            if call is not None and call.active():
+                # Every reply moves the deadline later: moving the timer is
+                # cheaper than a new one each time, and leaves no cancelled
+                # calls for the reactor to sweep.
+                call.reset(timeout)
+            else:
+                self._responseCall = self.callLater(timeout, self._responseTimedOut)
+        else:
+            self._cancel("_responseCall")
 
     @property
     def awaitingResponse(self) -> bool:
