@@ -12,6 +12,14 @@ windows, the same for both sides: 1 (one request, its answer, the next) and
 8 requests in flight (pipelined on the one connection directly, as the channel
 pipelines its requests).  Figure: pages/s over direct pages/s, the median of
 3 alternating runs.
+
+A third side, for information: ``bench.peers.httpforwarder``, a bare Twisted
+program doing only what the listener and channel do (lines in, the same
+``GET`` pipelined, httptools, bodies out as lines), through which the same
+client fetches the same pages.  A forwarder puts two more hops between the
+client and nginx, each a wake-up of one more process, so its ratio to direct
+is what any Twisted forwarder can reach on the machine; aiengine's ratio to
+it is what the daemon's own work costs.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from bench.harness import (BenchError, Cleanup, Daemon, Peer, Row, describeSprea
 NAME = "httpvia"
 TARGET = 0.5
 WINDOWS = (1, 8)
+SIDES = ("aiengine", "direct", "forwarder")
 
 
 def fetches(settings, window) -> int:
@@ -61,7 +70,10 @@ def run(settings) -> list:
         daemon = cleanup.add(Daemon(settings, "httpvia", *daemonConfig(nginx.port)))
         port = daemon.port("pages")
         daemon.waitConnected("web")
-        runs = {(w, side): [] for w in WINDOWS for side in ("aiengine", "direct")}
+        forwarder = cleanup.add(Peer(settings, "httpforwarder", "--upstream",
+                                     nginx.port))
+        forwarderPort = forwarder.expect("listening", 30)["port"]
+        runs = {(w, side): [] for w in WINDOWS for side in SIDES}
         for rep in range(settings.repetitions(3, 1)):
             for window in WINDOWS:
                 count = fetches(settings, window)
@@ -69,24 +81,32 @@ def run(settings) -> list:
                                                        window))
                 runs[window, "direct"].append(client(settings, "http", nginx.port,
                                                      count, window))
+                runs[window, "forwarder"].append(client(settings, "lines",
+                                                        forwarderPort, count, window))
             settings.say(f"httpvia {rep + 1}: " + ", ".join(
                 f"window {w} {side} {v[-1]['rate']:,.0f}/s"
                 for (w, side), v in runs.items()))
     rows = []
     for window in WINDOWS:
-        ours, theirs = runs[window, "aiengine"], runs[window, "direct"]
-        a = spread([r["rate"] for r in ours])[1]
-        b = spread([r["rate"] for r in theirs])[1]
+        ours, theirs, bare = (runs[window, side] for side in SIDES)
+        a, b, f = (spread([r["rate"] for r in side])[1] for side in (ours, theirs, bare))
         ratio = a / b
         note = (describeSpread("aiengine min/median/max", [r["rate"] for r in ours])
-                + "; " + describeSpread("direct", [r["rate"] for r in theirs]))
+                + "; " + describeSpread("direct", [r["rate"] for r in theirs])
+                + f"; aiengine / bare forwarder {a / f:.2f}")
+        forwarderNote = describeSpread("forwarder min/median/max",
+                                       [r["rate"] for r in bare])
         if window == 1:
-            p50 = spread([r["p50"] * 1e6 for r in ours])[1]
-            direct = spread([r["p50"] * 1e6 for r in theirs])[1]
+            p50, direct, viaBare = (spread([r["p50"] * 1e6 for r in side])[1]
+                                    for side in (ours, theirs, bare))
             note += f"; median round trip {p50:.0f} us vs {direct:.0f} us"
+            forwarderNote += f"; median round trip {viaBare:.0f} us vs {direct:.0f} us"
         rows.append(Row(NAME, f"{measure(window)} vs nginx direct", a, b, "pages/s",
                         ratio, f">= {TARGET}", ratio >= TARGET, note=note,
-                        details={"aiengine": ours, "direct": theirs}))
+                        details={"aiengine": ours, "direct": theirs, "forwarder": bare}))
+        rows.append(Row(NAME, f"bare Twisted forwarder, {measure(window)} vs nginx "
+                              f"direct", f, b, "pages/s", f / b, "info", None,
+                        note=forwarderNote))
     return rows
 
 

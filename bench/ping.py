@@ -13,9 +13,13 @@ written, its answer read, the next) for both sides:
   that as the reply and the console answers the call with it.  So the far
   end costs what the baseline costs, and the difference is what aiengine's
   hop (console, broker, channel, two more sockets) adds.  Information only.
+- For information, ``Engine.ping``'s answer from ``bench.peers.xmlconsole``,
+  a bare Twisted program that only splits the requests, parses each with
+  lxml and writes the answer the console would: what any Twisted console
+  reaches here.  The ``Engine.ping`` row's note gives aiengine / bare.
 
 200 untimed round trips first, then the timed ones; repetitions alternate
-aiengine and Redis; the median of 3 is the figure.
+aiengine, Redis and the bare console; the median of 3 is the figure.
 """
 
 from __future__ import annotations
@@ -67,7 +71,9 @@ def run(settings) -> list:
     measures = ((f"Engine.ping round trips/s (concurrency 1, {count:,})", "ping",
                  f">= {TARGET}"),
                 (f"Topics.request via a channel to Redis, round trips/s "
-                 f"(concurrency 1, {count:,})", "request", "info"))
+                 f"(concurrency 1, {count:,})", "request", "info"),
+                (f"bare Twisted console, Engine.ping round trips/s (concurrency 1, "
+                 f"{count:,})", "bare", "info"))
     with Cleanup() as cleanup:
         try:
             redis = cleanup.add(servers.start("redis", settings))
@@ -77,12 +83,15 @@ def run(settings) -> list:
         daemon = cleanup.add(Daemon(settings, "ping", *daemonConfig(redis.port)))
         console = daemon.port("console")
         daemon.waitConnected("echo")
-        runs = {"ping": [], "request": [], "redis": []}
+        bare = cleanup.add(Peer(settings, "xmlconsole"))
+        barePort = bare.expect("listening", 30)["port"]
+        runs = {"ping": [], "request": [], "redis": [], "bare": []}
         for rep in range(settings.repetitions(3, 1)):
             runs["ping"].append(client(settings, "console-ping", console, count))
             runs["redis"].append(client(settings, "redis-ping", redis.port, count))
             runs["request"].append(client(settings, "console-request", console, count,
                                           *REQUEST_ARGS))
+            runs["bare"].append(client(settings, "console-ping", barePort, count))
             settings.say(f"ping {rep + 1}: " + ", ".join(
                 f"{k} {v[-1]['rate']:,.0f}/s (p50 {v[-1]['p50'] * 1e6:.0f} us)"
                 for k, v in runs.items()))
@@ -94,9 +103,13 @@ def run(settings) -> list:
         ratio = a / b
         p50 = spread([r["p50"] * 1e6 for r in ours])[1]
         p50redis = spread([r["p50"] * 1e6 for r in runs["redis"]])[1]
-        note = (describeSpread("aiengine min/median/max", [r["rate"] for r in ours])
+        who = "bare console" if key == "bare" else "aiengine"
+        note = (describeSpread(f"{who} min/median/max", [r["rate"] for r in ours])
                 + "; " + describeSpread("Redis", [r["rate"] for r in runs["redis"]])
                 + f"; median round trip {p50:.0f} us vs {p50redis:.0f} us")
+        if key == "ping":
+            note += (f"; aiengine / bare console "
+                     f"{a / spread([r['rate'] for r in runs['bare']])[1]:.2f}")
         rows.append(Row(NAME, f"{measure} vs Redis PING", a, b, "calls/s", ratio,
                         target, ratio >= TARGET if key == "ping" else None, note=note,
                         details={"aiengine": ours, "redis": runs["redis"]}))

@@ -24,8 +24,9 @@ from bench import (bridge, console, httpvia, instructions, ping, pubsub, relay, 
 from bench.__main__ import (BASELINES, DEFAULT, PEERS, chosen, formatValue,
                             profileReport, table)
 from bench.harness import Row, Settings, best, daemonXml, mediaXml, spread
-from bench.peers import (httpserver, latencyclient, mqttclient, pubsubclient, rrclient,
-                         sink, source, wire, xmlloop)
+from bench.peers import (httpforwarder, httpserver, latencyclient, mqttclient,
+                         pubsubclient, rrclient, sink, source, wire, xmlconsole,
+                         xmlloop)
 from bench.peers.consoleclient import request
 from bench.storm import maxInWindow
 
@@ -212,6 +213,56 @@ class PeerTests(TestCase):
         self.assertEqual(len(answers[2][1]), 50)
         self.assertNotIn(b"\n", answers[0][1])
         self.assertEqual(factory.requests, 3)
+
+    def test_xmlConsoleAnswers(self):
+        """The bare console answers every request of a read, as the console
+        would, in one write; a request cut by the read waits for its end."""
+        class TcpWire(StringTransport):
+            def setTcpNoDelay(self, enabled):
+                self.noDelay = enabled
+
+        console = xmlconsole.Console()
+        wire_ = TcpWire()
+        console.makeConnection(wire_)
+        data = request(1) + b"\x01" + request(2) + b"\x01" + request(3)
+        console.dataReceived(data)
+        self.assertEqual(wire_.value(), xmlloop.answer(request(1))
+                         + xmlloop.answer(request(2)))
+        console.dataReceived(b"\x01")
+        self.assertTrue(wire_.value().endswith(xmlloop.answer(request(3))))
+        self.assertTrue(wire_.noDelay)
+
+    def test_httpForwarder(self):
+        """Paths in as lines, pipelined GETs out, bodies back to whoever asked,
+        in order, whatever the reads' boundaries; TCP_NODELAY on both sides."""
+        class TcpWire(StringTransport):
+            noDelay = False
+
+            def setTcpNoDelay(self, enabled):
+                self.noDelay = enabled
+
+        upstream = httpforwarder.Upstream(8080)
+        upstreamWire = TcpWire()
+        upstream.makeConnection(upstreamWire)
+        clients, wires = [], []
+        for _ in range(2):
+            client = httpforwarder.Client(upstream)
+            wires.append(TcpWire())
+            client.makeConnection(wires[-1])
+            clients.append(client)
+        clients[0].dataReceived(b"/a\n/b")
+        clients[1].dataReceived(b"/c\n")
+        clients[0].dataReceived(b"\n")
+        self.assertEqual(upstreamWire.value(), b"".join(
+            b"GET /%s HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUser-Agent: aiengine/0.1.0"
+            b"\r\nAccept: */*\r\n\r\n" % page for page in (b"a", b"c", b"b")))
+        responses = b"".join(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(body), body) for body in (b"AA", b"CCC", b""))
+        for i in range(0, len(responses), 7):
+            upstream.dataReceived(responses[i:i + 7])
+        self.assertEqual(wires[0].value(), b"AA\n\n")
+        self.assertEqual(wires[1].value(), b"CCC\n")
+        self.assertTrue(all(wire.noDelay for wire in [upstreamWire] + wires))
 
 
 class ServerTests(TestCase):
