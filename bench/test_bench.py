@@ -144,6 +144,15 @@ class ConfigurationTests(TestCase):
         self.assertEqual(channel.find("property").get("value"), "x<y")
 
 
+class TcpWire(StringTransport):
+    """A StringTransport that records TCP_NODELAY, as the bare peers set it."""
+
+    noDelay = False
+
+    def setTcpNoDelay(self, enabled):
+        self.noDelay = enabled
+
+
 class PeerTests(TestCase):
     """The peers' framing, without sockets."""
 
@@ -217,10 +226,6 @@ class PeerTests(TestCase):
     def test_xmlConsoleAnswers(self):
         """The bare console answers every request of a read, as the console
         would, in one write; a request cut by the read waits for its end."""
-        class TcpWire(StringTransport):
-            def setTcpNoDelay(self, enabled):
-                self.noDelay = enabled
-
         console = xmlconsole.Console()
         wire_ = TcpWire()
         console.makeConnection(wire_)
@@ -235,12 +240,6 @@ class PeerTests(TestCase):
     def test_httpForwarder(self):
         """Paths in as lines, pipelined GETs out, bodies back to whoever asked,
         in order, whatever the reads' boundaries; TCP_NODELAY on both sides."""
-        class TcpWire(StringTransport):
-            noDelay = False
-
-            def setTcpNoDelay(self, enabled):
-                self.noDelay = enabled
-
         upstream = httpforwarder.Upstream(8080)
         upstreamWire = TcpWire()
         upstream.makeConnection(upstreamWire)
