@@ -302,6 +302,17 @@ class ServerTests(TestCase):
         self.assertEqual([row.target for row in rows],
                          [">= 0.8", ">= 0.7, >= 5,000/s", "info", "info"])
 
+    def test_httpviaSkipped(self):
+        """Without nginx both windows' rows and the bare forwarder's are SKIPs."""
+        def unavailable(kind, settings):
+            raise servers.Unavailable(f"no {kind}")
+
+        self.patch(servers, "install", unavailable)
+        rows = httpvia.run(Settings(workdir=Path(self.mktemp())))
+        self.assertEqual({row.skipped for row in rows}, {"no nginx"})
+        self.assertEqual([row.target for row in rows], [">= 0.5", "info"] * 2)
+        self.assertTrue(rows[1].measure.startswith("bare Twisted forwarder"))
+
     def test_nginxConf(self):
         root = Path(self.mktemp()).resolve()
         text = servers.nginxConf(7003, root, asRoot=False)
