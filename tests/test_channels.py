@@ -1109,6 +1109,30 @@ class OrderedRepliesTests(MemoryHarness, unittest.TestCase):
             (b"unasked", None, None)])
         self.assertEqual(ch.status()["inFlight"], 0)
 
+    def test_eachReplyRestartsTheResponseTimer(self):
+        """The next reply is owed within response-timeout of the last reply,
+        not of its request; with nothing owed no timer runs."""
+        ch, protocol, transport, replies = self.connected(replies="ordered",
+                                                          response_timeout=10)
+        for body in (b"a", b"b", b"c"):
+            self.broker.publish("out", body)
+        self.reactor.advance(8)
+        protocol.dataReceived(b"A\n")
+        self.reactor.advance(8)
+        protocol.dataReceived(b"B\n")
+        self.reactor.advance(9.5)
+        self.assertEqual(ch.responseTimeouts, 0)
+        self.assertTrue(protocol.awaitingResponse)
+        protocol.dataReceived(b"C\n")
+        self.assertFalse(protocol.awaitingResponse)
+        self.reactor.advance(60)
+        self.assertEqual(ch.responseTimeouts, 0)
+        self.broker.publish("out", b"d")
+        self.reactor.advance(9.5)
+        self.assertEqual(ch.responseTimeouts, 0)
+        self.reactor.advance(1)
+        self.assertEqual(ch.responseTimeouts, 1)
+
     def test_inFlightFullPausesPublishers(self):
         ch, protocol, transport, replies = self.connected(replies="ordered",
                                                           max_in_flight=1)
