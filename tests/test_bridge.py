@@ -26,6 +26,27 @@ from tests.support import waitFor
 MOSQUITTO = "/usr/sbin/mosquitto"
 
 
+def requireMosquitto() -> None:
+    """Skip the test when the distribution's mosquitto is not installed."""
+    if not os.access(MOSQUITTO, os.X_OK):
+        raise unittest.SkipTest(f"mosquitto is not installed ({MOSQUITTO}); "
+                                "apt-get install mosquitto")
+
+
+def startEngine(case, config) -> Engine:
+    """An Engine for ``config``, started, and stopped at ``case``'s cleanup."""
+    engine = Engine(config, reactor=reactor)
+    engine.startService()
+    case.addCleanup(engine.stopService)
+    return engine
+
+
+def bridgeConnected(engine, what):
+    """A Deferred that fires once ``engine``'s bridge ``cluster`` is connected."""
+    return waitFor(lambda: engine.bridges["cluster"].state == CONNECTED, timeout=10,
+                   what=what)
+
+
 def freePort() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -184,21 +205,16 @@ class BridgeTests(unittest.TestCase):
     timeout = 60
 
     def setUp(self):
-        if not os.access(MOSQUITTO, os.X_OK):
-            raise unittest.SkipTest(f"mosquitto is not installed ({MOSQUITTO}); "
-                                    "apt-get install mosquitto")
+        requireMosquitto()
         self.mosquitto = Mosquitto(self)
         self.mosquitto.start()
 
     @defer.inlineCallbacks
     def engine(self, node, *topics, wait=True, **settings):
-        engine = Engine(ServiceConfig(path="<test>", bridges=(
-            bridge(self.mosquitto.port, node, *topics, **settings),)), reactor=reactor)
-        engine.startService()
-        self.addCleanup(engine.stopService)
+        engine = startEngine(self, ServiceConfig(path="<test>", bridges=(
+            bridge(self.mosquitto.port, node, *topics, **settings),)))
         if wait:
-            yield waitFor(lambda: engine.bridges["cluster"].state == CONNECTED,
-                          timeout=10, what=f"{node} connected")
+            yield bridgeConnected(engine, f"{node} connected")
         return engine
 
     def collect(self, engine, topic):
@@ -526,8 +542,7 @@ class TlsBridgeTests(unittest.TestCase):
     ``localhost``, checked against ``tls.ca`` and ``tls.hostname``."""
 
     def setUp(self):
-        if not os.path.exists(MOSQUITTO):
-            raise unittest.SkipTest(f"mosquitto is not installed ({MOSQUITTO})")
+        requireMosquitto()
         from tests.certs import makeCertificates
         self.mosquitto = Mosquitto(self)
         self.certs = makeCertificates(os.path.join(self.mosquitto.dir, "certs"))
@@ -537,20 +552,16 @@ class TlsBridgeTests(unittest.TestCase):
         self.mosquitto.start()
 
     def engine(self, node, direction, **settings):
-        engine = Engine(ServiceConfig(path="<test>", bridges=(bridge(
+        return startEngine(self, ServiceConfig(path="<test>", bridges=(bridge(
             self.mosquitto.port, node, ("sensor", "aie/sensor", direction, 1),
-            tls=True, **settings),)), reactor=reactor)
-        engine.startService()
-        self.addCleanup(engine.stopService)
-        return engine
+            tls=True, **settings),)))
 
     @defer.inlineCallbacks
     def test_flow(self):
         a = self.engine("node-a", "out", tls_ca=self.certs["ca"], tls_hostname="localhost")
         b = self.engine("node-b", "in", tls_ca=self.certs["ca"], tls_hostname="localhost")
         for engine in (a, b):
-            yield waitFor(lambda: engine.bridges["cluster"].state == CONNECTED,
-                          timeout=10, what="connected over TLS")
+            yield bridgeConnected(engine, "connected over TLS")
         got = []
         b.broker.subscribe("sensor", lambda m: got.append(m.text))
         for n in range(2000):

@@ -23,11 +23,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
-from aiengine.bridge import CONNECTED
 from aiengine.config import parse
-from aiengine.engine import Engine
 from tests.support import waitFor
-from tests.test_bridge import MOSQUITTO, Mosquitto
+from tests.test_bridge import Mosquitto, bridgeConnected, requireMosquitto, startEngine
 from tests.test_console import Collector, xmlcall
 from tests.test_media import ConsoleClientMixin
 
@@ -149,9 +147,7 @@ class ConsoleAcrossNodesTests(ConsoleClientMixin, unittest.TestCase):
     maxDiff = None
 
     def setUp(self):
-        if not os.access(MOSQUITTO, os.X_OK):
-            raise unittest.SkipTest(f"mosquitto is not installed ({MOSQUITTO}); "
-                                    "apt-get install mosquitto")
+        requireMosquitto()
         self.mosquitto = Mosquitto(self)
         self.mosquitto.start()
         self.directory = os.path.abspath(self.mktemp())
@@ -161,11 +157,8 @@ class ConsoleAcrossNodesTests(ConsoleClientMixin, unittest.TestCase):
     def engine(self, name, text):
         path = os.path.join(self.directory, name, "media.xml")
         os.makedirs(os.path.dirname(path))
-        engine = Engine(parse(text.encode(), path), reactor)
-        engine.startService()
-        self.addCleanup(engine.stopService)
-        yield waitFor(lambda: engine.bridges["cluster"].state == CONNECTED,
-                      timeout=10, what=f"{name}'s bridge connected")
+        engine = startEngine(self, parse(text.encode(), path))
+        yield bridgeConnected(engine, f"{name}'s bridge connected")
         return engine
 
     @defer.inlineCallbacks

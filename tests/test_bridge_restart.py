@@ -65,9 +65,9 @@ from twisted.trial import unittest
 
 from aiengine.bridge import CONNECTED
 from aiengine.config import ServiceConfig
-from aiengine.engine import Engine
 from tests.support import waitFor
-from tests.test_bridge import MOSQUITTO, Mosquitto, bridge
+from tests.test_bridge import (Mosquitto, bridge, bridgeConnected, requireMosquitto,
+                               startEngine)
 
 #: numbers published by A
 COUNT = 5000
@@ -118,19 +118,14 @@ class BrokerRestartTests(unittest.TestCase):
     timeout = 30
 
     def setUp(self):
-        if not os.access(MOSQUITTO, os.X_OK):
-            raise unittest.SkipTest(f"mosquitto is not installed ({MOSQUITTO}); "
-                                    "apt-get install mosquitto")
+        requireMosquitto()
 
     @defer.inlineCallbacks
     def engine(self, port, node, direction, **settings):
-        engine = Engine(ServiceConfig(path="<test>", bridges=(
+        engine = startEngine(self, ServiceConfig(path="<test>", bridges=(
             bridge(port, node, ("sensor", "aie/sensor", direction, 1),
-                   receive_maximum=RECEIVE_MAXIMUM, **settings),)), reactor=reactor)
-        engine.startService()
-        self.addCleanup(engine.stopService)
-        yield waitFor(lambda: engine.bridges["cluster"].state == CONNECTED,
-                      timeout=10, what=f"{node} connected")
+                   receive_maximum=RECEIVE_MAXIMUM, **settings),)))
+        yield bridgeConnected(engine, f"{node} connected")
         return engine
 
     @defer.inlineCallbacks
