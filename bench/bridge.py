@@ -38,7 +38,7 @@ import socket
 
 from lxml import etree
 
-from bench import servers
+from bench import latency, servers
 from bench.harness import (BenchError, Cleanup, Daemon, Peer, Row, describeSpread,
                            spread)
 
@@ -324,17 +324,9 @@ def _latencyRows(measure, runs) -> list:
         a = spread([r[q] * 1e6 for r in ours])[1]
         b = spread([r[q] * 1e6 for r in theirs])[1]
         ratio = a / b if a and b else None
-        note = (describeSpread("aiengine min/median/max", [r[q] * 1e6 for r in ours],
-                               "{:.0f}")
-                + " us; " + describeSpread("paho pair", [r[q] * 1e6 for r in theirs],
-                                           "{:.0f}") + " us")
-        if q == "p99":
-            note += (f"; max aiengine {max(r['max'] for r in ours) * 1e3:.2f} ms, "
-                     f"paho pair {max(r['max'] for r in theirs) * 1e3:.2f} ms; "
-                     f"publisher pace {min(r['rate'] for r in ours + theirs):,.0f}"
-                     f" msg/s at least")
         rows.append(Row(NAME, f"latency {q} ({measure}", a, b, "us", ratio, "info", None,
-                        note=note, details={"aiengine": ours, "paho": theirs}))
+                        note=latency.note(q, ours, theirs, "paho pair"),
+                        details={"aiengine": ours, "paho": theirs}))
     return rows
 
 

@@ -24,6 +24,21 @@ PEERS = (("redis", "resp", "Redis", (2.0, 3.0)),
 TOPIC = pubsub.TOPIC
 
 
+def note(q, ours, theirs, label) -> str:
+    """A latency row's note: both sides' min/median/max of percentile ``q``
+    in us, and for p99 the worst single message and the slowest pace."""
+    text = (describeSpread("aiengine min/median/max", [r[q] * 1e6 for r in ours],
+                           "{:.0f}")
+            + " us; " + describeSpread(label, [r[q] * 1e6 for r in theirs], "{:.0f}")
+            + " us")
+    if q == "p99":
+        text += (f"; max aiengine {max(r['max'] for r in ours) * 1e3:.2f} ms, "
+                 f"{label} {max(r['max'] for r in theirs) * 1e3:.2f} ms; "
+                 f"publisher pace {min(r['rate'] for r in ours + theirs):,.0f}"
+                 f" msg/s at least")
+    return text
+
+
 def seconds(settings) -> float:
     """Seconds of sending per run, after the warm-up."""
     return 1.0 if settings.quick else 3.0
@@ -91,17 +106,8 @@ def run(settings) -> list:
             b = spread([r[q] * 1e6 for r in theirs])[1]
             ratio = a / b if a and b else None
             passed = ratio <= targets[i] if (targets and ratio) else None
-            note = (describeSpread("aiengine min/median/max",
-                                   [r[q] * 1e6 for r in ours], "{:.0f}")
-                    + " us; " + describeSpread(label, [r[q] * 1e6 for r in theirs],
-                                               "{:.0f}") + " us")
-            if q == "p99":
-                note += (f"; max aiengine {max(r['max'] for r in ours) * 1e3:.2f} ms, "
-                         f"{label} {max(r['max'] for r in theirs) * 1e3:.2f} ms; "
-                         f"publisher pace {min(r['rate'] for r in ours + theirs):,.0f}"
-                         f" msg/s at least")
             rows.append(Row(NAME, f"{q} ({measure}) vs {label}", a, b, "us", ratio,
-                            target, passed, note=note,
+                            target, passed, note=note(q, ours, theirs, label),
                             details={"aiengine": ours, kind: theirs}))
     return rows
 
